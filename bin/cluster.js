@@ -1,0 +1,9 @@
+#!/usr/bin/env node
+// The `cluster` command: registers the TypeScript loader, loads the Node 20 polyfills
+// before anything touches libp2p, then hands over to the CLI.
+import { register } from 'tsx/esm/api'
+
+register()
+await import('../src/polyfill.ts')
+const { main } = await import('../src/cli/main.ts')
+await main(process.argv)

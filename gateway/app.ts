@@ -1,0 +1,226 @@
+// The gateway's HTTP app (hono): /health, the OpenAI-compatible /v1 routes, and error mapping
+// at the edge. It holds no inference state: everything it routes to comes from the Directory.
+import { Hono } from 'hono'
+import { bodyLimit } from 'hono/body-limit'
+import { HTTPException } from 'hono/http-exception'
+import { streamSSE } from 'hono/streaming'
+import type { FinishReason, InferenceRequestFrame, InferenceResponseFrame, Usage } from '../protocols/index.ts'
+import type { Directory } from '../src/mesh/directory.ts'
+import { ApiError, invalidRequest } from './errors.ts'
+import {
+  type CompletionMeta,
+  chunkBody,
+  completionBody,
+  newCompletionId,
+  parseChatRequest,
+  toSampling,
+  toWireMessages,
+  usageChunkBody,
+} from './openai.ts'
+import type { InferenceCall, MeshRouter } from './router.ts'
+
+export interface CompletedInference {
+  requestId: string
+  model: string
+  nodePeerId: string
+  usage: Usage
+  finishReason: FinishReason
+  ttftMs: number
+  durationMs: number
+}
+
+export interface AppDeps {
+  directory: Directory
+  router: MeshRouter
+  /** Largest request body accepted, in bytes. @default 8 MiB */
+  maxBodyBytes?: number
+  onComplete?: (info: CompletedInference) => void
+}
+
+const isV1 = (path: string): boolean => path === '/v1' || path.startsWith('/v1/')
+
+function errorResponse(path: string, err: ApiError): Response {
+  return Response.json(isV1(path) ? err.toOpenAI() : err.toDocs(), { status: err.status })
+}
+
+export function createApp(deps: AppDeps): Hono {
+  const startedAt = Date.now()
+  const app = new Hono()
+
+  app.onError((err, c) => {
+    if (err instanceof ApiError) return errorResponse(c.req.path, err)
+    if (err instanceof HTTPException) {
+      const status = err.status as ApiError['status']
+      const type = status === 413 ? 'invalid_request_error' : status >= 500 ? 'server_error' : 'invalid_request_error'
+      return errorResponse(c.req.path, new ApiError(status, err.message || 'Request rejected.', type, `http_${status}`))
+    }
+    return errorResponse(
+      c.req.path,
+      new ApiError(500, 'Internal error. Retry or contact support.', 'server_error', 'internal_error'),
+    )
+  })
+
+  app.notFound((c) =>
+    errorResponse(
+      c.req.path,
+      new ApiError(404, `No route for ${c.req.method} ${c.req.path}.`, 'not_found_error', 'not_found'),
+    ),
+  )
+
+  app.use(
+    '*',
+    bodyLimit({
+      maxSize: deps.maxBodyBytes ?? 8 * 1024 * 1024,
+      onError: (c) =>
+        errorResponse(
+          c.req.path,
+          new ApiError(
+            413,
+            `The request body exceeds ${deps.maxBodyBytes ?? 8 * 1024 * 1024} bytes.`,
+            'invalid_request_error',
+            'body_too_large',
+          ),
+        ),
+    }),
+  )
+
+  app.get('/health', (c) => c.json({ status: 'ok', uptime: Math.floor((Date.now() - startedAt) / 1000) }))
+
+  app.get('/v1/models', (c) => {
+    const data = [...deps.directory.models()].map(([id, nodes]) => {
+      const caps = nodes.map((n) => n.capabilities?.models.find((m) => m.id === id)).find((m) => m != null)
+      return {
+        id,
+        object: 'model' as const,
+        created: Math.floor(Math.min(...nodes.map((n) => n.joinedAt)) / 1000),
+        owned_by: 'cluster',
+        nodes: nodes.length,
+        ...(caps ? { context_length: caps.contextSize } : {}),
+      }
+    })
+    data.sort((a, b) => a.id.localeCompare(b.id))
+    return c.json({ object: 'list', data })
+  })
+
+  app.post('/v1/chat/completions', async (c) => {
+    const signal = c.req.raw.signal
+    let json: unknown
+    try {
+      json = await c.req.json()
+    } catch {
+      throw invalidRequest('The request body is not valid JSON.')
+    }
+    const req = parseChatRequest(json)
+    const meta: CompletionMeta = { id: newCompletionId(), created: Math.floor(Date.now() / 1000), model: req.model }
+    const frame: InferenceRequestFrame = {
+      type: 'request',
+      id: meta.id,
+      model: req.model,
+      messages: toWireMessages(req.messages),
+      sampling: toSampling(req),
+    }
+    const started = performance.now()
+    const cancel = new AbortController()
+    const onClientGone = (): void => cancel.abort()
+    signal.addEventListener('abort', onClientGone, { once: true })
+    const call = await deps.router.open(frame, cancel.signal)
+    const ttftMs = performance.now() - started
+    const complete = (finishReason: FinishReason, usage: Usage): void =>
+      deps.onComplete?.({
+        requestId: meta.id,
+        model: req.model,
+        nodePeerId: call.nodePeerId,
+        usage,
+        finishReason,
+        ttftMs: Math.round(ttftMs),
+        durationMs: Math.round(performance.now() - started),
+      })
+
+    if (req.stream !== true) {
+      try {
+        const { text, finishReason, usage } = await collect(call)
+        complete(finishReason, usage)
+        return c.json(completionBody(meta, text, finishReason, usage))
+      } finally {
+        signal.removeEventListener('abort', onClientGone)
+      }
+    }
+
+    const includeUsage = req.stream_options?.include_usage === true
+    return streamSSE(c, async (sse) => {
+      sse.onAbort(() => cancel.abort())
+      const send = (body: unknown): Promise<void> => sse.writeSSE({ data: JSON.stringify(body) })
+      let finished = false
+      try {
+        await send(chunkBody(meta, { role: 'assistant', content: '' }, null, includeUsage))
+        let frame: InferenceResponseFrame = call.first
+        for (;;) {
+          if (cancel.signal.aborted) break
+          if (frame.type === 'delta') {
+            if (frame.text.length > 0) await send(chunkBody(meta, { content: frame.text }, null, includeUsage))
+          } else if (frame.type === 'done') {
+            await send(chunkBody(meta, {}, frame.finishReason, includeUsage))
+            if (includeUsage) await send(usageChunkBody(meta, frame.usage))
+            await sse.writeSSE({ data: '[DONE]' })
+            complete(frame.finishReason, frame.usage)
+            finished = true
+            break
+          } else {
+            await send({ error: { message: frame.message, type: 'server_error', code: frame.code, param: null } })
+            break
+          }
+          const next = await call.rest.next()
+          if (next.done) {
+            await send({
+              error: {
+                message: 'The node closed the stream early.',
+                type: 'server_error',
+                code: 'node_failed',
+                param: null,
+              },
+            })
+            break
+          }
+          frame = next.value
+        }
+      } catch {
+        if (!cancel.signal.aborted) {
+          await send({
+            error: { message: 'The node failed mid-stream.', type: 'server_error', code: 'node_failed', param: null },
+          }).catch(() => undefined)
+        }
+      } finally {
+        signal.removeEventListener('abort', onClientGone)
+        if (finished) call.close()
+        else call.abort()
+      }
+    })
+  })
+
+  return app
+}
+
+/** Reads a whole answer (non-streaming requests). */
+async function collect(call: InferenceCall): Promise<{ text: string; finishReason: FinishReason; usage: Usage }> {
+  let text = ''
+  let frame: InferenceResponseFrame = call.first
+  try {
+    for (;;) {
+      if (frame.type === 'delta') text += frame.text
+      else if (frame.type === 'done') {
+        call.close()
+        return { text, finishReason: frame.finishReason, usage: frame.usage }
+      } else {
+        throw new ApiError(502, `The node failed: ${frame.message}`, 'server_error', 'node_failed')
+      }
+      const next = await call.rest.next()
+      if (next.done)
+        throw new ApiError(502, 'The node closed the stream before finishing.', 'server_error', 'node_failed')
+      frame = next.value
+    }
+  } catch (err) {
+    call.abort()
+    if (err instanceof ApiError) throw err
+    throw new ApiError(502, 'The node failed while answering.', 'server_error', 'node_failed')
+  }
+}

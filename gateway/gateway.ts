@@ -1,0 +1,105 @@
+// A gateway peer: joins the mesh, builds the Directory from gossip, and serves the public HTTP API,
+// routing each request to a node over libp2p.
+import { mkdir } from 'node:fs/promises'
+import type { AddressInfo } from 'node:net'
+import { type ServerType, serve } from '@hono/node-server'
+import { ClusterEventSchema } from '../protocols/index.ts'
+import { Directory } from '../src/mesh/directory.ts'
+import { GossipBus } from '../src/mesh/gossip.ts'
+import { createMeshPeer, type MeshPeer } from '../src/mesh/peer.ts'
+import { fetchCapabilities } from '../src/mesh/streams.ts'
+import { type CompletedInference, createApp } from './app.ts'
+import { MeshRouter, type RouterOptions } from './router.ts'
+
+export interface GatewayConfig {
+  dataDir: string
+  listen?: string[]
+  bootstrap?: string[]
+  /** HTTP port; 0 picks a free one. @default 8787 */
+  port?: number
+  /** HTTP host. @default 127.0.0.1 */
+  host?: string
+  router?: RouterOptions
+}
+
+export interface RunningGateway {
+  peer: MeshPeer
+  peerId: string
+  directory: Directory
+  bus: GossipBus
+  /** Base URL of the HTTP API, e.g. http://127.0.0.1:8787 */
+  url: string
+  port: number
+  multiaddrs(): string[]
+  stop(): Promise<void>
+}
+
+export async function startGateway(config: GatewayConfig): Promise<RunningGateway> {
+  await mkdir(config.dataDir, { recursive: true })
+  const peer = await createMeshPeer({
+    dataDir: config.dataDir,
+    ...(config.listen ? { listen: config.listen } : {}),
+    ...(config.bootstrap ? { bootstrap: config.bootstrap } : {}),
+  })
+  const bus = new GossipBus(peer.services.pubsub)
+  const directory = new Directory({ fetchCapabilities: (id) => fetchCapabilities(peer, id) })
+  directory.start(bus)
+  bus.subscribe('events', ClusterEventSchema, () => undefined)
+  const router = new MeshRouter(peer, directory, config.router)
+  const onComplete = (info: CompletedInference): void => {
+    void bus
+      .publish('events', ClusterEventSchema, {
+        v: 1,
+        type: 'inference:complete',
+        requestId: info.requestId,
+        model: info.model,
+        nodePeerId: info.nodePeerId,
+        usage: info.usage,
+        finishReason: info.finishReason,
+        ttftMs: info.ttftMs,
+        durationMs: info.durationMs,
+        at: Date.now(),
+      })
+      .catch(() => undefined)
+  }
+  const app = createApp({ directory, router, onComplete })
+
+  const host = config.host ?? '127.0.0.1'
+  let server: ServerType | undefined
+  const port = await new Promise<number>((resolve, reject) => {
+    server = serve({ fetch: app.fetch, port: config.port ?? 8787, hostname: host }, (info: AddressInfo) =>
+      resolve(info.port),
+    )
+    server.once('error', reject)
+  }).catch(async (err: unknown) => {
+    directory.stop()
+    bus.close()
+    await peer.stop()
+    throw err
+  })
+
+  let stopped: Promise<void> | undefined
+  return {
+    peer,
+    peerId: peer.peerId.toString(),
+    directory,
+    bus,
+    url: `http://${host}:${port}`,
+    port,
+    multiaddrs: () => peer.getMultiaddrs().map((a) => a.toString()),
+    stop: () => {
+      stopped ??= (async () => {
+        await new Promise<void>((resolve) => {
+          if (server == null) return resolve()
+          server.close(() => resolve())
+          // Open keep-alive and streaming connections would hold close() back.
+          ;(server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.()
+        })
+        directory.stop()
+        bus.close()
+        await peer.stop()
+      })()
+      return stopped
+    },
+  }
+}

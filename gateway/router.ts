@@ -1,0 +1,168 @@
+// The mesh router: picks the nodes serving a model, least loaded first, opens an inference stream
+// to the best one and fails over to the next when a node fails before its first token.
+import type { Stream } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import {
+  type DeltaFrame,
+  type DoneFrame,
+  decodeFrames,
+  encodeFrame,
+  INFERENCE_PROTOCOL,
+  type InferenceRequestFrame,
+  InferenceRequestFrameSchema,
+  type InferenceResponseFrame,
+  InferenceResponseFrameSchema,
+} from '../protocols/index.ts'
+import type { Directory, NodeEntry } from '../src/mesh/directory.ts'
+import type { MeshPeer } from '../src/mesh/peer.ts'
+import { sendBytes } from '../src/mesh/streams.ts'
+import { ApiError, invalidRequest, modelNotFound, noNodes } from './errors.ts'
+
+export interface RouterOptions {
+  /** Time allowed to open a stream to a node. @default 5000 */
+  dialTimeoutMs?: number
+  /** Time allowed between sending a request and the node's first frame (queueing included). @default 120000 */
+  firstFrameTimeoutMs?: number
+}
+
+/** An inference under way on one node. */
+export interface InferenceCall {
+  nodePeerId: string
+  /** The first frame: the first delta, or done when nothing was generated. */
+  first: DeltaFrame | DoneFrame
+  /** The frames after the first. */
+  rest: AsyncGenerator<InferenceResponseFrame, void, undefined>
+  /** Cancels the generation on the node. */
+  abort(): void
+  /** Ends the call normally (after done). */
+  close(): void
+}
+
+export interface Attempt {
+  peerId: string
+  outcome: string
+}
+
+export class MeshRouter {
+  private readonly inflight = new Map<string, number>()
+  private readonly dialTimeoutMs: number
+  private readonly firstFrameTimeoutMs: number
+
+  constructor(
+    private readonly peer: MeshPeer,
+    private readonly directory: Directory,
+    options: RouterOptions = {},
+  ) {
+    this.dialTimeoutMs = options.dialTimeoutMs ?? 5_000
+    this.firstFrameTimeoutMs = options.firstFrameTimeoutMs ?? 120_000
+  }
+
+  /** Nodes serving `model`, best first: lowest (active + queued + our in-flight) per slot. */
+  candidates(model: string): NodeEntry[] {
+    const score = (n: NodeEntry): number => {
+      const { active, queued, slots } = n.heartbeat.load
+      const ours = this.inflight.get(n.peerId) ?? 0
+      return (Math.max(active, ours) + queued) / Math.max(1, slots)
+    }
+    return this.directory
+      .nodesServing(model)
+      .map((n) => ({ n, s: score(n) }))
+      .sort((a, b) => a.s - b.s || a.n.peerId.localeCompare(b.n.peerId))
+      .map(({ n }) => n)
+  }
+
+  /** Opens the inference on the best node that answers; throws ApiError when none can. */
+  async open(request: InferenceRequestFrame, signal: AbortSignal): Promise<InferenceCall> {
+    const nodes = this.candidates(request.model)
+    if (nodes.length === 0) {
+      if (this.directory.knowsModel(request.model)) throw noNodes(request.model)
+      throw modelNotFound(request.model)
+    }
+    const attempts: Attempt[] = []
+    for (const node of nodes) {
+      if (signal.aborted)
+        throw new ApiError(400, 'The client closed the request.', 'invalid_request_error', 'client_closed')
+      const result = await this.tryNode(node.peerId, request, signal)
+      if ('call' in result) return result.call
+      if (result.fatal) throw result.fatal
+      attempts.push({ peerId: node.peerId, outcome: result.outcome })
+    }
+    const allBusy = attempts.every((a) => a.outcome === 'busy')
+    throw noNodes(
+      request.model,
+      allBusy
+        ? `All ${attempts.length} node(s) serving it are at capacity.`
+        : `${attempts.length} node(s) were tried and failed (${attempts.map((a) => a.outcome).join(', ')}).`,
+    )
+  }
+
+  private async tryNode(
+    peerId: string,
+    request: InferenceRequestFrame,
+    signal: AbortSignal,
+  ): Promise<{ call: InferenceCall } | { outcome: string; fatal?: ApiError }> {
+    let stream: Stream
+    try {
+      stream = await this.peer.dialProtocol(peerIdFromString(peerId), INFERENCE_PROTOCOL, {
+        signal: AbortSignal.any([signal, AbortSignal.timeout(this.dialTimeoutMs)]),
+      })
+    } catch {
+      return { outcome: 'unreachable' }
+    }
+    // A node that goes silent mid-answer is dropped rather than waited on for ever.
+    stream.inactivityTimeout = this.firstFrameTimeoutMs
+    this.inflight.set(peerId, (this.inflight.get(peerId) ?? 0) + 1)
+    let released = false
+    const release = (): void => {
+      if (released) return
+      released = true
+      const n = (this.inflight.get(peerId) ?? 1) - 1
+      if (n <= 0) this.inflight.delete(peerId)
+      else this.inflight.set(peerId, n)
+    }
+    const fail = (outcome: string, fatal?: ApiError): { outcome: string; fatal?: ApiError } => {
+      release()
+      stream.abort(new Error(outcome))
+      return fatal ? { outcome, fatal } : { outcome }
+    }
+    const frames = decodeFrames(stream, InferenceResponseFrameSchema)
+    const timer = setTimeout(() => stream.abort(new Error('first frame timeout')), this.firstFrameTimeoutMs)
+    const onAbort = (): void => stream.abort(new Error('client closed'))
+    signal.addEventListener('abort', onAbort, { once: true })
+    try {
+      await sendBytes(stream, encodeFrame(InferenceRequestFrameSchema, request), signal)
+      const first = await frames.next()
+      if (first.done) return fail('closed')
+      const frame = first.value
+      if (frame.type === 'error') {
+        if (frame.code === 'invalid_request' || frame.code === 'context_length_exceeded') {
+          return fail(
+            frame.code,
+            invalidRequest(frame.message, frame.code === 'context_length_exceeded' ? 'messages' : null, frame.code),
+          )
+        }
+        return fail(frame.code)
+      }
+      return {
+        call: {
+          nodePeerId: peerId,
+          first: frame,
+          rest: frames,
+          abort: () => {
+            release()
+            stream.abort(new Error('cancelled'))
+          },
+          close: () => {
+            release()
+            signal.removeEventListener('abort', onAbort)
+            void stream.close().catch(() => undefined)
+          },
+        },
+      }
+    } catch {
+      return fail(signal.aborted ? 'client closed' : 'failed')
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+}

@@ -1,0 +1,106 @@
+// The inference protocol on a node: one request per stream, deltas streamed as they are generated,
+// done with usage, or an error frame with a code. The requester closing or resetting the stream
+// cancels the generation at the next token.
+import type { Stream } from '@libp2p/interface'
+import {
+  decodeFrames,
+  encodeFrame,
+  INFERENCE_PROTOCOL,
+  type InferenceErrorCode,
+  type InferenceRequestFrame,
+  InferenceRequestFrameSchema,
+  InferenceResponseFrameSchema,
+  InvalidMessageError,
+  MessageTooLargeError,
+  STREAM_LIMITS,
+} from '../protocols/index.ts'
+import type { MeshPeer } from '../src/mesh/peer.ts'
+import { sendBytes } from '../src/mesh/streams.ts'
+import { EngineError } from './engine.ts'
+import type { Scheduler } from './scheduler.ts'
+
+/** How long a requester may take to send its request frame after opening the stream. */
+const REQUEST_TIMEOUT_MS = 10_000
+
+export interface InferenceServiceOptions {
+  /** The scheduler serving each model id. */
+  schedulers: () => ReadonlyMap<string, Scheduler>
+  onComplete?: (info: { request: InferenceRequestFrame; promptTokens: number; completionTokens: number }) => void
+}
+
+export async function serveInference(peer: MeshPeer, options: InferenceServiceOptions): Promise<void> {
+  await peer.handle(INFERENCE_PROTOCOL, (stream) => handleStream(stream, options), STREAM_LIMITS.inference)
+}
+
+function send(stream: Stream, frame: Parameters<typeof encodeFrame<typeof InferenceResponseFrameSchema>>[1]): void {
+  if (stream.writeStatus !== 'writable') return
+  // Frames are small and produced no faster than tokens: the stream's own buffer bounds them.
+  stream.send(encodeFrame(InferenceResponseFrameSchema, frame))
+}
+
+async function sendError(stream: Stream, code: InferenceErrorCode, message: string): Promise<void> {
+  if (stream.writeStatus !== 'writable') return
+  await sendBytes(stream, encodeFrame(InferenceResponseFrameSchema, { type: 'error', code, message }))
+  await stream.close().catch(() => stream.abort(new Error('close failed')))
+}
+
+async function handleStream(stream: Stream, options: InferenceServiceOptions): Promise<void> {
+  const frames = decodeFrames(stream, InferenceRequestFrameSchema)
+  let request: InferenceRequestFrame
+  const timer = setTimeout(() => stream.abort(new Error('no request frame in time')), REQUEST_TIMEOUT_MS)
+  try {
+    const first = await frames.next()
+    if (first.done) {
+      await stream.close().catch(() => undefined)
+      return
+    }
+    request = first.value
+  } catch (err) {
+    const why =
+      err instanceof MessageTooLargeError || err instanceof InvalidMessageError ? err.message : 'unreadable request'
+    await sendError(stream, 'invalid_request', why).catch(() => stream.abort(err as Error))
+    return
+  } finally {
+    clearTimeout(timer)
+  }
+
+  const scheduler = options.schedulers().get(request.model)
+  if (scheduler == null) {
+    await sendError(stream, 'model_not_found', `this node does not serve ${request.model}`)
+    return
+  }
+
+  // Anything after the request frame, the requester's end of the stream, or a reset: cancel.
+  const cancel = new AbortController()
+  const stop = (): void => cancel.abort()
+  stream.addEventListener('close', stop, { once: true })
+  void (async () => {
+    try {
+      for await (const _ of frames) break
+    } catch {
+      // reset or garbage: cancel below
+    }
+    stop()
+  })()
+
+  try {
+    const result = await scheduler.submit(
+      { messages: request.messages, sampling: request.sampling },
+      {
+        signal: cancel.signal,
+        onDelta: (text, tokens) => send(stream, { type: 'delta', text, tokens }),
+      },
+    )
+    options.onComplete?.({ request, ...result.usage })
+    if (!cancel.signal.aborted) {
+      send(stream, { type: 'done', finishReason: result.finishReason, usage: result.usage })
+      await stream.close().catch(() => undefined)
+    }
+  } catch (err) {
+    const code = err instanceof EngineError ? err.code : 'internal'
+    const message = err instanceof EngineError ? err.message : 'generation failed'
+    await sendError(stream, code, message).catch(() => stream.abort(err as Error))
+  } finally {
+    stream.removeEventListener('close', stop)
+  }
+}

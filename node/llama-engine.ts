@@ -1,0 +1,283 @@
+// The node-llama-cpp engine: loads a GGUF (validated first, since llama.cpp aborts the process on
+// some malformed files), renders chats with the model's own template, and exposes each request as
+// a token stream on one sequence of a shared context, so the Scheduler can batch them.
+import { availableParallelism } from 'node:os'
+import {
+  type ChatHistoryItem,
+  type ChatWrapper,
+  getLlama,
+  type Llama,
+  type LlamaContext,
+  type LlamaContextSequence,
+  LlamaLogLevel,
+  type LlamaModel,
+  resolveChatWrapper,
+  type Token,
+} from 'node-llama-cpp'
+import type { ServedModel } from '../protocols/index.ts'
+import { type GgufSummary, validateGguf } from '../src/models/gguf.ts'
+import { type ChatGenerationRequest, type Engine, EngineError, type StepResult, type TokenStream } from './engine.ts'
+
+export interface LlamaEngineOptions {
+  modelPath: string
+  /** The id clients use in `model`. @default the GGUF's general.name, slugged, or the file name */
+  modelId?: string
+  /** CPU threads for decoding. @default os.availableParallelism() — llama.cpp's own default is far too high on small machines */
+  threads?: number
+  /** Parallel sequences (slots) in the shared context. @default 4 */
+  slots?: number
+  /** Context size of each sequence in tokens. @default min(model's trained context, 4096) */
+  contextSize?: number
+  /** GPU backend. @default 'auto' */
+  gpu?: 'auto' | false
+  /** IPFS CID of the weights, when known. */
+  cid?: string
+}
+
+let llamaInstances = new Map<string, Promise<Llama>>()
+
+function sharedLlama(gpu: 'auto' | false): Promise<Llama> {
+  const key = String(gpu)
+  let llama = llamaInstances.get(key)
+  if (llama == null) {
+    llama = getLlama({ gpu, build: 'never', logLevel: LlamaLogLevel.error, progressLogs: false })
+    llamaInstances.set(key, llama)
+    llama.catch(() => {
+      llamaInstances = new Map([...llamaInstances].filter(([k]) => k !== key))
+    })
+  }
+  return llama
+}
+
+function slug(text: string): string {
+  return text
+    .toLowerCase()
+    .replace(/\([^)]*\)/g, '')
+    .replace(/[^a-z0-9.]+/g, '-')
+    .replace(/^-+|-+$/g, '')
+}
+
+export class LlamaEngine implements Engine {
+  generatedTokens = 0
+  private readonly free: LlamaContextSequence[] = []
+
+  private constructor(
+    readonly modelId: string,
+    readonly slots: number,
+    private readonly model: LlamaModel,
+    private readonly context: LlamaContext,
+    private readonly chatWrapper: ChatWrapper,
+    private readonly summary: GgufSummary,
+    private readonly cid: string | undefined,
+  ) {
+    for (let i = 0; i < slots; i++) this.free.push(context.getSequence())
+  }
+
+  static async load(options: LlamaEngineOptions): Promise<LlamaEngine> {
+    const summary = await validateGguf(options.modelPath)
+    const llama = await sharedLlama(options.gpu ?? 'auto')
+    const threads = options.threads ?? availableParallelism()
+    const slots = options.slots ?? 4
+    const model = await llama.loadModel({ modelPath: options.modelPath })
+    try {
+      const contextSize = options.contextSize ?? Math.min(summary.contextLength, 4096)
+      const context = await model.createContext({
+        sequences: slots,
+        contextSize,
+        threads,
+        batchSize: Math.min(512, contextSize),
+      })
+      // The model's own template when it has one: specialised wrappers add text of their own
+      // (dates, default system prompts) that the client did not send and would pay for.
+      const wrapper = summary.hasChatTemplate
+        ? resolveChatWrapper(model, {
+            type: 'jinjaTemplate',
+            fallbackToOtherWrappersOnJinjaError: true,
+            warningLogs: false,
+          })
+        : resolveChatWrapper(model, { warningLogs: false })
+      const id = options.modelId ?? (slug(summary.name) || slug(options.modelPath.split('/').pop() ?? 'model'))
+      return new LlamaEngine(id, slots, model, context, wrapper, summary, options.cid)
+    } catch (err) {
+      await model.dispose()
+      throw err
+    }
+  }
+
+  describe(): ServedModel {
+    return {
+      id: this.modelId,
+      name: this.summary.name,
+      ...(this.cid ? { cid: this.cid } : {}),
+      contextSize: this.context.contextSize,
+      quantization: this.summary.quantization,
+      architecture: this.summary.architecture,
+      parameters: this.summary.parameterCount,
+      sizeBytes: this.summary.sizeBytes,
+      state: 'ready',
+      tasks: ['chat'],
+    }
+  }
+
+  async openChat(request: ChatGenerationRequest): Promise<TokenStream> {
+    const sequence = this.free.pop()
+    if (sequence == null) throw new EngineError('busy', 'no free sequence')
+    try {
+      const tokens = this.renderChat(request)
+      const room = this.context.contextSize - tokens.length
+      if (room < 1) {
+        throw new EngineError(
+          'context_length_exceeded',
+          `the prompt is ${tokens.length} tokens; this model's context holds ${this.context.contextSize}`,
+        )
+      }
+      const wanted = request.sampling.maxTokens
+      if (wanted != null && wanted > room) {
+        throw new EngineError(
+          'context_length_exceeded',
+          `prompt (${tokens.length} tokens) + max_tokens (${wanted}) exceeds this model's context of ${this.context.contextSize} tokens`,
+        )
+      }
+      return new LlamaTokenStream(this, sequence, tokens, request, wanted ?? room)
+    } catch (err) {
+      this.free.push(sequence)
+      throw err
+    }
+  }
+
+  /** Called by a stream when it is done with its sequence. */
+  async returnSequence(sequence: LlamaContextSequence): Promise<void> {
+    await sequence.clearHistory()
+    this.free.push(sequence)
+  }
+
+  countToken(): void {
+    this.generatedTokens++
+  }
+
+  detokenize(tokens: readonly Token[], lastTokens?: readonly Token[]): string {
+    return this.model.detokenize(tokens, false, lastTokens)
+  }
+
+  async close(): Promise<void> {
+    await this.context.dispose()
+    await this.model.dispose()
+  }
+
+  private renderChat(request: ChatGenerationRequest): Token[] {
+    const history: ChatHistoryItem[] = []
+    for (const m of request.messages) {
+      if (m.role === 'system') history.push({ type: 'system', text: m.content })
+      else if (m.role === 'user') history.push({ type: 'user', text: m.content })
+      else history.push({ type: 'model', response: [m.content] })
+    }
+    // The answer we generate continues a model turn; an assistant last message is continued as is.
+    const last = history.at(-1)
+    if (last?.type !== 'model') history.push({ type: 'model', response: [] })
+    const { contextText } = this.chatWrapper.generateContextState({ chatHistory: history })
+    return contextText.tokenize(this.model.tokenizer)
+  }
+}
+
+/** One generation: pulls tokens one at a time, detokenizes safely and applies stop sequences. */
+class LlamaTokenStream implements TokenStream {
+  readonly promptTokens: number
+  private readonly generator: ReturnType<LlamaContextSequence['evaluate']>
+  private generated = 0
+  private pending: Token[] = []
+  private lastTokens: Token[] = []
+  /** Text decoded but not yet released: it may be the start of a stop sequence. */
+  private held = ''
+  private released = false
+  private readonly stops: string[]
+  private readonly longestStop: number
+
+  constructor(
+    private readonly engine: LlamaEngine,
+    private readonly sequence: LlamaContextSequence,
+    prompt: Token[],
+    request: ChatGenerationRequest,
+    private readonly maxTokens: number,
+  ) {
+    this.promptTokens = prompt.length
+    this.stops = request.sampling.stop ?? []
+    this.longestStop = Math.max(0, ...this.stops.map((s) => s.length))
+    const { temperature, topP, seed } = request.sampling
+    this.generator = sequence.evaluate(prompt, {
+      temperature: temperature ?? 1,
+      ...(topP != null ? { topP } : {}),
+      ...(seed != null ? { seed } : {}),
+    })
+  }
+
+  async step(): Promise<StepResult> {
+    if (this.generated >= this.maxTokens) return this.end('length')
+    const next = await this.generator.next()
+    if (next.done) return this.end('stop') // the model produced an end-of-generation token
+    this.generated++
+    this.engine.countToken()
+    this.pending.push(next.value)
+    const decoded = this.engine.detokenize(this.pending, this.lastTokens)
+    // An incomplete UTF-8 sequence decodes to U+FFFD: wait for the rest of the character.
+    if (decoded.endsWith('\uFFFD') && this.pending.length < 8) {
+      return this.generated >= this.maxTokens ? this.end('length', 1) : { text: '', tokens: 1 }
+    }
+    this.lastTokens = [...this.lastTokens, ...this.pending].slice(-16)
+    this.pending = []
+    this.held += decoded
+    const stopAt = this.findStop()
+    if (stopAt >= 0) {
+      const text = this.held.slice(0, stopAt)
+      this.held = ''
+      return { text, tokens: 1, finish: 'stop' }
+    }
+    if (this.generated >= this.maxTokens) return this.end('length', 1)
+    // Release everything that cannot be the beginning of a stop sequence.
+    const keep = this.partialStopLength()
+    const text = this.held.slice(0, this.held.length - keep)
+    this.held = this.held.slice(this.held.length - keep)
+    return { text, tokens: 1 }
+  }
+
+  async release(): Promise<void> {
+    if (this.released) return
+    this.released = true
+    await this.generator.return().catch(() => undefined)
+    await this.engine.returnSequence(this.sequence)
+  }
+
+  private end(finish: 'stop' | 'length', tokens = 0): StepResult {
+    const text = this.held + (this.pending.length ? this.engine.detokenize(this.pending, this.lastTokens) : '')
+    this.held = ''
+    this.pending = []
+    return { text, tokens, finish }
+  }
+
+  private findStop(): number {
+    let best = -1
+    for (const s of this.stops) {
+      const i = this.held.indexOf(s)
+      if (i >= 0 && (best < 0 || i < best)) best = i
+    }
+    return best
+  }
+
+  /** Length of the longest tail of `held` that is a proper prefix of some stop sequence. */
+  private partialStopLength(): number {
+    const max = Math.min(this.longestStop - 1, this.held.length)
+    for (let len = max; len > 0; len--) {
+      const tail = this.held.slice(this.held.length - len)
+      if (this.stops.some((s) => s.startsWith(tail))) return len
+    }
+    return 0
+  }
+}
+
+/** GPUs llama.cpp can use here, with their VRAM; empty on a CPU-only machine. */
+export async function llamaGpus(gpu: 'auto' | false): Promise<Array<{ name: string; vramBytes: number }>> {
+  const llama = await sharedLlama(gpu)
+  if (llama.gpu === false) return []
+  const [names, vram] = await Promise.all([llama.getGpuDeviceNames(), llama.getVramState()])
+  const per = names.length > 0 ? Math.floor(vram.total / names.length) : vram.total
+  return (names.length > 0 ? names : [String(llama.gpu)]).map((name) => ({ name, vramBytes: per }))
+}

@@ -1,0 +1,36 @@
+// Protocol ids, gossip topics and size limits: the names and bounds of everything that crosses
+// between peers. Versioned so that a peer speaking a newer wire can run beside an older one.
+
+/** Prefix of every libp2p protocol id of ours. */
+export const PROTOCOL_PREFIX = '/cluster'
+
+/** One inference per stream: request → delta* → done | error. Closing the stream cancels. */
+export const INFERENCE_PROTOCOL = '/cluster/inference/1.0.0'
+
+/** Ask a node for its current capabilities record (used when a heartbeat names a newer version). */
+export const CAPABILITIES_PROTOCOL = '/cluster/capabilities/1.0.0'
+
+/** kad-dht protocol id: private, so our peers never join or answer the public IPFS DHT. */
+export const DHT_PROTOCOL = '/cluster/kad/1.0.0'
+
+/** Gossip topics. */
+export const TOPICS = {
+  heartbeat: '/cluster/heartbeat/1.0.0',
+  capabilities: '/cluster/capabilities/1.0.0',
+  deployments: '/cluster/deployments/1.0.0',
+  events: '/cluster/events/1.0.0',
+} as const
+
+export type TopicName = keyof typeof TOPICS
+
+/** Largest gossip message any peer accepts (bytes of its encoded payload). */
+export const MAX_GOSSIP_BYTES = 64 * 1024
+
+/** Largest single frame on a request stream (a long prompt fits; a runaway peer does not). */
+export const MAX_FRAME_BYTES = 4 * 1024 * 1024
+
+/** Bounds each peer declares when it registers a stream protocol. */
+export const STREAM_LIMITS = {
+  inference: { maxInboundStreams: 256, maxOutboundStreams: 256 },
+  capabilities: { maxInboundStreams: 32, maxOutboundStreams: 32 },
+} as const

@@ -1,0 +1,5 @@
+// The wire, in one import: ids, topics, limits, schemas and codecs.
+// protocols/ depends on nothing else of ours; everything that crosses between peers is here.
+export * from './codec.ts'
+export * from './ids.ts'
+export * from './schemas.ts'

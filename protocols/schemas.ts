@@ -1,0 +1,193 @@
+// zod schemas of every message that crosses between peers: gossip payloads and inference frames.
+// Peers validate what they receive against these and drop what does not parse.
+import { z } from 'zod'
+
+const peerId = z.string().min(1).max(128)
+const count = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER)
+const modelId = z
+  .string()
+  .min(1)
+  .max(256)
+  .regex(/^[\w.:/@+-]+$/, 'model ids use letters, digits and . _ : / @ + -')
+/** A money amount in the token's smallest unit, as a decimal string (JSON has no bigint). */
+export const AmountString = z.string().regex(/^\d{1,40}$/, 'an integer amount in the smallest unit')
+
+export const LoadSchema = z.object({
+  active: count,
+  queued: count,
+  slots: count,
+  maxQueue: count,
+})
+export type Load = z.infer<typeof LoadSchema>
+
+export const HeartbeatSchema = z.object({
+  v: z.literal(1),
+  peerId,
+  /** Grows with every start of the node: a higher one replaces the entry of an older run. */
+  incarnation: count,
+  seq: count,
+  sentAt: count,
+  intervalMs: z.number().int().min(50).max(60_000),
+  state: z.enum(['serving', 'leaving']),
+  load: LoadSchema,
+  /** Version of the node's capabilities record; a directory that has an older one asks for it. */
+  capabilitiesVersion: count,
+  /** Ids of the models ready to serve, so routing does not wait for a capabilities record. */
+  models: z.array(modelId).max(256),
+})
+export type Heartbeat = z.infer<typeof HeartbeatSchema>
+
+export const ModelStateSchema = z.enum(['loading', 'ready', 'unloading', 'failed'])
+
+export const ServedModelSchema = z.object({
+  id: modelId,
+  name: z.string().max(256).optional(),
+  /** IPFS CID of the weights, when the model came from the mesh. */
+  cid: z.string().max(128).optional(),
+  /** sha256 of the GGUF file, hex, when it has been computed. */
+  sha256: z
+    .string()
+    .regex(/^[0-9a-f]{64}$/)
+    .optional(),
+  contextSize: count,
+  quantization: z.string().max(32).optional(),
+  architecture: z.string().max(64).optional(),
+  parameters: count.optional(),
+  sizeBytes: count.optional(),
+  state: ModelStateSchema,
+  tasks: z.array(z.enum(['chat', 'completion', 'embeddings', 'rerank'])).max(8),
+})
+export type ServedModel = z.infer<typeof ServedModelSchema>
+
+export const PriceSchema = z.object({
+  model: modelId,
+  /** Smallest token units per one million prompt tokens. */
+  inputPerMillion: AmountString,
+  /** Smallest token units per one million completion tokens. */
+  outputPerMillion: AmountString,
+})
+export type Price = z.infer<typeof PriceSchema>
+
+export const HardwareSchema = z.object({
+  cpu: z.object({ model: z.string().max(256), cores: count }),
+  ramBytes: count,
+  gpus: z.array(z.object({ name: z.string().max(256), vramBytes: count })).max(64),
+})
+export type Hardware = z.infer<typeof HardwareSchema>
+
+export const CapabilitiesSchema = z.object({
+  v: z.literal(1),
+  peerId,
+  incarnation: count,
+  version: count,
+  models: z.array(ServedModelSchema).max(256),
+  hardware: HardwareSchema,
+  prices: z.array(PriceSchema).max(256),
+  /** EVM address that receives this node's earnings; empty until the operator sets one. */
+  payoutAddress: z.union([z.literal(''), z.string().regex(/^0x[0-9a-fA-F]{40}$/)]),
+  software: z.object({ name: z.string().max(64), version: z.string().max(64) }),
+})
+export type Capabilities = z.infer<typeof CapabilitiesSchema>
+
+export const DeploymentEventSchema = z.object({
+  v: z.literal(1),
+  type: z.enum(['model:deployed', 'model:undeployed']),
+  peerId,
+  incarnation: count,
+  model: z.object({ id: modelId, cid: z.string().max(128).optional() }),
+  at: count,
+})
+export type DeploymentEvent = z.infer<typeof DeploymentEventSchema>
+
+export const UsageSchema = z.object({
+  promptTokens: count,
+  completionTokens: count,
+})
+export type Usage = z.infer<typeof UsageSchema>
+
+export const FinishReasonSchema = z.enum(['stop', 'length', 'abort'])
+export type FinishReason = z.infer<typeof FinishReasonSchema>
+
+/** Events any peer may gossip for monitors; the sender is the signed gossip author. */
+export const ClusterEventSchema = z.discriminatedUnion('type', [
+  z.object({
+    v: z.literal(1),
+    type: z.literal('inference:complete'),
+    requestId: z.string().min(1).max(128),
+    model: modelId,
+    nodePeerId: peerId,
+    usage: UsageSchema,
+    finishReason: FinishReasonSchema,
+    ttftMs: count,
+    durationMs: count,
+    at: count,
+  }),
+])
+export type ClusterEvent = z.infer<typeof ClusterEventSchema>
+
+// ---- inference stream frames ----
+
+export const ChatMessageSchema = z.object({
+  role: z.enum(['system', 'user', 'assistant']),
+  content: z.string().max(2_000_000),
+})
+export type WireChatMessage = z.infer<typeof ChatMessageSchema>
+
+export const SamplingSchema = z.object({
+  maxTokens: z.number().int().positive().max(1_000_000).optional(),
+  temperature: z.number().min(0).max(2).optional(),
+  topP: z.number().gt(0).max(1).optional(),
+  stop: z.array(z.string().min(1).max(512)).max(16).optional(),
+  seed: z.number().int().nonnegative().max(0xffffffff).optional(),
+})
+export type Sampling = z.infer<typeof SamplingSchema>
+
+export const InferenceRequestFrameSchema = z.object({
+  type: z.literal('request'),
+  id: z.string().min(1).max(128),
+  model: modelId,
+  messages: z.array(ChatMessageSchema).min(1).max(10_000),
+  sampling: SamplingSchema,
+})
+export type InferenceRequestFrame = z.infer<typeof InferenceRequestFrameSchema>
+
+export const DeltaFrameSchema = z.object({
+  type: z.literal('delta'),
+  text: z.string(),
+  /** Tokens generated since the previous delta. */
+  tokens: count,
+})
+export type DeltaFrame = z.infer<typeof DeltaFrameSchema>
+
+export const DoneFrameSchema = z.object({
+  type: z.literal('done'),
+  finishReason: FinishReasonSchema,
+  usage: UsageSchema,
+})
+export type DoneFrame = z.infer<typeof DoneFrameSchema>
+
+export const InferenceErrorCodeSchema = z.enum([
+  'busy',
+  'model_not_found',
+  'invalid_request',
+  'context_length_exceeded',
+  'internal',
+])
+export type InferenceErrorCode = z.infer<typeof InferenceErrorCodeSchema>
+
+export const ErrorFrameSchema = z.object({
+  type: z.literal('error'),
+  code: InferenceErrorCodeSchema,
+  message: z.string().max(4096),
+})
+export type ErrorFrame = z.infer<typeof ErrorFrameSchema>
+
+/** What a node sends back on an inference stream. */
+export const InferenceResponseFrameSchema = z.discriminatedUnion('type', [
+  DeltaFrameSchema,
+  DoneFrameSchema,
+  ErrorFrameSchema,
+])
+export type InferenceResponseFrame = z.infer<typeof InferenceResponseFrameSchema>
+
+export const CapabilitiesRequestFrameSchema = z.object({ type: z.literal('capabilities?') })
