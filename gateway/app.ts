@@ -136,6 +136,8 @@ export function createApp(deps: AppDeps): Hono {
         durationMs: Math.round(performance.now() - started),
       })
 
+    // Which node answered: for operators and tests (routing headers grow with external providers).
+    c.header('x-cluster-node', call.nodePeerId)
     if (req.stream !== true) {
       try {
         const { text, finishReason, usage } = await collect(call)

@@ -262,7 +262,9 @@ async function readModel(path: string, signal: AbortSignal | undefined): Promise
     })
   }
   let scan: HeaderScan
-  const fh = await open(path, 'r')
+  const fh = await open(path, 'r').catch((err: unknown) => {
+    throw new InvalidModelError(path, `cannot open model file (${(err as NodeJS.ErrnoException).code})`, { cause: err })
+  })
   try {
     scan = await scanHeader(fh, size, signal)
   } catch (err) {
@@ -394,6 +396,20 @@ function checkArchitecture(path: string, info: GgufFileInfo, scan: HeaderScan): 
     throw new InvalidModelError(path, `inconsistent expert counts (${experts} experts, ${usedMax} used)`)
   }
 
+  // A head size that truncates to 0, or K/V heads that do not divide the query heads, end in
+  // ggml asserts (at load or at the first decode), so they are caught here.
+  const embd = asNumber(metaValue(info, `${arch}.embedding_length`)) ?? 0
+  const nHead = asNumber(metaValue(info, `${arch}.attention.head_count`))
+  const nHeadKv = asNumber(headCountKv)
+  if (nHead !== undefined) {
+    if (metaValue(info, `${arch}.attention.key_length`) === undefined && embd % nHead !== 0) {
+      throw new InvalidModelError(path, `embedding_length ${embd} is not a multiple of head_count ${nHead}`)
+    }
+    if (nHeadKv !== undefined && nHead % nHeadKv !== 0) {
+      throw new InvalidModelError(path, `head_count ${nHead} is not a multiple of head_count_kv ${nHeadKv}`)
+    }
+  }
+
   if (arch === 'llama') checkLlama(path, info, scan)
 }
 
@@ -401,15 +417,12 @@ function checkLlama(path: string, info: GgufFileInfo, scan: HeaderScan): void {
   const embd = asNumber(metaValue(info, 'llama.embedding_length')) ?? 0
   const heads = metaValue(info, 'llama.attention.head_count')
   const blocks = asNumber(metaValue(info, 'llama.block_count')) ?? 0
-  if (typeof heads !== 'object') {
-    const nHead = asNumber(heads) ?? 0
-    const keyLength = asNumber(metaValue(info, 'llama.attention.key_length'))
-    if (keyLength === undefined && embd % nHead !== 0) {
-      throw new InvalidModelError(path, `embedding_length ${embd} is not a multiple of head_count ${nHead}`)
-    }
-    const rot = asNumber(metaValue(info, 'llama.rope.dimension_count'))
+  const nHead = asNumber(heads)
+  const keyLength = asNumber(metaValue(info, 'llama.attention.key_length'))
+  const rot = asNumber(metaValue(info, 'llama.rope.dimension_count'))
+  if (nHead !== undefined && rot !== undefined) {
     const headDim = keyLength ?? embd / nHead
-    if (rot !== undefined && rot !== headDim) {
+    if (rot !== headDim) {
       throw new InvalidModelError(path, `rope.dimension_count ${rot} differs from the head size ${headDim}`)
     }
   }

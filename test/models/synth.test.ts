@@ -192,3 +192,40 @@ describe('validateGguf rejects', () => {
     await expectInvalid(path, /truncated/)
   })
 })
+
+// Opt-in (CLUSTER_TEST_1B=1): writes ~1.3 GB and needs ~1.5 GB of RAM to run.
+describe.runIf(process.env.CLUSTER_TEST_1B === '1')('synthesizeGguf (1b)', () => {
+  it('writes a Llama-3.2-1B-shaped model that loads and generates', { timeout: 300_000 }, async () => {
+    const p = SYNTH_PRESETS['1b']
+    const res = await synthesizeGguf({ preset: '1b', out: join(dir, '1b.gguf') })
+    try {
+      const summary = await validateGguf(res.path)
+      expect(summary).toMatchObject({
+        architecture: 'llama',
+        contextLength: 131_072,
+        embeddingLength: 2048,
+        blockCount: 16,
+        quantization: 'Q8_0',
+        parameterCount: expectedParams(p),
+        sizeBytes: res.bytes,
+      })
+      const llama = await getLlama({ gpu: false, logLevel: LlamaLogLevel.error })
+      try {
+        const model = await llama.loadModel({ modelPath: res.path })
+        expect(model.tokens.bos).toBe(128_000)
+        expect(model.tokens.eos).toBe(128_009)
+        const context = await model.createContext({ contextSize: 512, threads: os.availableParallelism() })
+        const generated: number[] = []
+        for await (const token of context.getSequence().evaluate(model.tokenize('The cluster'), { temperature: 0.8 })) {
+          generated.push(token)
+          if (generated.length >= 4) break
+        }
+        for (const t of generated) expect(t).toBeLessThan(p.vocabSize)
+      } finally {
+        await llama.dispose()
+      }
+    } finally {
+      await rm(res.path, { force: true })
+    }
+  })
+})
