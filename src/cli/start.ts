@@ -1,7 +1,7 @@
 // `cluster start` (= `npm start`): one gateway and one node on 127.0.0.1, data under .cluster/,
 // serving a given model or a generated random-weights demo model; writes dev.json for clients.
 import { existsSync } from 'node:fs'
-import { mkdir, writeFile } from 'node:fs/promises'
+import { mkdir, rename, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { startGateway } from '../../gateway/gateway.ts'
 import { startNode } from '../../node/node.ts'
@@ -82,7 +82,9 @@ export async function startLocal(config: Config, modelPath?: string): Promise<Lo
       { role: 'node', peerId: node.peerId, multiaddrs: node.multiaddrs() },
     ],
   }
-  await writeFile(devJsonPath, `${JSON.stringify(dev, null, 2)}\n`)
+  // Written whole then renamed: a client polling for dev.json never reads half of it.
+  await writeFile(`${devJsonPath}.tmp`, `${JSON.stringify(dev, null, 2)}\n`)
+  await rename(`${devJsonPath}.tmp`, devJsonPath)
   const first = models[0] ?? DEMO_MODEL_ID
   process.stdout.write(
     [

@@ -1,0 +1,77 @@
+// `npm start`, run as a user would: it comes up, writes dev.json, answers a chat request with the
+// demo model, and stops everything cleanly within 5 s of Ctrl-C (SIGINT to its process group).
+import { type ChildProcess, spawn } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import OpenAI from 'openai'
+import { afterAll, describe, expect, it } from 'vitest'
+import { tempDir, waitFor } from '../helpers/fixtures.ts'
+
+interface DevJson {
+  gatewayUrl: string
+  models: string[]
+  peers: Array<{ role: string; peerId: string; multiaddrs: string[] }>
+}
+
+const exited = (child: ChildProcess): Promise<number | null> =>
+  child.exitCode != null ? Promise.resolve(child.exitCode) : new Promise((r) => child.once('exit', (code) => r(code)))
+
+describe('npm start', () => {
+  let child: ChildProcess | undefined
+  let cleanup: (() => Promise<void>) | undefined
+
+  afterAll(async () => {
+    if (child?.pid != null && child.exitCode == null && child.signalCode == null) {
+      try {
+        process.kill(-child.pid, 'SIGKILL')
+      } catch {
+        // already gone
+      }
+    }
+    await cleanup?.()
+  })
+
+  it('serves a chat completion from the demo model and stops on Ctrl-C within 5 s', async () => {
+    const dir = await tempDir('npm-start')
+    cleanup = dir.remove
+    let output = ''
+    child = spawn('npm', ['start', '--silent'], {
+      cwd: join(import.meta.dirname, '..', '..'),
+      env: { ...process.env, PORT: '0', CLUSTER_DATA_DIR: dir.path },
+      detached: true, // its own process group, like a terminal's foreground job
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    child.stdout?.on('data', (d: Buffer) => {
+      output += d.toString()
+    })
+    child.stderr?.on('data', (d: Buffer) => {
+      output += d.toString()
+    })
+    const devJson = join(dir.path, 'dev.json')
+    await waitFor(() => existsSync(devJson) || child?.exitCode != null, 60_000, 'dev.json')
+    expect(child.exitCode, output).toBeNull()
+    const dev = JSON.parse(readFileSync(devJson, 'utf8')) as DevJson
+    expect(dev.gatewayUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
+    expect(dev.peers.map((p) => p.role).sort()).toEqual(['gateway', 'node'])
+    for (const p of dev.peers) expect(p.multiaddrs.every((a) => a.startsWith('/ip4/127.0.0.1/'))).toBe(true)
+    expect(output).toContain(`curl ${dev.gatewayUrl}/v1/chat/completions`)
+
+    const health = (await (await fetch(`${dev.gatewayUrl}/health`)).json()) as { status: string; uptime: number }
+    expect(health.status).toBe('ok')
+    expect(Number.isInteger(health.uptime)).toBe(true)
+
+    const client = new OpenAI({ baseURL: `${dev.gatewayUrl}/v1`, apiKey: 'unused', maxRetries: 0 })
+    const model = dev.models[0] as string
+    const res = await client.chat.completions.create({ model, messages: [{ role: 'user', content: 'Hello!' }], max_tokens: 8 })
+    expect(res.choices[0]?.message.content?.length).toBeGreaterThan(0)
+    expect(res.usage?.completion_tokens).toBeGreaterThan(0)
+
+    const t0 = Date.now()
+    process.kill(-(child.pid as number), 'SIGINT')
+    await Promise.race([exited(child), new Promise((r) => setTimeout(r, 6_000))])
+    expect(child.exitCode ?? child.signalCode, output).not.toBeNull()
+    expect(Date.now() - t0).toBeLessThan(5_000)
+    // Nothing is left listening.
+    await expect(fetch(`${dev.gatewayUrl}/health`)).rejects.toThrow()
+  })
+})
