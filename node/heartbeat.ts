@@ -29,12 +29,24 @@ export class HeartbeatPublisher {
 
   constructor(private readonly options: HeartbeatOptions) {}
 
+  private offSubscriber: (() => void) | undefined
+  private soon: NodeJS.Timeout | undefined
+
   start(): void {
     const beat = (): void => {
       void this.beat().catch(() => undefined)
     }
     beat()
     this.timer = setInterval(beat, this.options.intervalMs)
+    // A peer that just subscribed (a new gateway, or one we just dialled) hears from us at once
+    // rather than after a whole interval; the short delay lets its side of the mesh form.
+    this.offSubscriber = this.options.bus.onSubscriber('heartbeat', () => {
+      if (this.soon != null || this.timer == null) return
+      this.soon = setTimeout(() => {
+        this.soon = undefined
+        beat()
+      }, 100)
+    })
   }
 
   /** Publishes one heartbeat now (and the capabilities record when it is due). */
@@ -62,6 +74,8 @@ export class HeartbeatPublisher {
   /** Stops beating and tells the mesh this run is leaving, so directories drop it at once. */
   async stop(): Promise<void> {
     clearInterval(this.timer)
+    clearTimeout(this.soon)
+    this.offSubscriber?.()
     this.timer = undefined
     await this.beat('leaving').catch(() => undefined)
   }

@@ -9,6 +9,7 @@ import { createMeshPeer, type MeshPeer } from '../src/mesh/peer.ts'
 import { serveCapabilities } from '../src/mesh/streams.ts'
 import { SOFTWARE } from '../src/version.ts'
 import type { Engine } from './engine.ts'
+import { FileHashes } from './file-hashes.ts'
 import { detectHardware } from './hardware.ts'
 import { HeartbeatPublisher } from './heartbeat.ts'
 import { serveInference } from './inference-service.ts'
@@ -104,14 +105,18 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
   const hardware = await detectHardware(() => llamaGpus(config.gpu ?? 'auto'))
   const prices = config.prices ?? DEFAULT_NODE_PRICES
   const incarnation = await nextIncarnation(config.dataDir)
-  const capsVersion = 1
+  let capsVersion = 1
+  const sha256 = new Map<string, string>()
 
   const capabilities = (): Capabilities => ({
     v: 1,
     peerId,
     incarnation,
     version: capsVersion,
-    models: [...engines.values()].map((e) => e.describe()),
+    models: [...engines.values()].map((e) => {
+      const hash = sha256.get(e.modelId)
+      return hash ? { ...e.describe(), sha256: hash } : e.describe()
+    }),
     hardware,
     prices: [...engines.keys()].map((model) => ({
       model,
@@ -149,6 +154,19 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
   bus.subscribe('heartbeat', HeartbeatSchema, () => undefined)
   bus.subscribe('capabilities', CapabilitiesSchema, () => undefined)
 
+  // Hash the weights in the background; the next heartbeat announces the new capabilities version.
+  const hashing = new AbortController()
+  const hashes = new FileHashes(config.dataDir)
+  void (async () => {
+    for (const [i, m] of config.models.entries()) {
+      const id = [...engines.keys()][i]
+      if (id == null) continue
+      const hash = await hashes.hash(m.path, hashing.signal)
+      sha256.set(id, hash)
+      capsVersion++
+    }
+  })().catch(() => undefined)
+
   let stopped: Promise<void> | undefined
   return {
     peer,
@@ -158,6 +176,7 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
     multiaddrs: () => peer.getMultiaddrs().map((a) => a.toString()),
     stop: () => {
       stopped ??= (async () => {
+        hashing.abort()
         await heartbeat.stop()
         bus.close()
         await peer.stop()

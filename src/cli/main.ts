@@ -1,6 +1,6 @@
 // The `cluster` command: `start` (the whole system on this machine), `gateway` and `node` (one role
 // each), and `model synth`. This is the composition root: the one place that knows both roles.
-import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { Command, Option } from 'commander'
 import { type Config, ConfigError, resolveConfig } from '../config/config.ts'
@@ -13,7 +13,7 @@ const collect = (value: string, previous: string[] = []): string[] => [...previo
 async function expandBootstrap(values: string[]): Promise<string[]> {
   const out: string[] = []
   for (const v of values) {
-    if (v.startsWith('/')) {
+    if (/^\/(ip4|ip6|dns|dns4|dns6)\//.test(v)) {
       out.push(v)
       continue
     }
@@ -23,8 +23,14 @@ async function expandBootstrap(values: string[]): Promise<string[]> {
   return out
 }
 
-async function writePeerJson(dataDir: string, peerId: string, multiaddrs: string[]): Promise<void> {
-  await writeFile(join(dataDir, 'peer.json'), `${JSON.stringify({ peerId, multiaddrs }, null, 2)}\n`)
+/** Written whole then renamed, so another peer reading it for --bootstrap never sees half. */
+async function writePeerJson(
+  dataDir: string,
+  info: { peerId: string; multiaddrs: string[]; httpUrl?: string },
+): Promise<void> {
+  const file = join(dataDir, 'peer.json')
+  await writeFile(`${file}.tmp`, `${JSON.stringify(info, null, 2)}\n`)
+  await rename(`${file}.tmp`, file)
 }
 
 /** Stops everything on SIGINT/SIGTERM; a second signal, or 5 s, forces the exit. */
@@ -114,7 +120,7 @@ export async function main(argv: string[]): Promise<void> {
         port: config.gateway.port,
         host: config.gateway.host,
       })
-      await writePeerJson(resolve(config.dataDir), gw.peerId, gw.multiaddrs())
+      await writePeerJson(resolve(config.dataDir), { peerId: gw.peerId, multiaddrs: gw.multiaddrs(), httpUrl: gw.url })
       process.stdout.write(`gateway ${gw.peerId}\n  HTTP  ${gw.url}\n  mesh  ${gw.multiaddrs().join('\n        ')}\n`)
       onShutdown(gw.stop)
     })
@@ -167,7 +173,7 @@ export async function main(argv: string[]): Promise<void> {
         ...(config.heartbeatIntervalMs ? { heartbeatIntervalMs: config.heartbeatIntervalMs } : {}),
         payoutAddress: config.node.payoutAddress,
       })
-      await writePeerJson(resolve(config.dataDir), node.peerId, node.multiaddrs())
+      await writePeerJson(resolve(config.dataDir), { peerId: node.peerId, multiaddrs: node.multiaddrs() })
       process.stdout.write(
         `node ${node.peerId}\n  serving ${[...node.engines.keys()].join(', ')}\n  mesh    ${node.multiaddrs().join('\n          ')}\n`,
       )

@@ -56,6 +56,18 @@ export class GossipBus {
     return result.recipients.length
   }
 
+  /** Calls `listener` with the peer id whenever a peer newly subscribes to `topic`. */
+  onSubscriber(topic: TopicName, listener: (peerId: string) => void): () => void {
+    const name = TOPICS[topic]
+    const handler = (
+      evt: CustomEvent<{ peerId: PeerId; subscriptions: Array<{ topic: string; subscribe: boolean }> }>,
+    ): void => {
+      if (evt.detail.subscriptions.some((s) => s.topic === name && s.subscribe)) listener(evt.detail.peerId.toString())
+    }
+    this.pubsub.addEventListener('subscription-change', handler)
+    return () => this.pubsub.removeEventListener('subscription-change', handler)
+  }
+
   /** How many peers subscribe to a topic (known to this peer). */
   subscribers(topic: TopicName): PeerId[] {
     return this.pubsub.getSubscribers(TOPICS[topic])

@@ -1,17 +1,17 @@
 // Reads and vets GGUF model files before llama.cpp sees them: llama.cpp aborts the whole process
 // (an uncatchable assert) on some malformed models, so anything not produced by us is checked here first.
 import { createHash } from 'node:crypto'
-import { open, stat } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
+import { open, stat } from 'node:fs/promises'
 import { basename } from 'node:path'
-import { GgufFileType, readGgufFileInfo } from 'node-llama-cpp'
 import type { GgufFileInfo } from 'node-llama-cpp'
+import { GgufFileType, readGgufFileInfo } from 'node-llama-cpp'
 import {
+  alignUp,
   GGML_TYPE_LAYOUT,
   GGUF_DEFAULT_ALIGNMENT,
   GGUF_MAGIC,
   GgufValueType,
-  alignUp,
   tensorByteSize,
 } from './gguf-format.ts'
 

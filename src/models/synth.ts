@@ -1,19 +1,20 @@
 // Writes llama-architecture GGUF models with random weights, so demos, tests and benches can run
 // real node-llama-cpp inference with the shape (and cost) of a real model but no download.
-import { mkdir, open, rename, rm } from 'node:fs/promises'
+
 import type { FileHandle } from 'node:fs/promises'
+import { mkdir, open, rename, rm } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
+import type { GgufKv, GgufTensorHeader } from './gguf-format.ts'
 import {
+  alignUp,
+  encodeGgufHeader,
   FILE_TYPE_MOSTLY_Q8_0,
   GGML_TYPE_F32,
   GGML_TYPE_Q8_0,
   GGUF_DEFAULT_ALIGNMENT,
-  alignUp,
-  encodeGgufHeader,
   kv,
   tensorByteSize,
 } from './gguf-format.ts'
-import type { GgufKv, GgufTensorHeader } from './gguf-format.ts'
 
 export type SynthPresetName = 'tiny' | '1b'
 

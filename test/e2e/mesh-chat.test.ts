@@ -4,6 +4,7 @@ import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
 import { type RunningNode, startNode } from '../../node/node.ts'
+import { sha256File } from '../../src/models/gguf.ts'
 import { tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
 
 const MODEL = 'tiny-e2e'
@@ -22,11 +23,11 @@ describe('gateway + two nodes over libp2p', () => {
     return d.path
   }
 
-  const startTestNode = async (name: string): Promise<RunningNode> =>
+  const startTestNode = async (name: string, bootstrap: string[]): Promise<RunningNode> =>
     startNode({
       dataDir: await dir(name),
       listen: ['/ip4/127.0.0.1/tcp/0'],
-      bootstrap: gw.multiaddrs(),
+      bootstrap,
       models: [{ path: await tinyModelPath(), id: MODEL }],
       threads: 1,
       slots: 2,
@@ -35,9 +36,20 @@ describe('gateway + two nodes over libp2p', () => {
     })
 
   beforeAll(async () => {
-    gw = await startGateway({ dataDir: await dir('gw'), listen: ['/ip4/127.0.0.1/tcp/0'], port: 0 })
-    nodeA = await startTestNode('node-a')
-    nodeB = await startTestNode('node-b')
+    gw = await startGateway({
+      dataDir: await dir('gw'),
+      listen: ['/ip4/127.0.0.1/tcp/0', '/ip4/127.0.0.1/tcp/0/ws'],
+      port: 0,
+    })
+    // One node joins over TCP, the other over WebSockets.
+    nodeA = await startTestNode(
+      'node-a',
+      gw.multiaddrs().filter((a) => !a.includes('/ws')),
+    )
+    nodeB = await startTestNode(
+      'node-b',
+      gw.multiaddrs().filter((a) => a.includes('/ws')),
+    )
     await waitFor(() => gw.directory.nodesServing(MODEL).length === 2, 15_000, 'both nodes in the Directory')
     client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'not-needed-yet', maxRetries: 0 })
   })
@@ -46,6 +58,26 @@ describe('gateway + two nodes over libp2p', () => {
     await Promise.allSettled([nodeA?.stop(), nodeB?.stop()])
     await gw?.stop()
     await Promise.all(dirs.map((d) => d.remove()))
+  })
+
+  it('joins one node over WebSockets', () => {
+    const conns = gw.peer.getConnections().filter((c) => c.remotePeer.toString() === nodeB.peerId)
+    expect(conns.some((c) => c.remoteAddr.toString().includes('/ws'))).toBe(true)
+  })
+
+  it("learns each node's capabilities, including the model file's sha256 once hashed", async () => {
+    const expected = await sha256File(await tinyModelPath())
+    await waitFor(
+      () => gw.directory.get(nodeA.peerId)?.capabilities?.models[0]?.sha256 === expected,
+      10_000,
+      'capabilities with the sha256',
+    )
+    const caps = gw.directory.get(nodeA.peerId)?.capabilities
+    expect(caps?.models[0]).toMatchObject({ id: MODEL, state: 'ready', tasks: ['chat'], architecture: 'llama' })
+    expect(caps?.hardware.cpu.cores).toBeGreaterThan(0)
+    expect(caps?.hardware.ramBytes).toBeGreaterThan(0)
+    expect(caps?.prices[0]?.model).toBe(MODEL)
+    expect(caps?.software.name).toBe('cluster')
   })
 
   it('lists the model from the Directory', async () => {

@@ -62,7 +62,11 @@ describe('npm start', () => {
 
     const client = new OpenAI({ baseURL: `${dev.gatewayUrl}/v1`, apiKey: 'unused', maxRetries: 0 })
     const model = dev.models[0] as string
-    const res = await client.chat.completions.create({ model, messages: [{ role: 'user', content: 'Hello!' }], max_tokens: 8 })
+    const res = await client.chat.completions.create({
+      model,
+      messages: [{ role: 'user', content: 'Hello!' }],
+      max_tokens: 8,
+    })
     expect(res.choices[0]?.message.content?.length).toBeGreaterThan(0)
     expect(res.usage?.completion_tokens).toBeGreaterThan(0)
 

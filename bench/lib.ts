@@ -1,0 +1,435 @@
+// Shared helpers for the benches: child processes (always killed at the end, also on error or
+// Ctrl-C), the synthetic models, a gateway and a node as real CLI processes, an SSE client on
+// node:http, the direct-engine child over IPC, and small statistics and table printing.
+import { type ChildProcess, spawn } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
+import { mkdtemp, rm } from 'node:fs/promises'
+import http from 'node:http'
+import { availableParallelism, tmpdir } from 'node:os'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { type SynthPresetName, synthesizeGguf } from '../src/models/synth.ts'
+import type { DirectReply, DirectRequest, DirectRunResult } from './direct-child.ts'
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+export const CORES = availableParallelism()
+export const HOST = '127.0.0.1'
+
+// ---------------------------------------------------------------------------------------------
+// Child processes: every one is registered, and killed when the bench ends however it ends.
+
+const children = new Set<ChildProcess>()
+let hooksInstalled = false
+
+function killNow(child: ChildProcess): void {
+  if (child.exitCode == null && child.signalCode == null) child.kill('SIGKILL')
+}
+
+function installHooks(): void {
+  if (hooksInstalled) return
+  hooksInstalled = true
+  process.on('exit', () => {
+    for (const c of children) killNow(c)
+  })
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(sig, () => {
+      for (const c of children) killNow(c)
+      process.exit(130)
+    })
+  }
+}
+
+export interface Child {
+  name: string
+  proc: ChildProcess
+  pid: number
+  /** Everything written to stdout so far. */
+  output(): string
+  /** Resolves with the first match of `re` in stdout. */
+  waitFor(re: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>
+  /** SIGTERM, then SIGKILL after `graceMs`. */
+  stop(graceMs?: number): Promise<void>
+}
+
+/** Spawns `node <args>` in the repo root. stderr is kept and shown if the child dies early. */
+export function spawnNode(name: string, args: string[], opts: { ipc?: boolean; env?: NodeJS.ProcessEnv } = {}): Child {
+  installHooks()
+  const proc = spawn(process.execPath, args, {
+    cwd: ROOT,
+    env: { ...process.env, ...opts.env },
+    stdio: opts.ipc ? ['ignore', 'pipe', 'pipe', 'ipc'] : ['ignore', 'pipe', 'pipe'],
+  })
+  children.add(proc)
+  let out = ''
+  let err = ''
+  const waiters = new Set<() => void>()
+  proc.stdout?.setEncoding('utf8').on('data', (d: string) => {
+    out += d
+    for (const w of waiters) w()
+  })
+  proc.stderr?.setEncoding('utf8').on('data', (d: string) => {
+    err = (err + d).slice(-4000)
+  })
+  let exited = false
+  const exitPromise = new Promise<void>((res) =>
+    proc.once('exit', () => {
+      exited = true
+      children.delete(proc)
+      for (const w of waiters) w()
+      res()
+    }),
+  )
+  if (proc.pid == null) throw new Error(`${name}: spawn failed`)
+  return {
+    name,
+    proc,
+    pid: proc.pid,
+    output: () => out,
+    waitFor: (re, timeoutMs = 120_000) =>
+      new Promise((res, rej) => {
+        const timer = setTimeout(() => done(new Error(`${name}: no ${re} within ${timeoutMs} ms\n${err}`)), timeoutMs)
+        const check = (): void => {
+          const m = out.match(re)
+          if (m) done(undefined, m)
+          else if (exited) done(new Error(`${name} exited (code ${proc.exitCode})\n${err}`))
+        }
+        const done = (e?: Error, m?: RegExpMatchArray): void => {
+          clearTimeout(timer)
+          waiters.delete(check)
+          if (e) rej(e)
+          else res(m as RegExpMatchArray)
+        }
+        waiters.add(check)
+        check()
+      }),
+    stop: async (graceMs = 3_000) => {
+      if (exited) return
+      proc.kill('SIGTERM')
+      const t = setTimeout(() => killNow(proc), graceMs)
+      await exitPromise
+      clearTimeout(t)
+    },
+  }
+}
+
+/** Stops every child still running (SIGTERM, then SIGKILL). */
+export async function stopAll(): Promise<void> {
+  await Promise.all(
+    [...children].map(
+      (proc) =>
+        new Promise<void>((res) => {
+          if (proc.exitCode != null || proc.signalCode != null) return res()
+          proc.once('exit', () => res())
+          proc.kill('SIGTERM')
+          setTimeout(() => killNow(proc), 3_000).unref()
+        }),
+    ),
+  )
+}
+
+/** Runs `body` with a temp dir; every child is stopped and the dir removed afterwards, also on error. */
+export async function withScope<T>(prefix: string, body: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(join(tmpdir(), `cluster-bench-${prefix}-`))
+  try {
+    return await body(dir)
+  } finally {
+    await stopAll()
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
+/** CPU time (user + system) a process has used so far, in ms, from /proc (Linux). */
+export function cpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  // utime and stime are fields 14 and 15 (1-based) of the whole line: 12 and 13 after the name.
+  const ticks = Number(fields[11]) + Number(fields[12])
+  return (ticks * 1000) / 100 // USER_HZ is 100 on Linux
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models
+
+/** A synthetic model in the temp dir, generated once and reused (the generator is deterministic). */
+export async function benchModel(preset: SynthPresetName): Promise<string> {
+  const path = join(tmpdir(), 'cluster-bench-models', `${preset}.gguf`)
+  if (!existsSync(path)) {
+    process.stdout.write(`generating the ${preset} synthetic model into ${path}…\n`)
+    await synthesizeGguf({ preset, out: path })
+  }
+  return path
+}
+
+// ---------------------------------------------------------------------------------------------
+// A gateway and a node, each as its own `cluster` process.
+
+export interface MeshProcs {
+  url: string
+  gateway: Child
+  node: Child
+}
+
+export interface NodeProcOptions {
+  model: string
+  modelId: string
+  threads: number
+  slots: number
+}
+
+export async function startMesh(dir: string, node: NodeProcOptions): Promise<MeshProcs> {
+  const gwDir = join(dir, 'gw')
+  const gateway = spawnNode('gateway', [
+    'bin/cluster.js',
+    'gateway',
+    '--data-dir',
+    gwDir,
+    '--listen',
+    `/ip4/${HOST}/tcp/0`,
+    '--port',
+    '0',
+    '--host',
+    HOST,
+  ])
+  const m = await gateway.waitFor(/HTTP\s+(http:\/\/\S+)/)
+  const url = m[1] as string
+  const nodeProc = spawnNode('node', [
+    'bin/cluster.js',
+    'node',
+    '--data-dir',
+    join(dir, 'node'),
+    '--listen',
+    `/ip4/${HOST}/tcp/0`,
+    '--bootstrap',
+    join(gwDir, 'peer.json'),
+    '--model',
+    node.model,
+    '--model-id',
+    node.modelId,
+    '--threads',
+    String(node.threads),
+    '--slots',
+    String(node.slots),
+    '--gpu',
+    'off',
+  ])
+  await nodeProc.waitFor(/^node \S+/m)
+  await waitForModel(url, node.modelId, 30_000)
+  return { url, gateway, node: nodeProc }
+}
+
+export async function waitForModel(url: string, model: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    try {
+      const res = await fetch(`${url}/v1/models`)
+      const body = (await res.json()) as { data?: Array<{ id: string }> }
+      if (body.data?.some((m) => m.id === model)) return
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > deadline) throw new Error(`${model} did not appear at ${url} within ${timeoutMs} ms`)
+    await sleep(100)
+  }
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
+
+// ---------------------------------------------------------------------------------------------
+// The SSE client: node:http with a keep-alive agent (less client overhead than fetch/undici).
+
+export interface ChatParams {
+  model: string
+  prompt: string
+  maxTokens: number
+  seed: number
+}
+
+export interface StreamTiming {
+  /** ms from request start to the first chunk with non-empty content. */
+  ttftMs: number
+  /** ms from request start to the chunk with finish_reason. */
+  doneMs: number
+  completionTokens: number
+  promptTokens: number
+  finishReason: string
+  text: string
+}
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: 64 })
+
+export function chatBody(p: ChatParams): string {
+  return JSON.stringify({
+    model: p.model,
+    messages: [{ role: 'user', content: p.prompt }],
+    max_tokens: p.maxTokens,
+    temperature: 0,
+    seed: p.seed,
+    stream: true,
+    stream_options: { include_usage: true },
+  })
+}
+
+/** One streaming chat completion; times are taken in this process as chunks arrive. */
+export function streamChat(baseUrl: string, p: ChatParams): Promise<StreamTiming> {
+  const body = chatBody(p)
+  const url = new URL('/v1/chat/completions', baseUrl)
+  return new Promise((res, rej) => {
+    let first = -1
+    let done = -1
+    let text = ''
+    let buf = ''
+    let finishReason = ''
+    let usage: { prompt_tokens: number; completion_tokens: number } | undefined
+    const req = http.request(
+      url,
+      {
+        method: 'POST',
+        agent,
+        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+      },
+      (resp) => {
+        if (resp.statusCode !== 200) {
+          let e = ''
+          resp.setEncoding('utf8').on('data', (d: string) => {
+            e += d
+          })
+          resp.on('end', () => rej(new Error(`HTTP ${resp.statusCode}: ${e}`)))
+          return
+        }
+        resp.setEncoding('utf8')
+        resp.on('data', (d: string) => {
+          const now = performance.now()
+          buf += d
+          let i = buf.indexOf('\n\n')
+          while (i >= 0) {
+            const event = buf.slice(0, i)
+            buf = buf.slice(i + 2)
+            i = buf.indexOf('\n\n')
+            for (const line of event.split('\n')) {
+              if (!line.startsWith('data:')) continue
+              const data = line.slice(5).trim()
+              if (data === '[DONE]') continue
+              const chunk = JSON.parse(data) as {
+                choices: Array<{ delta: { content?: string }; finish_reason: string | null }>
+                usage?: { prompt_tokens: number; completion_tokens: number } | null
+                error?: { message: string }
+              }
+              if (chunk.error) return rej(new Error(`stream error: ${chunk.error.message}`))
+              const choice = chunk.choices[0]
+              const content = choice?.delta.content ?? ''
+              if (content.length > 0) {
+                if (first < 0) first = now - start
+                text += content
+              }
+              if (choice?.finish_reason) {
+                finishReason = choice.finish_reason
+                done = now - start
+              }
+              if (chunk.usage) usage = chunk.usage
+            }
+          }
+        })
+        resp.on('end', () => {
+          if (done < 0 || usage == null) return rej(new Error('stream ended without finish_reason/usage'))
+          res({
+            ttftMs: first < 0 ? done : first,
+            doneMs: done,
+            completionTokens: usage.completion_tokens,
+            promptTokens: usage.prompt_tokens,
+            finishReason,
+            text,
+          })
+        })
+      },
+    )
+    req.on('error', rej)
+    const start = performance.now()
+    req.end(body)
+  })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The direct baseline: LlamaEngine + Scheduler in a child process of its own, driven over IPC.
+
+export interface DirectEngine {
+  child: Child
+  run(p: ChatParams, concurrency?: number): Promise<DirectRunResult[]>
+}
+
+export async function startDirect(opts: { model: string; threads: number; slots: number }): Promise<DirectEngine> {
+  const child = spawnNode('direct', ['bin/run-ts.js', 'bench/direct-child.ts', JSON.stringify(opts)], { ipc: true })
+  let next = 0
+  const pending = new Map<number, { res: (r: DirectRunResult[]) => void; rej: (e: Error) => void }>()
+  const ready = new Promise<void>((res, rej) => {
+    child.proc.on('message', (msg: DirectReply) => {
+      if (msg.type === 'ready') return res()
+      const p = pending.get(msg.id)
+      if (p == null) return
+      pending.delete(msg.id)
+      if (msg.type === 'result') p.res(msg.results)
+      else p.rej(new Error(`direct: ${msg.message}`))
+    })
+    child.proc.once('exit', (code) => {
+      const e = new Error(`direct child exited (${code})`)
+      rej(e)
+      for (const p of pending.values()) p.rej(e)
+      pending.clear()
+    })
+  })
+  await ready
+  return {
+    child,
+    run: (p, concurrency = 1) =>
+      new Promise((res, rej) => {
+        const id = next++
+        pending.set(id, { res, rej })
+        const msg: DirectRequest = { type: 'run', id, prompt: p.prompt, maxTokens: p.maxTokens, seed: p.seed, concurrency }
+        child.proc.send(msg)
+      }),
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics and printing
+
+export function quantile(values: readonly number[], q: number): number {
+  if (values.length === 0) return Number.NaN
+  const s = [...values].sort((a, b) => a - b)
+  const pos = (s.length - 1) * q
+  const lo = Math.floor(pos)
+  const hi = Math.ceil(pos)
+  return (s[lo] as number) + ((s[hi] as number) - (s[lo] as number)) * (pos - lo)
+}
+
+export const median = (v: readonly number[]): number => quantile(v, 0.5)
+export const mean = (v: readonly number[]): number => v.reduce((a, b) => a + b, 0) / v.length
+
+export function fmt(n: number, digits = 2): string {
+  if (!Number.isFinite(n)) return String(n)
+  return n.toFixed(digits)
+}
+
+/** Prints rows as an aligned text table. */
+export function table(headers: string[], rows: Array<Array<string | number>>): void {
+  const cells = [headers, ...rows.map((r) => r.map(String))]
+  const widths = headers.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)))
+  const line = (r: string[]): string => r.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ')
+  console.log(line(headers))
+  console.log(widths.map((w) => '-'.repeat(w)).join('  '))
+  for (const r of cells.slice(1)) console.log(line(r))
+}
+
+/** The final figure line, e.g. `mesh.tps_ratio = 0.99 (goal ≥ 0.97)`. */
+export function figure(name: string, value: number, digits: number, goal?: { op: '≤' | '≥'; value: number }): void {
+  const met = goal == null ? '' : (goal.op === '≤' ? value <= goal.value : value >= goal.value) ? ' — met' : ' — NOT met'
+  console.log(`${name} = ${fmt(value, digits)}${goal ? ` (goal ${goal.op} ${goal.value})${met}` : ''}`)
+}
+
+/** Load average, to show how busy the shared machine was during a bench. */
+export function loadavg(): string {
+  try {
+    return readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')
+  } catch {
+    return 'n/a'
+  }
+}

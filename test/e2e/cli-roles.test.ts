@@ -1,0 +1,126 @@
+// `cluster gateway` and `cluster node` as separate processes, joined through peer.json: the node
+// serves through the gateway, and a restarted node keeps its peer id and replaces its old entry.
+import { type ChildProcess, spawn } from 'node:child_process'
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { afterAll, describe, expect, it } from 'vitest'
+import { tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
+
+const ROOT = join(import.meta.dirname, '..', '..')
+const children: ChildProcess[] = []
+
+function cluster(args: string[]): ChildProcess {
+  const child = spawn(process.execPath, [join(ROOT, 'bin', 'cluster.js'), ...args], {
+    cwd: ROOT,
+    env: { ...process.env, PORT: '0' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let log = ''
+  child.stdout?.on('data', (d: Buffer) => {
+    log += d.toString()
+  })
+  child.stderr?.on('data', (d: Buffer) => {
+    log += d.toString()
+  })
+  ;(child as ChildProcess & { log: () => string }).log = () => log
+  children.push(child)
+  return child
+}
+
+const stopped = (child: ChildProcess): Promise<void> =>
+  child.exitCode != null || child.signalCode != null
+    ? Promise.resolve()
+    : new Promise((r) => child.once('exit', () => r()))
+
+interface PeerJson {
+  peerId: string
+  multiaddrs: string[]
+  httpUrl?: string
+}
+
+const readPeer = (dir: string): PeerJson => JSON.parse(readFileSync(join(dir, 'peer.json'), 'utf8')) as PeerJson
+
+describe('cluster gateway + cluster node as processes', () => {
+  const cleanups: Array<() => Promise<void>> = []
+  afterAll(async () => {
+    for (const c of children) if (c.exitCode == null && c.signalCode == null) c.kill('SIGKILL')
+    await Promise.all(children.map(stopped))
+    await Promise.all(cleanups.map((f) => f()))
+  })
+
+  it('joins through peer.json, serves, and a restarted node keeps its id without a duplicate entry', async () => {
+    const g = await tempDir('cli-gw')
+    const n = await tempDir('cli-node')
+    cleanups.push(g.remove, n.remove)
+    const model = await tinyModelPath()
+
+    const gw = cluster(['gateway', '--data-dir', g.path, '--listen', '/ip4/127.0.0.1/tcp/0', '--port', '0'])
+    await waitFor(() => existsSync(join(g.path, 'peer.json')), 30_000, 'gateway peer.json')
+    const gwInfo = readPeer(g.path)
+    expect(gwInfo.multiaddrs.length).toBeGreaterThan(0)
+    expect(gwInfo.multiaddrs[0]).toContain(`/p2p/${gwInfo.peerId}`)
+    const url = gwInfo.httpUrl as string
+
+    // A 5 s heartbeat: the lease (15 s) of a crashed run outlasts the restart below.
+    const config = join(n.path, 'config.json')
+    writeFileSync(config, JSON.stringify({ heartbeatIntervalMs: 5000 }))
+    const nodeArgs = [
+      'node',
+      '--config',
+      config,
+      '--data-dir',
+      n.path,
+      '--listen',
+      '/ip4/127.0.0.1/tcp/0',
+      '--bootstrap',
+      join(g.path, 'peer.json'),
+      '--model',
+      model,
+      '--model-id',
+      'cli-tiny',
+      '--threads',
+      '1',
+      '--gpu',
+      'off',
+    ]
+    const models = async (): Promise<Array<{ id: string; nodes: number }>> =>
+      ((await (await fetch(`${url}/v1/models`)).json()) as { data: Array<{ id: string; nodes: number }> }).data
+
+    let node = cluster(nodeArgs)
+    await waitFor(async () => (await models()).some((m) => m.id === 'cli-tiny'), 30_000, 'the node in /v1/models')
+    const firstId = readPeer(n.path).peerId
+
+    const chat = async (): Promise<Response> =>
+      fetch(`${url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'cli-tiny', messages: [{ role: 'user', content: 'hi' }], max_tokens: 4 }),
+      })
+    const first = await chat()
+    expect(first.status).toBe(200)
+    expect(first.headers.get('x-cluster-node')).toBe(firstId)
+
+    // Restart after a crash (SIGKILL: no goodbye, the old entry's lease is still running), same data dir.
+    node.kill('SIGKILL')
+    await stopped(node)
+    rmSync(join(n.path, 'peer.json'))
+    const crashedAt = Date.now()
+    node = cluster(nodeArgs)
+    await waitFor(() => existsSync(join(n.path, 'peer.json')), 30_000, 'restarted node peer.json')
+    expect(readPeer(n.path).peerId).toBe(firstId)
+    await waitFor(async () => (await models()).some((m) => m.id === 'cli-tiny'), 30_000, 'the restarted node')
+    // The new incarnation replaced the old entry (still within its lease): one node, not two.
+    expect(Date.now() - crashedAt).toBeLessThan(15_000)
+    const list = await models()
+    expect(list.find((m) => m.id === 'cli-tiny')?.nodes).toBe(1)
+    const again = await chat()
+    expect(again.status).toBe(200)
+    expect(again.headers.get('x-cluster-node')).toBe(firstId)
+
+    gw.kill('SIGTERM')
+    node.kill('SIGTERM')
+    await Promise.all([stopped(gw), stopped(node)])
+    expect(gw.exitCode).toBe(0)
+    expect(node.exitCode).toBe(0)
+  })
+})
