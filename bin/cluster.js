@@ -6,4 +6,11 @@ import { register } from 'tsx/esm/api'
 register()
 await import('../src/polyfill.ts')
 const { main } = await import('../src/cli/main.ts')
-await main(process.argv)
+try {
+  await main(process.argv)
+} catch (err) {
+  // A clear line for the user; the stack only when asked for.
+  process.stderr.write(`cluster: ${err?.message ?? err}\n`)
+  if (process.env.CLUSTER_DEBUG) process.stderr.write(`${err?.stack ?? ''}\n`)
+  process.exit(1)
+}

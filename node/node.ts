@@ -78,8 +78,8 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
         modelPath: m.path,
         ...(m.id ? { modelId: m.id } : {}),
         ...(m.cid ? { cid: m.cid } : {}),
-        ...(config.threads ? { threads: config.threads } : {}),
-        ...(config.slots ? { slots: config.slots } : {}),
+        ...(config.threads != null ? { threads: config.threads } : {}),
+        ...(config.slots != null ? { slots: config.slots } : {}),
         ...(config.contextSize ? { contextSize: config.contextSize } : {}),
         gpu: config.gpu ?? 'auto',
       })
@@ -88,7 +88,7 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
         throw new Error(`two models share the id ${engine.modelId}: give one an explicit id`)
       }
       engines.set(engine.modelId, engine)
-      schedulers.set(engine.modelId, new Scheduler(engine, config.maxQueue ? { maxQueue: config.maxQueue } : {}))
+      schedulers.set(engine.modelId, new Scheduler(engine, config.maxQueue != null ? { maxQueue: config.maxQueue } : {}))
     }
   } catch (err) {
     for (const e of engines.values()) await e.close()

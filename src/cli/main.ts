@@ -135,6 +135,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--model-id <id>', 'the id clients use for the (first) model')
     .option('--threads <n>', 'CPU threads (default: all cores; env CLUSTER_THREADS)')
     .option('--slots <n>', 'parallel sequences per model')
+    .option('--max-queue <n>', 'requests allowed to wait for a free sequence; more are refused as busy')
     .option('--gpu <mode>', 'auto | off')
     .option('--config <file>', 'a JSON config file')
     .action(async (opts: Record<string, unknown>) => {
@@ -150,6 +151,7 @@ export async function main(argv: string[]): Promise<void> {
           ...(models.length ? { models } : {}),
           ...(opts.threads ? { threads: opts.threads as string } : {}),
           ...(opts.slots ? { slots: opts.slots as string } : {}),
+          ...(opts.maxQueue != null ? { maxQueue: opts.maxQueue as string } : {}),
           ...(opts.gpu ? { gpu: opts.gpu as 'auto' | 'off' } : {}),
         },
       })

@@ -375,6 +375,36 @@ describe('Scheduler failures', () => {
   })
 })
 
+describe('Scheduler callback failures', () => {
+  // Known bug (node/scheduler.ts:135, `job.options.onDelta?.(text, tokens)` unguarded inside loop()):
+  // a throwing onDelta aborts the whole batch iteration, so the step results of the jobs after it
+  // are dropped (their text is lost), loop() rejects unhandled (a crash under Node's default
+  // --unhandled-rejections=throw), and an onDelta that keeps throwing wedges every slot forever.
+  it("a throwing onDelta of one request does not lose or corrupt another request's output", async () => {
+    const engine = new FakeEngine(2, { A: { tokens: ['a1', 'a2', 'a3'] }, B: { tokens: ['b1', 'b2', 'b3'] } })
+    const scheduler = new Scheduler(engine)
+    let thrown = false
+    const b: string[] = []
+    const settled = Promise.allSettled([
+      scheduler.submit(req('A'), {
+        onDelta: () => {
+          if (thrown) return
+          thrown = true
+          throw new Error('sink gone')
+        },
+      }),
+      scheduler.submit(req('B'), { onDelta: (t) => b.push(t) }),
+    ])
+    const outcome = await Promise.race([settled, new Promise((r) => setTimeout(() => r('wedged'), 2000))])
+    expect(outcome).not.toBe('wedged')
+    const [, rb] = outcome as PromiseSettledResult<unknown>[]
+    expect(rb).toMatchObject({ status: 'fulfilled', value: { finishReason: 'stop', usage: { completionTokens: 3 } } })
+    expect(b).toEqual(['b1', 'b2', 'b3'])
+    expect(engine.streams.get('A')?.releases).toBe(1)
+    expect(scheduler.load()).toMatchObject({ active: 0, queued: 0 })
+  })
+})
+
 describe('Scheduler deltas', () => {
   it('onDelta receives each request its own text, in order, and usage matches', async () => {
     const engine = new FakeEngine(2, {
