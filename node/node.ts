@@ -88,7 +88,10 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
         throw new Error(`two models share the id ${engine.modelId}: give one an explicit id`)
       }
       engines.set(engine.modelId, engine)
-      schedulers.set(engine.modelId, new Scheduler(engine, config.maxQueue != null ? { maxQueue: config.maxQueue } : {}))
+      schedulers.set(
+        engine.modelId,
+        new Scheduler(engine, config.maxQueue != null ? { maxQueue: config.maxQueue } : {}),
+      )
     }
   } catch (err) {
     for (const e of engines.values()) await e.close()

@@ -66,8 +66,24 @@ export class Scheduler {
       )
     }
     return new Promise<ScheduleResult>((resolve, reject) => {
-      const job: Job = { request, options, resolve, reject, completionTokens: 0, aborted: false }
-      options.signal?.addEventListener('abort', () => this.abort(job), { once: true })
+      const signal = options.signal
+      const onAbort = (): void => this.abort(job)
+      // The listener goes when the job settles, so a long-lived shared signal does not collect them.
+      const job: Job = {
+        request,
+        options,
+        resolve: (r) => {
+          signal?.removeEventListener('abort', onAbort)
+          resolve(r)
+        },
+        reject: (e) => {
+          signal?.removeEventListener('abort', onAbort)
+          reject(e)
+        },
+        completionTokens: 0,
+        aborted: false,
+      }
+      signal?.addEventListener('abort', onAbort, { once: true })
       this.queue.push(job)
       this.admit()
     })
@@ -132,7 +148,15 @@ export class Scheduler {
           await this.finish(job, 'abort')
           continue
         }
-        if (text.length > 0 || tokens > 0) job.options.onDelta?.(text, tokens)
+        if (text.length > 0 || tokens > 0) {
+          try {
+            job.options.onDelta?.(text, tokens)
+          } catch (err) {
+            // A consumer that cannot take its text fails alone; the batch goes on.
+            await this.fail(job, err)
+            continue
+          }
+        }
         if (finish != null) await this.finish(job, finish)
       }
     }

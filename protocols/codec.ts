@@ -58,10 +58,23 @@ export async function* decodeFrames<S extends z.ZodType>(
   schema: S,
   maxBytes = MAX_FRAME_BYTES,
 ): AsyncGenerator<z.output<S>, void, undefined> {
+  // it-length-prefixed drops a prefix from its buffer before the body arrives, so an end right
+  // after a prefix looks clean to it: track whether a frame is open ourselves.
+  let inFrame = false
   try {
-    for await (const frame of lp.decode(source, { maxDataLength: maxBytes })) {
+    const frames = lp.decode(source, {
+      maxDataLength: maxBytes,
+      onLength: () => {
+        inFrame = true
+      },
+      onData: () => {
+        inFrame = false
+      },
+    })
+    for await (const frame of frames) {
       yield parseJsonBytes(frame.subarray(), schema)
     }
+    if (inFrame) throw new InvalidMessageError('stream ended inside a frame')
   } catch (err) {
     if (err instanceof InvalidMessageError) throw err
     const name = (err as { name?: string } | null)?.name

@@ -92,7 +92,8 @@ export class Directory extends EventEmitter<DirectoryEvents> {
     if (current != null && hb.incarnation < current.incarnation) return // a late message of an old run
     if (current != null && hb.incarnation === current.incarnation && hb.seq < current.heartbeat.seq) return
     if (hb.state === 'leaving') {
-      if (current != null && current.incarnation === hb.incarnation) this.remove(current, 'leaving')
+      // Leaving from this run or a newer one: either way the entry we hold is over.
+      if (current != null) this.remove(current, 'leaving')
       return
     }
     const expiresAt = now + hb.intervalMs * this.leaseIntervals

@@ -204,6 +204,15 @@ describe('Directory membership', () => {
     expect(ev.left).toEqual([])
   })
 
+  it("a 'leaving' heartbeat of a newer incarnation ends the older run's entry at once", () => {
+    const { dir, ev } = setup()
+    dir.handleHeartbeat(hb({ incarnation: 1, seq: 9 }))
+    // The node restarted and stopped again before its first serving beat reached us.
+    dir.handleHeartbeat(hb({ incarnation: 2, seq: 0, state: 'leaving', models: [] }))
+    expect(dir.get(A)).toBeUndefined()
+    expect(ev.left).toEqual([{ peerId: A, incarnation: 1, reason: 'leaving' }])
+  })
+
   it("a 'leaving' heartbeat of an unknown node is a no-op", () => {
     const { dir, ev } = setup()
     dir.handleHeartbeat(hb({ state: 'leaving' }))

@@ -3,10 +3,10 @@
 import { copyFile, mkdtemp, readdir, rm, truncate, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import { join } from 'node:path'
-import { getLlama, Llama3ChatWrapper, Llama3_1ChatWrapper, LlamaLogLevel, resolveChatWrapper } from 'node-llama-cpp'
+import { getLlama, Llama3_1ChatWrapper, Llama3ChatWrapper, LlamaLogLevel, resolveChatWrapper } from 'node-llama-cpp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { InvalidModelError, inspectGguf, sha256File, validateGguf } from '../../src/models/gguf.ts'
-import { GGUF_DEFAULT_ALIGNMENT, encodeGgufHeader, kv } from '../../src/models/gguf-format.ts'
+import { encodeGgufHeader, GGUF_DEFAULT_ALIGNMENT, kv } from '../../src/models/gguf-format.ts'
 import { SYNTH_PRESETS, synthesizeGguf } from '../../src/models/synth.ts'
 
 let dir = ''

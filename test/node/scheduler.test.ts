@@ -187,7 +187,17 @@ describe('Scheduler admission', () => {
     const engine = new FakeEngine(1, { A: { tokens: ['1', '2', '3'] }, B: { tokens: ['x', 'y'] } })
     const scheduler = new Scheduler(engine)
     const [ra, rb] = await Promise.all([scheduler.submit(req('A')), scheduler.submit(req('B'))])
-    expect(engine.log).toEqual(['open:A', 'step:A', 'step:A', 'step:A', 'release:A', 'open:B', 'step:B', 'step:B', 'release:B'])
+    expect(engine.log).toEqual([
+      'open:A',
+      'step:A',
+      'step:A',
+      'step:A',
+      'release:A',
+      'open:B',
+      'step:B',
+      'step:B',
+      'release:B',
+    ])
     expect(ra.usage.completionTokens).toBe(3)
     expect(rb.usage.completionTokens).toBe(2)
   })
@@ -231,7 +241,12 @@ describe('Scheduler admission', () => {
 describe('Scheduler batching', () => {
   it('steps 4 concurrent requests on 4 slots in the same batches until they finish', async () => {
     const five = ['a', 'b', 'c', 'd', 'e']
-    const engine = new FakeEngine(4, { A: { tokens: five }, B: { tokens: five }, C: { tokens: five }, D: { tokens: five } })
+    const engine = new FakeEngine(4, {
+      A: { tokens: five },
+      B: { tokens: five },
+      C: { tokens: five },
+      D: { tokens: five },
+    })
     const scheduler = new Scheduler(engine)
     const results = await Promise.all(['A', 'B', 'C', 'D'].map((id) => scheduler.submit(req(id))))
     expect(results.every((r) => r.usage.completionTokens === 5)).toBe(true)

@@ -228,7 +228,12 @@ describe('inference frames', () => {
       collect(decodeFrames(chunks(whole.subarray(0, 1)), InferenceResponseFrameSchema)),
     ).rejects.toBeInstanceOf(InvalidMessageError)
     await expect(
-      collect(decodeFrames(chunks(encodeFrame(InferenceResponseFrameSchema, delta), whole.subarray(0, 1)), InferenceResponseFrameSchema)),
+      collect(
+        decodeFrames(
+          chunks(encodeFrame(InferenceResponseFrameSchema, delta), whole.subarray(0, 1)),
+          InferenceResponseFrameSchema,
+        ),
+      ),
     ).rejects.toBeInstanceOf(InvalidMessageError)
   })
 
@@ -366,10 +371,10 @@ describe('HeartbeatSchema', () => {
     ['a model id with spaces', { models: ['bad model'] }],
     ['more than 256 models', { models: Array.from({ length: 257 }, (_, i) => `m${i}`) }],
   ] as const)('rejects %s', (_what, over) => {
-    expect(HeartbeatSchema.safeParse(heartbeat(over as Partial<Heartbeat>)).success).toBe(false)
-    expect(() => decodeGossip(HeartbeatSchema, enc.encode(JSON.stringify(heartbeat(over))))).toThrow(
-      InvalidMessageError,
-    )
+    expect(HeartbeatSchema.safeParse(heartbeat(over as unknown as Partial<Heartbeat>)).success).toBe(false)
+    expect(() =>
+      decodeGossip(HeartbeatSchema, enc.encode(JSON.stringify(heartbeat(over as unknown as Partial<Heartbeat>)))),
+    ).toThrow(InvalidMessageError)
   })
 })
 
@@ -391,10 +396,13 @@ describe('CapabilitiesSchema', () => {
   })
 
   it.each([
-    ['a price that is not an integer string', { prices: [{ model: 'tiny', inputPerMillion: '1.5', outputPerMillion: '1' }] }],
+    [
+      'a price that is not an integer string',
+      { prices: [{ model: 'tiny', inputPerMillion: '1.5', outputPerMillion: '1' }] },
+    ],
     ['a bad sha256', { models: [{ ...capabilities().models[0]!, sha256: 'ABC' }] }],
     ['an unknown model state', { models: [{ ...capabilities().models[0]!, state: 'dead' }] }],
   ] as const)('rejects %s', (_what, over) => {
-    expect(CapabilitiesSchema.safeParse(capabilities(over as Partial<Capabilities>)).success).toBe(false)
+    expect(CapabilitiesSchema.safeParse(capabilities(over as unknown as Partial<Capabilities>)).success).toBe(false)
   })
 })
