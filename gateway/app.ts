@@ -5,8 +5,8 @@ import { bodyLimit } from 'hono/body-limit'
 import { HTTPException } from 'hono/http-exception'
 import { streamSSE } from 'hono/streaming'
 import type { FinishReason, InferenceRequestFrame, InferenceResponseFrame, Usage } from '../protocols/index.ts'
-import type { Directory } from '../src/mesh/directory.ts'
-import { ApiError, invalidRequest } from './errors.ts'
+import type { Directory, NodeEntry } from '../src/mesh/directory.ts'
+import { ApiError, invalidRequest, modelNotFound } from './errors.ts'
 import {
   type CompletionMeta,
   chunkBody,
@@ -86,20 +86,29 @@ export function createApp(deps: AppDeps): Hono {
 
   app.get('/health', (c) => c.json({ status: 'ok', uptime: Math.floor((Date.now() - startedAt) / 1000) }))
 
+  const modelObject = (id: string, nodes: NodeEntry[]) => {
+    const caps = nodes.map((n) => n.capabilities?.models.find((m) => m.id === id)).find((m) => m != null)
+    return {
+      id,
+      object: 'model' as const,
+      created: Math.floor(Math.min(...nodes.map((n) => n.joinedAt)) / 1000),
+      owned_by: 'cluster',
+      nodes: nodes.length,
+      ...(caps ? { context_length: caps.contextSize } : {}),
+    }
+  }
+
   app.get('/v1/models', (c) => {
-    const data = [...deps.directory.models()].map(([id, nodes]) => {
-      const caps = nodes.map((n) => n.capabilities?.models.find((m) => m.id === id)).find((m) => m != null)
-      return {
-        id,
-        object: 'model' as const,
-        created: Math.floor(Math.min(...nodes.map((n) => n.joinedAt)) / 1000),
-        owned_by: 'cluster',
-        nodes: nodes.length,
-        ...(caps ? { context_length: caps.contextSize } : {}),
-      }
-    })
+    const data = [...deps.directory.models()].map(([id, nodes]) => modelObject(id, nodes))
     data.sort((a, b) => a.id.localeCompare(b.id))
     return c.json({ object: 'list', data })
+  })
+
+  app.get('/v1/models/:id{.+}', (c) => {
+    const id = c.req.param('id')
+    const nodes = deps.directory.nodesServing(id)
+    if (nodes.length === 0) throw modelNotFound(id)
+    return c.json(modelObject(id, nodes))
   })
 
   app.post('/v1/chat/completions', async (c) => {

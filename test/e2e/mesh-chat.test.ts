@@ -87,6 +87,23 @@ describe('gateway + two nodes over libp2p', () => {
     expect(list.data.find((m) => m.id === MODEL)?.object).toBe('model')
   })
 
+  it('retrieves one model, and 404s an unknown one', async () => {
+    const model = await client.models.retrieve(MODEL)
+    expect(model.id).toBe(MODEL)
+    await expect(client.models.retrieve('no-such-model')).rejects.toBeInstanceOf(OpenAI.NotFoundError)
+  })
+
+  it('a body over the limit → 413 in the OpenAI shape', async () => {
+    const res = await fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'x'.repeat(9 * 1024 * 1024) }] }),
+    })
+    expect(res.status).toBe(413)
+    const json = (await res.json()) as { error: { type: string; code: string } }
+    expect(json.error.code).toBe('body_too_large')
+  })
+
   it('answers a non-streaming chat completion in the documented shape', async () => {
     const res = await client.chat.completions.create({
       model: MODEL,
