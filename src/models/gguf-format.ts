@@ -1,5 +1,5 @@
 // The bits of the GGUF container format that both the synthesizer and the validator need:
-// value type tags, ggml tensor type sizes, file-type labels and a header encoder.
+// value type tags, ggml tensor type sizes, file-type codes and a header encoder.
 
 /** Value type tags of GGUF metadata (gguf.h `enum gguf_type`). */
 export const GgufValueType = {

@@ -386,6 +386,7 @@ class ChunkWriter {
   private current: 0 | 1 = 0
   private used = 0
   private pending: Promise<void> | undefined
+  private failure: unknown
   written = 0
 
   /** Bytes handed to the writer so far, flushed or not. */
@@ -423,10 +424,14 @@ class ChunkWriter {
 
   async flush(): Promise<void> {
     this.signal?.throwIfAborted()
-    await this.pending
+    await this.settle()
     if (this.used === 0) return
     const data = this.bufs[this.current].subarray(0, this.used)
-    this.pending = writeAll(this.fh, data)
+    // Caught at once and rethrown by the next settle(): a write failing (ENOSPC) while the other
+    // buffer fills must not surface as an unhandled rejection, which would kill the process.
+    this.pending = writeAll(this.fh, data).catch((err: unknown) => {
+      this.failure ??= err
+    })
     this.written += data.length
     this.current = this.current === 0 ? 1 : 0
     this.used = 0
@@ -434,13 +439,14 @@ class ChunkWriter {
 
   async finish(): Promise<void> {
     await this.flush()
-    await this.pending
-    this.pending = undefined
+    await this.settle()
   }
 
-  /** Settles an in-flight write before the file is closed after an error. */
-  async drain(): Promise<void> {
-    await this.pending?.catch(() => undefined)
+  /** Waits for the in-flight write; also used before closing the file after an error. */
+  async settle(): Promise<void> {
+    await this.pending
+    this.pending = undefined
+    if (this.failure !== undefined) throw this.failure
   }
 }
 
@@ -499,7 +505,7 @@ export async function synthesizeGguf(opts: SynthesizeOptions): Promise<Synthesiz
     await rename(partial, out)
     return { path: out, bytes: writer.written, preset: opts.preset }
   } catch (err) {
-    await writer.drain()
+    await writer.settle().catch(() => undefined)
     await fh.close().catch(() => undefined)
     await rm(partial, { force: true })
     throw err
