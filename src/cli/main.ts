@@ -66,6 +66,21 @@ function loadConfig(opts: Record<string, unknown>, flags: Record<string, unknown
   }
 }
 
+const dataDirOption = (): Option => new Option('--data-dir <dir>', 'data directory (env CLUSTER_DATA_DIR)')
+const listenOption = (): Option =>
+  new Option('--listen <multiaddr>', 'libp2p listen address (repeatable)').argParser(collect)
+const bootstrapOption = (): Option =>
+  new Option('--bootstrap <multiaddr|peer.json>', 'a peer to join through (repeatable)').argParser(collect)
+
+/** The flags every peer role shares, as a config layer. */
+async function meshFlags(opts: Record<string, unknown>): Promise<Record<string, unknown>> {
+  return {
+    ...(opts.dataDir ? { dataDir: opts.dataDir as string } : {}),
+    ...(opts.listen ? { listen: opts.listen as string[] } : {}),
+    ...(opts.bootstrap ? { bootstrap: await expandBootstrap(opts.bootstrap as string[]) } : {}),
+  }
+}
+
 const gpuOption = (c: Config): 'auto' | false => (c.node.gpu === 'off' ? false : 'auto')
 
 export async function main(argv: string[]): Promise<void> {
@@ -96,17 +111,15 @@ export async function main(argv: string[]): Promise<void> {
   program
     .command('gateway')
     .description('run a gateway peer: the public HTTP API in front of the mesh')
-    .option('--data-dir <dir>', 'data directory (env CLUSTER_DATA_DIR)')
-    .option('--listen <multiaddr>', 'libp2p listen address (repeatable)', collect)
-    .option('--bootstrap <multiaddr|peer.json>', 'a peer to join through (repeatable)', collect)
+    .addOption(dataDirOption())
+    .addOption(listenOption())
+    .addOption(bootstrapOption())
     .option('--port <port>', 'HTTP port (env PORT)')
     .option('--host <host>', 'HTTP host', undefined)
     .option('--config <file>', 'a JSON config file')
     .action(async (opts: Record<string, unknown>) => {
       const config = loadConfig(opts, {
-        ...(opts.dataDir ? { dataDir: opts.dataDir as string } : {}),
-        ...(opts.listen ? { listen: opts.listen as string[] } : {}),
-        ...(opts.bootstrap ? { bootstrap: await expandBootstrap(opts.bootstrap as string[]) } : {}),
+        ...(await meshFlags(opts)),
         gateway: {
           ...(opts.port ? { port: opts.port as string } : {}),
           ...(opts.host ? { host: opts.host as string } : {}),
@@ -128,9 +141,9 @@ export async function main(argv: string[]): Promise<void> {
   program
     .command('node')
     .description('run a node peer: serve models to the mesh')
-    .option('--data-dir <dir>', 'data directory (env CLUSTER_DATA_DIR)')
-    .option('--listen <multiaddr>', 'libp2p listen address (repeatable)', collect)
-    .option('--bootstrap <multiaddr|peer.json>', 'a peer to join through (repeatable)', collect)
+    .addOption(dataDirOption())
+    .addOption(listenOption())
+    .addOption(bootstrapOption())
     .option('--model <path>', 'a GGUF model to serve (repeatable)', collect)
     .option('--model-id <id>', 'the id clients use for the (first) model')
     .option('--threads <n>', 'CPU threads (default: all cores; env CLUSTER_THREADS)')
@@ -144,9 +157,7 @@ export async function main(argv: string[]): Promise<void> {
         ...(i === 0 && opts.modelId ? { id: opts.modelId as string } : {}),
       }))
       const config = loadConfig(opts, {
-        ...(opts.dataDir ? { dataDir: opts.dataDir as string } : {}),
-        ...(opts.listen ? { listen: opts.listen as string[] } : {}),
-        ...(opts.bootstrap ? { bootstrap: await expandBootstrap(opts.bootstrap as string[]) } : {}),
+        ...(await meshFlags(opts)),
         node: {
           ...(models.length ? { models } : {}),
           ...(opts.threads ? { threads: opts.threads as string } : {}),
