@@ -5,8 +5,12 @@ import { bodyLimit } from 'hono/body-limit'
 import { HTTPException } from 'hono/http-exception'
 import { streamSSE } from 'hono/streaming'
 import type { FinishReason, InferenceRequestFrame, InferenceResponseFrame, Usage } from '../protocols/index.ts'
+import type { Hold } from '../src/ledger/ledger.ts'
 import type { Directory, NodeEntry } from '../src/mesh/directory.ts'
-import { ApiError, invalidRequest, modelNotFound } from './errors.ts'
+import type { Accounts } from './accounts.ts'
+import { type AuthVars, apiRoutes, clientAddress, requireAuth } from './api-routes.ts'
+import type { Billing } from './billing.ts'
+import { ApiError, invalidRequest, modelNotFound, rateLimited } from './errors.ts'
 import {
   type CompletionMeta,
   chunkBody,
@@ -17,6 +21,8 @@ import {
   toWireMessages,
   usageChunkBody,
 } from './openai.ts'
+import type { Pricing } from './pricing.ts'
+import type { TokenBuckets } from './rate-limit.ts'
 import type { InferenceCall, MeshRouter } from './router.ts'
 
 export interface CompletedInference {
@@ -32,6 +38,14 @@ export interface CompletedInference {
 export interface AppDeps {
   directory: Directory
   router: MeshRouter
+  accounts: Accounts
+  pricing: Pricing
+  /** Billing off (undefined) serves authenticated calls without charging: for benchmarks only. */
+  billing: Billing | undefined
+  /** Requests per API key, or per client address without one. */
+  limits: TokenBuckets
+  /** Failed logins per email and per client address. */
+  loginFailures: TokenBuckets
   /** Largest request body accepted, in bytes. @default 8 MiB */
   maxBodyBytes?: number
   onComplete?: (info: CompletedInference) => void
@@ -40,12 +54,12 @@ export interface AppDeps {
 const isV1 = (path: string): boolean => path === '/v1' || path.startsWith('/v1/')
 
 function errorResponse(path: string, err: ApiError): Response {
-  return Response.json(isV1(path) ? err.toOpenAI() : err.toDocs(), { status: err.status })
+  return Response.json(isV1(path) ? err.toOpenAI() : err.toDocs(), { status: err.status, headers: err.headers })
 }
 
-export function createApp(deps: AppDeps): Hono {
+export function createApp(deps: AppDeps): Hono<AuthVars> {
   const startedAt = Date.now()
-  const app = new Hono()
+  const app = new Hono<AuthVars>()
 
   app.onError((err, c) => {
     if (err instanceof ApiError) return errorResponse(c.req.path, err)
@@ -67,20 +81,58 @@ export function createApp(deps: AppDeps): Hono {
     ),
   )
 
-  app.use(
-    '*',
+  const limitBody = (maxSize: number) =>
     bodyLimit({
-      maxSize: deps.maxBodyBytes ?? 8 * 1024 * 1024,
+      maxSize,
       onError: (c) =>
         errorResponse(
           c.req.path,
-          new ApiError(
-            413,
-            `The request body exceeds ${deps.maxBodyBytes ?? 8 * 1024 * 1024} bytes.`,
-            'invalid_request_error',
-            'body_too_large',
-          ),
+          new ApiError(413, `The request body exceeds ${maxSize} bytes.`, 'invalid_request_error', 'body_too_large'),
         ),
+    })
+  // Prompts can be long; account and admin bodies are small.
+  const inferenceBodies = limitBody(deps.maxBodyBytes ?? 8 * 1024 * 1024)
+  const otherBodies = limitBody(64 * 1024)
+  app.use('*', (c, next) => (isV1(c.req.path) ? inferenceBodies(c, next) : otherBodies(c, next)))
+
+  // Who is calling: a valid bearer key attaches its account; routes that need one say so.
+  app.use('*', async (c, next) => {
+    const header = c.req.header('authorization')
+    const m = header != null ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null
+    if (m?.[1] != null) {
+      const auth = await deps.accounts.authenticate(m[1])
+      if (auth != null) c.set('auth', auth)
+    }
+    await next()
+  })
+
+  // Rate limits, with their headers on every response (errors included).
+  app.use('*', async (c, next) => {
+    const auth = c.get('auth')
+    const take = deps.limits.take(auth != null ? `key:${auth.key.id}` : `ip:${clientAddress(c)}`)
+    try {
+      if (!take.allowed) throw rateLimited(take.retryAfter)
+      await next()
+    } finally {
+      c.res.headers.set('X-RateLimit-Limit', String(take.limit))
+      c.res.headers.set('X-RateLimit-Remaining', String(take.remaining))
+      c.res.headers.set('X-RateLimit-Reset', String(take.reset))
+    }
+  })
+
+  app.use('/v1/*', async (c, next) => {
+    requireAuth(c)
+    await next()
+  })
+
+  app.route(
+    '/api',
+    apiRoutes({
+      accounts: deps.accounts,
+      pricing: deps.pricing,
+      loginFailures: deps.loginFailures,
+      servedModels: () => [...deps.directory.models().keys()],
+      nodeCount: () => deps.directory.nodes().length,
     }),
   )
 
@@ -112,6 +164,7 @@ export function createApp(deps: AppDeps): Hono {
   })
 
   app.post('/v1/chat/completions', async (c) => {
+    const auth = requireAuth(c)
     const signal = c.req.raw.signal
     let json: unknown
     try {
@@ -128,11 +181,25 @@ export function createApp(deps: AppDeps): Hono {
       messages: toWireMessages(req.messages),
       sampling: toSampling(req),
     }
+    // An unknown model is a 404 before any money moves.
+    if (deps.directory.nodesServing(req.model).length === 0 && !deps.directory.knowsModel(req.model)) {
+      throw modelNotFound(req.model)
+    }
+    const meter = new Meter(deps.billing, auth.account.id, req.model, meta.id)
+    await meter.reserve(frame, contextSizeOf(deps.directory, req.model))
+
     const started = performance.now()
     const cancel = new AbortController()
     const onClientGone = (): void => cancel.abort()
     signal.addEventListener('abort', onClientGone, { once: true })
-    const call = await deps.router.open(frame, cancel.signal)
+    let call: InferenceCall
+    try {
+      call = await deps.router.open(frame, cancel.signal)
+    } catch (err) {
+      signal.removeEventListener('abort', onClientGone)
+      await meter.finish()
+      throw err
+    }
     const ttftMs = performance.now() - started
     const complete = (finishReason: FinishReason, usage: Usage): void =>
       deps.onComplete?.({
@@ -149,11 +216,13 @@ export function createApp(deps: AppDeps): Hono {
     c.header('x-cluster-node', call.nodePeerId)
     if (req.stream !== true) {
       try {
-        const { text, finishReason, usage } = await collect(call)
+        const { text, finishReason, usage } = await collect(call, meter)
+        await meter.finish(usage)
         complete(finishReason, usage)
         return c.json(completionBody(meta, text, finishReason, usage))
       } finally {
         signal.removeEventListener('abort', onClientGone)
+        await meter.finish()
       }
     }
 
@@ -169,7 +238,10 @@ export function createApp(deps: AppDeps): Hono {
           if (cancel.signal.aborted) break
           if (frame.type === 'delta') {
             if (frame.text.length > 0) await send(chunkBody(meta, { content: frame.text }, null, includeUsage))
+            // Counted once written: an abort pays for what was delivered.
+            meter.delivered(frame)
           } else if (frame.type === 'done') {
+            await meter.finish(frame.usage)
             await send(chunkBody(meta, {}, frame.finishReason, includeUsage))
             if (includeUsage) await send(usageChunkBody(meta, frame.usage))
             await sse.writeSSE({ data: '[DONE]' })
@@ -204,6 +276,7 @@ export function createApp(deps: AppDeps): Hono {
         signal.removeEventListener('abort', onClientGone)
         if (finished) call.close()
         else call.abort()
+        await meter.finish()
       }
     })
   })
@@ -212,13 +285,18 @@ export function createApp(deps: AppDeps): Hono {
 }
 
 /** Reads a whole answer (non-streaming requests). */
-async function collect(call: InferenceCall): Promise<{ text: string; finishReason: FinishReason; usage: Usage }> {
+async function collect(
+  call: InferenceCall,
+  meter: Meter,
+): Promise<{ text: string; finishReason: FinishReason; usage: Usage }> {
   let text = ''
   let frame: InferenceResponseFrame = call.first
   try {
     for (;;) {
-      if (frame.type === 'delta') text += frame.text
-      else if (frame.type === 'done') {
+      if (frame.type === 'delta') {
+        text += frame.text
+        meter.delivered(frame)
+      } else if (frame.type === 'done') {
         call.close()
         return { text, finishReason: frame.finishReason, usage: frame.usage }
       } else {
@@ -233,5 +311,51 @@ async function collect(call: InferenceCall): Promise<{ text: string; finishReaso
     call.abort()
     if (err instanceof ApiError) throw err
     throw new ApiError(502, 'The node failed while answering.', 'server_error', 'node_failed')
+  }
+}
+
+function contextSizeOf(directory: Directory, model: string): number | undefined {
+  const sizes = directory
+    .nodesServing(model)
+    .map((n) => n.capabilities?.models.find((m) => m.id === model)?.contextSize)
+    .filter((n): n is number => n != null)
+  return sizes.length > 0 ? Math.max(...sizes) : undefined
+}
+
+/**
+ * The money side of one call: a hold at admission, then exactly one settlement — the node's usage
+ * when it finished, else the prompt and the tokens delivered so far, else a release.
+ */
+class Meter {
+  private hold: Hold | undefined
+  private promptTokens = 0
+  private completionTokens = 0
+  private settled = false
+
+  constructor(
+    private readonly billing: Billing | undefined,
+    private readonly accountId: string,
+    private readonly model: string,
+    private readonly requestId: string,
+  ) {}
+
+  async reserve(frame: InferenceRequestFrame, contextSize: number | undefined): Promise<void> {
+    if (this.billing == null) return
+    const max = this.billing.maxCost(this.model, frame.messages, frame.sampling.maxTokens, contextSize)
+    this.hold = await this.billing.reserve(this.accountId, max, this.requestId)
+  }
+
+  delivered(frame: { tokens: number; promptTokens?: number | undefined }): void {
+    this.completionTokens += frame.tokens
+    if (frame.promptTokens != null) this.promptTokens = frame.promptTokens
+  }
+
+  /** Settles once: with `usage` when the call completed, else with what was delivered. */
+  async finish(usage?: Usage): Promise<void> {
+    if (this.settled || this.billing == null || this.hold == null) return
+    this.settled = true
+    const used = usage ?? { promptTokens: this.promptTokens, completionTokens: this.completionTokens }
+    if (used.promptTokens === 0 && used.completionTokens === 0) await this.billing.release(this.hold)
+    else await this.billing.settle(this.hold, this.model, this.requestId, used)
   }
 }

@@ -7,6 +7,7 @@ export type OpenAIErrorType =
   | 'rate_limit_error'
   | 'server_error'
   | 'service_unavailable_error'
+  | 'insufficient_quota'
 
 export class ApiError extends Error {
   override name = 'ApiError'
@@ -20,9 +21,13 @@ export class ApiError extends Error {
     super(message)
   }
 
-  /** OpenAI's error body, for /v1/*. */
-  toOpenAI(): { error: { message: string; type: string; code: string; param: string | null } } {
-    return { error: { message: this.message, type: this.type, code: this.code, param: this.param } }
+  /** Extra response headers (Retry-After, …). */
+  headers: Record<string, string> = {}
+
+  /** OpenAI's error body, for /v1/*. Payment errors also carry the docs' top-level code. */
+  toOpenAI(): { error: { message: string; type: string; code: string; param: string | null }; code?: string } {
+    const body = { error: { message: this.message, type: this.type, code: this.code, param: this.param } }
+    return this.status === 402 ? { ...body, code: this.code } : body
   }
 
   /** The docs' error body, for /api/* and the rest. */
@@ -49,4 +54,32 @@ export const noNodes = (model: string, detail?: string): ApiError =>
     `No GPU nodes available for the requested model '${model}'.${detail ? ` ${detail}` : ''} Try again later.`,
     'service_unavailable_error',
     'no_nodes_available',
+  )
+
+export const unauthorized = (message = 'Missing or invalid API key. Include Authorization: Bearer <key>.'): ApiError =>
+  new ApiError(401, message, 'authentication_error', 'unauthorized')
+
+export const forbidden = (message: string): ApiError => new ApiError(401, message, 'authentication_error', 'forbidden')
+
+export const notFound = (message: string): ApiError => new ApiError(404, message, 'not_found_error', 'not_found')
+
+export const conflict = (message: string): ApiError => new ApiError(409, message, 'invalid_request_error', 'conflict')
+
+export const rateLimited = (retryAfterSeconds: number): ApiError => {
+  const err = new ApiError(
+    429,
+    `Too many requests. Retry after ${retryAfterSeconds} s, backing off exponentially.`,
+    'rate_limit_error',
+    'rate_limited',
+  )
+  err.headers['Retry-After'] = String(retryAfterSeconds)
+  return err
+}
+
+export const insufficientBalance = (current: string, required: string): ApiError =>
+  new ApiError(
+    402,
+    `Insufficient balance. Current: $${current}, required: $${required}`,
+    'insufficient_quota',
+    'INSUFFICIENT_BALANCE',
   )

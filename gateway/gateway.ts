@@ -2,13 +2,21 @@
 // routing each request to a node over libp2p.
 import { mkdir } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
+import { join } from 'node:path'
 import { type ServerType, serve } from '@hono/node-server'
 import { ClusterEventSchema } from '../protocols/index.ts'
+import type { Ledger } from '../src/ledger/ledger.ts'
+import { LevelLedger } from '../src/ledger/level-ledger.ts'
+import { GatewaySecret } from '../src/ledger/secrets.ts'
 import { Directory } from '../src/mesh/directory.ts'
 import { GossipBus } from '../src/mesh/gossip.ts'
 import { createMeshPeer, type MeshPeer } from '../src/mesh/peer.ts'
 import { fetchCapabilities } from '../src/mesh/streams.ts'
+import { Accounts } from './accounts.ts'
 import { type CompletedInference, createApp } from './app.ts'
+import { Billing } from './billing.ts'
+import { Pricing, type PricingConfig } from './pricing.ts'
+import { type RateLimitConfig, TokenBuckets } from './rate-limit.ts'
 import { MeshRouter, type RouterOptions } from './router.ts'
 
 export interface GatewayConfig {
@@ -20,6 +28,14 @@ export interface GatewayConfig {
   /** HTTP host. @default 127.0.0.1 */
   host?: string
   router?: RouterOptions
+  pricing?: PricingConfig
+  rateLimit?: RateLimitConfig
+  /** Failed logins allowed per email and per address before 429. @default 5, one back every 3 minutes */
+  loginFailures?: RateLimitConfig
+  /** Charge calls to balances. Off only for benchmarks. @default true */
+  billing?: boolean
+  /** Email of the admin created on an empty data dir. */
+  adminEmail?: string
 }
 
 export interface RunningGateway {
@@ -27,6 +43,12 @@ export interface RunningGateway {
   peerId: string
   directory: Directory
   bus: GossipBus
+  accounts: Accounts
+  ledger: Ledger
+  /** Where the first admin's key was written, when this start created it. */
+  adminKeyFile: string | undefined
+  /** Holds a previous run left open (a crash), freed at this start. */
+  reconciledHolds: number
   /** Base URL of the HTTP API, e.g. http://127.0.0.1:8787 */
   url: string
   port: number
@@ -36,6 +58,12 @@ export interface RunningGateway {
 
 export async function startGateway(config: GatewayConfig): Promise<RunningGateway> {
   await mkdir(config.dataDir, { recursive: true })
+  const ledger = new LevelLedger(join(config.dataDir, 'ledger'))
+  await ledger.open()
+  const reconciledHolds = await ledger.reconcileHolds()
+  const accounts = new Accounts(ledger, await GatewaySecret.load(config.dataDir))
+  const adminKeyFile = await accounts.ensureFirstAdmin(config.dataDir, config.adminEmail)
+  const pricing = new Pricing(config.pricing)
   const peer = await createMeshPeer({
     dataDir: config.dataDir,
     ...(config.listen ? { listen: config.listen } : {}),
@@ -62,7 +90,16 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
       })
       .catch(() => undefined)
   }
-  const app = createApp({ directory, router, onComplete })
+  const app = createApp({
+    directory,
+    router,
+    onComplete,
+    accounts,
+    pricing,
+    billing: config.billing === false ? undefined : new Billing(ledger, pricing),
+    limits: new TokenBuckets(config.rateLimit),
+    loginFailures: new TokenBuckets(config.loginFailures ?? { capacity: 5, refillPerSecond: 1 / 180 }),
+  })
 
   const host = config.host ?? '127.0.0.1'
   let server: ServerType | undefined
@@ -75,6 +112,7 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
     directory.stop()
     bus.close()
     await peer.stop()
+    await ledger.close()
     throw err
   })
 
@@ -84,6 +122,10 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
     peerId: peer.peerId.toString(),
     directory,
     bus,
+    accounts,
+    ledger,
+    adminKeyFile,
+    reconciledHolds,
     url: `http://${host}:${port}`,
     port,
     multiaddrs: () => peer.getMultiaddrs().map((a) => a.toString()),
@@ -98,6 +140,7 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
         directory.stop()
         bus.close()
         await peer.stop()
+        await ledger.close()
       })()
       return stopped
     },

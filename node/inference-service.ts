@@ -83,12 +83,16 @@ async function handleStream(stream: Stream, options: InferenceServiceOptions): P
     stop()
   })()
 
+  let first = true
   try {
     const result = await scheduler.submit(
       { messages: request.messages, sampling: request.sampling },
       {
         signal: cancel.signal,
-        onDelta: (text, tokens) => send(stream, { type: 'delta', text, tokens }),
+        onDelta: (text, tokens, promptTokens) => {
+          send(stream, { type: 'delta', text, tokens, ...(first ? { promptTokens } : {}) })
+          first = false
+        },
       },
     )
     options.onComplete?.({ request, ...result.usage })

@@ -6,8 +6,8 @@ import { type ChatGenerationRequest, type Engine, EngineError, type TokenStream 
 
 export interface ScheduleOptions {
   signal?: AbortSignal
-  /** Called with each piece of text as it is generated. */
-  onDelta?: (text: string, tokens: number) => void
+  /** Called with each piece of text as it is generated, and the prompt's size in tokens. */
+  onDelta?: (text: string, tokens: number, promptTokens: number) => void
 }
 
 export interface ScheduleResult {
@@ -150,7 +150,7 @@ export class Scheduler {
         }
         if (text.length > 0 || tokens > 0) {
           try {
-            job.options.onDelta?.(text, tokens)
+            job.options.onDelta?.(text, tokens, (job.stream as TokenStream).promptTokens)
           } catch (err) {
             // A consumer that cannot take its text fails alone; the batch goes on.
             await this.fail(job, err)

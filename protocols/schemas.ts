@@ -156,6 +156,8 @@ export const DeltaFrameSchema = z.object({
   text: z.string(),
   /** Tokens generated since the previous delta. */
   tokens: count,
+  /** Prompt tokens, on the first delta: what the requester pays for even if it aborts. */
+  promptTokens: count.optional(),
 })
 export type DeltaFrame = z.infer<typeof DeltaFrameSchema>
 

@@ -81,6 +81,53 @@ async function meshFlags(opts: Record<string, unknown>): Promise<Record<string, 
   }
 }
 
+interface AdminOpts {
+  gateway?: string
+  adminKey?: string
+  dataDir?: string
+}
+
+async function readJson(file: string): Promise<Record<string, unknown> | undefined> {
+  try {
+    return JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>
+  } catch {
+    return undefined
+  }
+}
+
+async function readText(file: string): Promise<string | undefined> {
+  try {
+    return (await readFile(file, 'utf8')).trim()
+  } catch {
+    return undefined
+  }
+}
+
+/** Calls an admin route of a running gateway, finding it and the admin key as `npm start` lays them out. */
+async function adminCall(opts: AdminOpts, path: string, payload: unknown): Promise<unknown> {
+  const dir = resolve(opts.dataDir ?? process.env.CLUSTER_DATA_DIR ?? '.cluster')
+  const url =
+    opts.gateway ??
+    ((await readJson(join(dir, 'dev.json')))?.gatewayUrl as string | undefined) ??
+    ((await readJson(join(dir, 'peer.json')))?.httpUrl as string | undefined) ??
+    'http://127.0.0.1:8787'
+  const key =
+    opts.adminKey ??
+    process.env.CLUSTER_ADMIN_KEY ??
+    (await readText(join(dir, 'admin.key'))) ??
+    (await readText(join(dir, 'gateway', 'admin.key')))
+  if (key == null)
+    throw new Error(`no admin key: pass --admin-key, set CLUSTER_ADMIN_KEY, or point --data-dir at the gateway's`)
+  const res = await fetch(new URL(path, url), {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
+    body: JSON.stringify(payload),
+  })
+  const body = (await res.json().catch(() => ({}))) as { error?: string }
+  if (!res.ok) throw new Error(`${res.status}: ${body.error ?? 'request failed'}`)
+  return body
+}
+
 const gpuOption = (c: Config): 'auto' | false => (c.node.gpu === 'off' ? false : 'auto')
 
 export async function main(argv: string[]): Promise<void> {
@@ -192,6 +239,41 @@ export async function main(argv: string[]): Promise<void> {
       )
       onShutdown(node.stop)
     })
+
+  const accounts = program.command('accounts').description('accounts on a running gateway (needs an admin key)')
+  const gatewayFlags = (cmd: Command): Command =>
+    cmd
+      .option(
+        '--gateway <url>',
+        'the gateway (default: from <data-dir>/dev.json or peer.json, else http://127.0.0.1:8787)',
+      )
+      .option('--admin-key <key>', 'an admin API key (default: env CLUSTER_ADMIN_KEY, else <data-dir>/admin.key)')
+      .option('--data-dir <dir>', 'where to find the gateway and its admin key (env CLUSTER_DATA_DIR)')
+  gatewayFlags(
+    accounts
+      .command('create')
+      .description('create an account and print its API key')
+      .requiredOption('--email <email>', 'the account email')
+      .option('--password <password>', 'a password for /api/auth/login (default: none, key only)')
+      .option('--admin', 'make it an admin'),
+  ).action(async (opts: AdminOpts & { email: string; password?: string; admin?: boolean }) => {
+    const res = await adminCall(opts, '/api/admin/accounts', {
+      email: opts.email,
+      ...(opts.password ? { password: opts.password } : {}),
+      admin: opts.admin === true,
+    })
+    process.stdout.write(`${JSON.stringify(res, null, 2)}\n`)
+  })
+  gatewayFlags(
+    accounts
+      .command('credit')
+      .description("credit an account's balance (one transaction)")
+      .requiredOption('--email <email>', 'the account email')
+      .requiredOption('--amount <dollars>', 'e.g. 5.00'),
+  ).action(async (opts: AdminOpts & { email: string; amount: string }) => {
+    const res = await adminCall(opts, '/api/admin/credit', { email: opts.email, amount: opts.amount })
+    process.stdout.write(`${JSON.stringify(res, null, 2)}\n`)
+  })
 
   const model = program.command('model').description('model files')
   model

@@ -1,15 +1,19 @@
 // `cluster start` (= `npm start`): one gateway and one node on 127.0.0.1, data under .cluster/,
 // serving a given model or a generated random-weights demo model; writes dev.json for clients.
 import { existsSync } from 'node:fs'
-import { mkdir, rename, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { startGateway } from '../../gateway/gateway.ts'
 import { startNode } from '../../node/node.ts'
 import type { Config } from '../config/config.ts'
 import { synthesizeGguf } from '../models/synth.ts'
+import { formatUsd } from '../payments/money.ts'
 
 /** The id of the demo model: its name says what it is. */
 export const DEMO_MODEL_ID = 'cluster-demo-tiny-random'
+export const DEMO_EMAIL = 'demo@cluster.local'
+/** $5.00 of credit for the demo user. */
+const DEMO_CREDIT = 5_000_000n
 
 export interface LocalSystem {
   gatewayUrl: string
@@ -33,8 +37,9 @@ export async function startLocal(config: Config, modelPath?: string): Promise<Lo
     model = { path, id: DEMO_MODEL_ID }
   }
 
+  const gatewayDir = join(dataDir, 'gateway')
   const gateway = await startGateway({
-    dataDir: join(dataDir, 'gateway'),
+    dataDir: gatewayDir,
     listen: ['/ip4/127.0.0.1/tcp/0', '/ip4/127.0.0.1/tcp/0/ws'],
     port: config.gateway.port,
     host: config.gateway.host,
@@ -72,9 +77,24 @@ export async function startLocal(config: Config, modelPath?: string): Promise<Lo
     gateway.directory.on('node:heartbeat', on)
   })
 
+  // The operator's key, and a demo user with some credit, so a first call works as printed.
+  const adminApiKey = (await readFile(join(gatewayDir, 'admin.key'), 'utf8')).trim()
+  let demo = await gateway.ledger.findAccountByEmail(DEMO_EMAIL)
+  if (demo == null) {
+    demo = (await gateway.accounts.register(DEMO_EMAIL, null)).account
+    await gateway.ledger.credit(demo.id, DEMO_CREDIT, {
+      type: 'credit',
+      memo: 'demo credit',
+      ref: `demo-credit:${demo.id}`,
+    })
+  }
+  const demoApiKey = await gateway.accounts.loginKey(demo.id)
+
   const devJsonPath = join(dataDir, 'dev.json')
   const dev = {
     gatewayUrl: gateway.url,
+    adminApiKey,
+    demoApiKey,
     openaiBaseUrl: `${gateway.url}/v1`,
     models,
     peers: [
@@ -91,10 +111,13 @@ export async function startLocal(config: Config, modelPath?: string): Promise<Lo
       '',
       `Cluster is running: gateway ${gateway.url}  (OpenAI base URL ${gateway.url}/v1)`,
       `  node ${node.peerId} serves: ${models.join(', ')}${modelPath ? '' : '  (demo model: random weights, the text is noise)'}`,
+      `  demo user ${DEMO_EMAIL}: $${formatUsd(DEMO_CREDIT)} of credit, key in dev.json (demoApiKey)`,
+      `  admin key: ${join(gatewayDir, 'admin.key')} (and adminApiKey in dev.json)`,
       `  dev.json: ${devJsonPath}`,
       '',
       'Try it:',
       `  curl ${gateway.url}/v1/chat/completions -H 'Content-Type: application/json' \\`,
+      `    -H 'Authorization: Bearer ${demoApiKey}' \\`,
       `    -d '{"model": "${first}", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}'`,
       '',
       'Ctrl-C stops everything.',

@@ -38,6 +38,25 @@ interface PeerJson {
   httpUrl?: string
 }
 
+/** Runs a short CLI command to its end. */
+function runCli(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [join(ROOT, 'bin', 'cluster.js'), ...args], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString()
+    })
+    child.stderr.on('data', (d: Buffer) => {
+      err += d.toString()
+    })
+    child.once('exit', (code) => resolve({ code, out, err }))
+  })
+}
+
 const readPeer = (dir: string): PeerJson => JSON.parse(readFileSync(join(dir, 'peer.json'), 'utf8')) as PeerJson
 
 describe('cluster gateway + cluster node as processes', () => {
@@ -60,6 +79,36 @@ describe('cluster gateway + cluster node as processes', () => {
     expect(gwInfo.multiaddrs.length).toBeGreaterThan(0)
     expect(gwInfo.multiaddrs[0]).toContain(`/p2p/${gwInfo.peerId}`)
     const url = gwInfo.httpUrl as string
+
+    // The operator makes an account and credits it with the CLI, against the running gateway.
+    const create = await runCli(['accounts', 'create', '--email', 'cli@example.com', '--data-dir', g.path])
+    expect(create.code, create.out).toBe(0)
+    const apiKey = (JSON.parse(create.out) as { apiKey: string }).apiKey
+    expect(apiKey).toMatch(/^sk-cluster-/)
+    const credit = await runCli([
+      'accounts',
+      'credit',
+      '--email',
+      'cli@example.com',
+      '--amount',
+      '2.50',
+      '--data-dir',
+      g.path,
+    ])
+    expect(credit.code, credit.out).toBe(0)
+    expect(JSON.parse(credit.out)).toMatchObject({ amount: '2.50', balance: '2.50' })
+    const refused = await runCli([
+      'accounts',
+      'credit',
+      '--email',
+      'cli@example.com',
+      '--amount',
+      '-1',
+      '--data-dir',
+      g.path,
+    ])
+    expect(refused.code).toBe(1)
+    expect(refused.err).toContain('400')
 
     // A 5 s heartbeat: the lease (15 s) of a crashed run outlasts the restart below.
     const config = join(n.path, 'config.json')
@@ -84,7 +133,11 @@ describe('cluster gateway + cluster node as processes', () => {
       'off',
     ]
     const models = async (): Promise<Array<{ id: string; nodes: number }>> =>
-      ((await (await fetch(`${url}/v1/models`)).json()) as { data: Array<{ id: string; nodes: number }> }).data
+      (
+        (await (await fetch(`${url}/v1/models`, { headers: { authorization: `Bearer ${apiKey}` } })).json()) as {
+          data: Array<{ id: string; nodes: number }>
+        }
+      ).data
 
     let node = cluster(nodeArgs)
     await waitFor(async () => (await models()).some((m) => m.id === 'cli-tiny'), 30_000, 'the node in /v1/models')
@@ -93,7 +146,7 @@ describe('cluster gateway + cluster node as processes', () => {
     const chat = async (): Promise<Response> =>
       fetch(`${url}/v1/chat/completions`, {
         method: 'POST',
-        headers: { 'content-type': 'application/json' },
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}` },
         body: JSON.stringify({ model: 'cli-tiny', messages: [{ role: 'user', content: 'hi' }], max_tokens: 4 }),
       })
     const first = await chat()

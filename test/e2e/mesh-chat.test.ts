@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
 import { type RunningNode, startNode } from '../../node/node.ts'
 import { sha256File } from '../../src/models/gguf.ts'
-import { tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
+import { fundedUser, tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
 
 const MODEL = 'tiny-e2e'
 const INTERVAL = 300
@@ -15,6 +15,7 @@ describe('gateway + two nodes over libp2p', () => {
   let nodeA: RunningNode
   let nodeB: RunningNode
   let client: OpenAI
+  let apiKey: string
   const dirs: Array<{ remove: () => Promise<void> }> = []
 
   const dir = async (name: string): Promise<string> => {
@@ -51,7 +52,8 @@ describe('gateway + two nodes over libp2p', () => {
       gw.multiaddrs().filter((a) => a.includes('/ws')),
     )
     await waitFor(() => gw.directory.nodesServing(MODEL).length === 2, 15_000, 'both nodes in the Directory')
-    client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'not-needed-yet', maxRetries: 0 })
+    apiKey = await fundedUser(gw, 'e2e@example.com')
+    client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey, maxRetries: 0 })
   })
 
   afterAll(async () => {
@@ -96,7 +98,7 @@ describe('gateway + two nodes over libp2p', () => {
   it('a body over the limit → 413 in the OpenAI shape', async () => {
     const res = await fetch(`${gw.url}/v1/chat/completions`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}` },
       body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'x'.repeat(9 * 1024 * 1024) }] }),
     })
     expect(res.status).toBe(413)
@@ -177,7 +179,7 @@ describe('gateway + two nodes over libp2p', () => {
     ).rejects.toBeInstanceOf(OpenAI.NotFoundError)
     const res = await fetch(`${gw.url}/v1/chat/completions`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}` },
       body: JSON.stringify({ model: 'no-such-model', messages: [{ role: 'user', content: 'hi' }] }),
     })
     expect(res.status).toBe(404)
@@ -212,7 +214,7 @@ describe('gateway + two nodes over libp2p', () => {
   ])('malformed body (%s) → 400 naming the field', async (_name, body, param) => {
     const res = await fetch(`${gw.url}/v1/chat/completions`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}` },
       body,
     })
     expect(res.status).toBe(400)
@@ -225,7 +227,7 @@ describe('gateway + two nodes over libp2p', () => {
   it('a prompt longer than the context → 400, not a 500', async () => {
     const res = await fetch(`${gw.url}/v1/chat/completions`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}` },
       body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'word '.repeat(20_000) }] }),
     })
     expect(res.status).toBe(400)
@@ -274,7 +276,7 @@ describe('gateway + two nodes over libp2p', () => {
       Array.from({ length: 4 }, async () => {
         const res = await fetch(`${gw.url}/v1/chat/completions`, {
           method: 'POST',
-          headers: { 'content-type': 'application/json' },
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}` },
           body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'hi' }], max_tokens: 40 }),
         })
         expect(res.status).toBe(200)
@@ -311,7 +313,7 @@ describe('gateway + two nodes over libp2p', () => {
     await waitFor(() => gw.directory.nodesServing(MODEL).length === 0, 5_000, 'no nodes')
     const res = await fetch(`${gw.url}/v1/chat/completions`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}` },
       body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'hi' }] }),
     })
     expect(res.status).toBe(503)

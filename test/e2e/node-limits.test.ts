@@ -6,13 +6,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
 import { type RunningNode, startNode } from '../../node/node.ts'
 import { InvalidModelError } from '../../src/models/gguf.ts'
-import { tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
+import { fundedUser, tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
 
 const MODEL = 'tiny-limits'
 
 describe('node limits', () => {
   let gw: RunningGateway
   let node: RunningNode
+  let apiKey: string
   const cleanups: Array<() => Promise<void>> = []
 
   beforeAll(async () => {
@@ -32,6 +33,7 @@ describe('node limits', () => {
       heartbeatIntervalMs: 300,
     })
     await waitFor(() => gw.directory.nodesServing(MODEL).length === 1, 15_000, 'the node')
+    apiKey = await fundedUser(gw, 'limits@example.com')
   })
 
   afterAll(async () => {
@@ -44,7 +46,7 @@ describe('node limits', () => {
     const controller = new AbortController()
     const long = await fetch(`${gw.url}/v1/chat/completions`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}` },
       body: JSON.stringify({
         model: MODEL,
         messages: [{ role: 'user', content: 'go' }],
@@ -60,7 +62,7 @@ describe('node limits', () => {
     await reader?.read() // the first chunk: it is generating now
     const res = await fetch(`${gw.url}/v1/chat/completions`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}` },
       body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'me too' }], max_tokens: 4 }),
     })
     controller.abort()
@@ -73,7 +75,7 @@ describe('node limits', () => {
     await waitFor(() => scheduler?.load().active === 0, 5_000, 'the slot to free')
     const ok = await fetch(`${gw.url}/v1/chat/completions`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}` },
       body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'now' }], max_tokens: 4 }),
     })
     expect(ok.status).toBe(200)

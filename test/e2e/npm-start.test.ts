@@ -9,6 +9,8 @@ import { tempDir, waitFor } from '../helpers/fixtures.ts'
 
 interface DevJson {
   gatewayUrl: string
+  adminApiKey: string
+  demoApiKey: string
   models: string[]
   peers: Array<{ role: string; peerId: string; multiaddrs: string[] }>
 }
@@ -60,7 +62,11 @@ describe('npm start', () => {
     expect(health.status).toBe('ok')
     expect(Number.isInteger(health.uptime)).toBe(true)
 
-    const client = new OpenAI({ baseURL: `${dev.gatewayUrl}/v1`, apiKey: 'unused', maxRetries: 0 })
+    expect(dev.adminApiKey).toMatch(/^sk-cluster-/)
+    expect(dev.demoApiKey).toMatch(/^sk-cluster-/)
+    const me = await fetch(`${dev.gatewayUrl}/api/auth/me`, { headers: { authorization: `Bearer ${dev.demoApiKey}` } })
+    expect(((await me.json()) as { balance: string }).balance).toBe('5.00')
+    const client = new OpenAI({ baseURL: `${dev.gatewayUrl}/v1`, apiKey: dev.demoApiKey, maxRetries: 0 })
     const model = dev.models[0] as string
     const res = await client.chat.completions.create({
       model,
@@ -69,6 +75,13 @@ describe('npm start', () => {
     })
     expect(res.choices[0]?.message.content?.length).toBeGreaterThan(0)
     expect(res.usage?.completion_tokens).toBeGreaterThan(0)
+    // The call was charged to the demo user.
+    const after = await fetch(`${dev.gatewayUrl}/api/user/stats`, {
+      headers: { authorization: `Bearer ${dev.demoApiKey}` },
+    })
+    const stats = (await after.json()) as { totalCalls: number; totalSpent: string }
+    expect(stats.totalCalls).toBe(1)
+    expect(stats.totalSpent).not.toBe('0.00')
 
     const t0 = Date.now()
     process.kill(-(child.pid as number), 'SIGINT')

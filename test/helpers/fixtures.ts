@@ -41,3 +41,30 @@ export async function waitFor(
     await new Promise((r) => setTimeout(r, 25))
   }
 }
+
+/** Registers a user on a running gateway and credits it; returns its API key. */
+export async function fundedUser(
+  gw: {
+    url: string
+    accounts: {
+      ledger: {
+        findAccountByEmail(e: string): Promise<{ id: string } | undefined>
+        credit(id: string, amount: bigint, meta: { type: 'credit' }): Promise<unknown>
+      }
+    }
+  },
+  email: string,
+  dollars = 10n,
+): Promise<string> {
+  const res = await fetch(`${gw.url}/api/auth/register`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ email, password: 'correct horse battery' }),
+  })
+  if (res.status !== 201) throw new Error(`register failed: ${res.status} ${await res.text()}`)
+  const { apiKey } = (await res.json()) as { apiKey: string }
+  const account = await gw.accounts.ledger.findAccountByEmail(email)
+  if (account == null) throw new Error('registered account not found')
+  if (dollars > 0n) await gw.accounts.ledger.credit(account.id, dollars * 1_000_000n, { type: 'credit' })
+  return apiKey
+}

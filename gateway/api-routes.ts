@@ -1,0 +1,259 @@
+// The documented /api surface: auth (register, login, me), API keys, admin credit and accounts,
+// pricing, the user's stats and transactions, and public stats. Errors in the docs' shape.
+import { getConnInfo } from '@hono/node-server/conninfo'
+import { type Context, Hono } from 'hono'
+import { z } from 'zod'
+import { DuplicateEmailError } from '../src/ledger/ledger.ts'
+import { formatUsd, MoneyFormatError, parseUsd } from '../src/payments/money.ts'
+import type { Accounts, Authenticated } from './accounts.ts'
+import { ApiError, conflict, forbidden, invalidRequest, notFound, rateLimited, unauthorized } from './errors.ts'
+import type { Pricing } from './pricing.ts'
+import type { TokenBuckets } from './rate-limit.ts'
+
+export interface ApiDeps {
+  accounts: Accounts
+  pricing: Pricing
+  /** Failed logins per email and per client address. */
+  loginFailures: TokenBuckets
+  /** Model ids served now, for pricing and stats. */
+  servedModels: () => string[]
+  nodeCount: () => number
+}
+
+export type AuthVars = { Variables: { auth?: Authenticated } }
+
+const Email = z.string().max(254).pipe(z.email('must be a valid email address'))
+const Password = z.string().min(8, 'must be at least 8 characters').max(1024, 'must be at most 1024 characters')
+const Amount = z.string().max(32)
+
+async function body<S extends z.ZodType>(c: Context, schema: S): Promise<z.output<S>> {
+  const type = c.req.header('content-type') ?? ''
+  if (!type.toLowerCase().includes('application/json')) {
+    throw invalidRequest('Send the body as JSON with Content-Type: application/json.')
+  }
+  let json: unknown
+  try {
+    json = await c.req.json()
+  } catch {
+    throw invalidRequest('The request body is not valid JSON.')
+  }
+  const parsed = schema.safeParse(json)
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]
+    const field = issue?.path.join('.') ?? ''
+    const missing = issue?.code === 'invalid_type' && (issue as { input?: unknown }).input === undefined
+    throw invalidRequest(
+      field === ''
+        ? 'The request body must be a JSON object.'
+        : missing
+          ? `'${field}' is required.`
+          : `Invalid '${field}': ${issue?.message}.`,
+      field || null,
+    )
+  }
+  return parsed.data
+}
+
+export function requireAuth(c: Context<AuthVars>): Authenticated {
+  const auth = c.get('auth')
+  if (auth == null) throw unauthorized()
+  return auth
+}
+
+export function clientAddress(c: Context): string {
+  try {
+    return getConnInfo(c).remote.address ?? 'unknown'
+  } catch {
+    return 'unknown'
+  }
+}
+
+const accountBody = (account: { id: string; email: string; balance: bigint; held: bigint }, apiKey?: string) => ({
+  userId: account.id,
+  email: account.email,
+  ...(apiKey ? { apiKey } : {}),
+  balance: formatUsd(account.balance - account.held),
+})
+
+export function apiRoutes(deps: ApiDeps): Hono<AuthVars> {
+  const api = new Hono<AuthVars>()
+  const { accounts, pricing } = deps
+
+  api.post('/auth/register', async (c) => {
+    const { email, password } = await body(c, z.object({ email: Email, password: Password }))
+    try {
+      const { account, apiKey } = await accounts.register(email, password)
+      return c.json(accountBody(account, apiKey), 201)
+    } catch (err) {
+      if (err instanceof DuplicateEmailError) throw conflict('An account with this email already exists.')
+      throw err
+    }
+  })
+
+  api.post('/auth/login', async (c) => {
+    const { email, password } = await body(c, z.object({ email: z.string().max(254), password: z.string().max(1024) }))
+    const keys = [`email:${email.trim().toLowerCase()}`, `ip:${clientAddress(c)}`]
+    // Refuse before checking when failures have used up the allowance (a peek: cost 0).
+    for (const k of keys) {
+      const peek = deps.loginFailures.take(k, 0)
+      if (peek.remaining < 1) throw rateLimited(Math.max(1, Math.ceil(1 / deps.loginFailures.refillPerSecond)))
+    }
+    const result = await accounts.login(email, password)
+    if (result == null) {
+      for (const k of keys) deps.loginFailures.take(k)
+      throw new ApiError(401, 'Wrong email or password.', 'authentication_error', 'unauthorized')
+    }
+    return c.json(accountBody(result.account, result.apiKey))
+  })
+
+  api.get('/auth/me', (c) => {
+    const { account } = requireAuth(c)
+    return c.json({
+      ...accountBody(account),
+      role: account.role,
+      createdAt: new Date(account.createdAt).toISOString(),
+    })
+  })
+
+  api.get('/keys', async (c) => {
+    const { account } = requireAuth(c)
+    const keys = await accounts.ledger.listKeys(account.id)
+    return c.json({
+      keys: keys.map((k) => ({
+        id: k.id,
+        name: k.name,
+        prefix: k.prefix,
+        createdAt: new Date(k.createdAt).toISOString(),
+        revokedAt: k.revokedAt != null ? new Date(k.revokedAt).toISOString() : null,
+      })),
+    })
+  })
+
+  api.post('/keys', async (c) => {
+    const { account } = requireAuth(c)
+    const hasBody = (c.req.header('content-length') ?? '0') !== '0'
+    const { name } = hasBody
+      ? await body(c, z.object({ name: z.string().min(1).max(64).optional() }))
+      : { name: undefined }
+    const { key, apiKey } = await accounts.createKey(account.id, name ?? 'api')
+    return c.json(
+      { id: key.id, name: key.name, prefix: key.prefix, apiKey, createdAt: new Date(key.createdAt).toISOString() },
+      201,
+    )
+  })
+
+  api.delete('/keys/:id', async (c) => {
+    const { account } = requireAuth(c)
+    const ok = await accounts.ledger.revokeKey(account.id, c.req.param('id'))
+    if (!ok) throw notFound('No such key.')
+    return c.json({ id: c.req.param('id'), revoked: true })
+  })
+
+  const requireAdmin = (c: Context<AuthVars>): Authenticated => {
+    const auth = requireAuth(c)
+    if (auth.account.role !== 'admin') throw forbidden('This needs an admin API key.')
+    return auth
+  }
+
+  api.post('/admin/credit', async (c) => {
+    requireAdmin(c)
+    const input = await body(
+      c,
+      z.object({ email: z.string().max(254), amount: Amount, memo: z.string().max(256).optional() }),
+    )
+    let amount: bigint
+    try {
+      amount = parseUsd(input.amount)
+    } catch (err) {
+      if (err instanceof MoneyFormatError) throw invalidRequest(`Invalid 'amount': ${err.message}.`, 'amount')
+      throw err
+    }
+    if (amount <= 0n) throw invalidRequest("Invalid 'amount': must be more than 0.", 'amount')
+    const account = await accounts.ledger.findAccountByEmail(input.email)
+    if (account == null) throw notFound(`No account with the email ${input.email.slice(0, 254)}.`)
+    const tx = await accounts.ledger.credit(account.id, amount, { type: 'credit', memo: input.memo ?? 'admin credit' })
+    return c.json({
+      transactionId: tx.id,
+      email: account.email,
+      amount: formatUsd(tx.amount),
+      balance: formatUsd(tx.balanceAfter - account.held),
+    })
+  })
+
+  api.post('/admin/accounts', async (c) => {
+    requireAdmin(c)
+    const input = await body(
+      c,
+      z.object({ email: Email, password: Password.optional(), admin: z.boolean().optional() }),
+    )
+    try {
+      const { account, apiKey } = await accounts.register(
+        input.email,
+        input.password ?? null,
+        input.admin ? 'admin' : 'user',
+      )
+      return c.json({ ...accountBody(account, apiKey), role: account.role }, 201)
+    } catch (err) {
+      if (err instanceof DuplicateEmailError) throw conflict('An account with this email already exists.')
+      throw err
+    }
+  })
+
+  api.get('/pricing', (c) => c.json(pricing.describe(deps.servedModels())))
+
+  api.get('/user/stats', (c) => {
+    const { account } = requireAuth(c)
+    return c.json({
+      balance: formatUsd(account.balance - account.held),
+      totalCalls: account.totalCalls,
+      modelsDeployed: 0,
+      totalSpent: formatUsd(account.totalSpent),
+    })
+  })
+
+  api.get('/user/transactions', async (c) => {
+    const { account } = requireAuth(c)
+    const q = z
+      .object({
+        limit: z.coerce.number().int().min(1).max(100).default(20),
+        cursor: z
+          .string()
+          .regex(/^\d{1,12}$/, 'must be a cursor from a previous page')
+          .optional(),
+      })
+      .safeParse(c.req.query())
+    if (!q.success) {
+      const issue = q.error.issues[0]
+      throw invalidRequest(`Invalid '${issue?.path.join('.')}': ${issue?.message}.`, issue?.path.join('.') ?? null)
+    }
+    const page = await accounts.ledger.transactions(account.id, {
+      limit: q.data.limit,
+      ...(q.data.cursor ? { cursor: q.data.cursor } : {}),
+    })
+    return c.json({
+      transactions: page.transactions.map((t) => ({
+        id: t.id,
+        type: t.type,
+        amount: formatUsd(t.amount),
+        balanceAfter: formatUsd(t.balanceAfter),
+        createdAt: new Date(t.createdAt).toISOString(),
+        ...(t.memo ? { memo: t.memo } : {}),
+        ...(t.type === 'usage'
+          ? { model: t.model, tokensIn: t.tokensIn, tokensOut: t.tokensOut, requestId: t.requestId }
+          : {}),
+      })),
+      nextCursor: page.nextCursor,
+    })
+  })
+
+  api.get('/stats', (c) =>
+    c.json({
+      totalModels: deps.servedModels().length,
+      nodes: deps.nodeCount(),
+      inferences: accounts.ledger.totalCalls(),
+      users: accounts.ledger.countAccounts(),
+    }),
+  )
+
+  return api
+}
