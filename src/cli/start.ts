@@ -117,7 +117,8 @@ export async function startLocal(config: Config, modelPath?: string): Promise<Lo
       '',
       'Try it:',
       `  curl ${gateway.url}/v1/chat/completions -H 'Content-Type: application/json' \\`,
-      `    -H 'Authorization: Bearer ${demoApiKey}' \\`,
+      // The key stays in dev.json: secrets are not printed.
+      `    -H "Authorization: Bearer $(node -p 'require(${JSON.stringify(devJsonPath)}).demoApiKey')" \\`,
       `    -d '{"model": "${first}", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}'`,
       '',
       'Ctrl-C stops everything.',

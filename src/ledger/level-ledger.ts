@@ -231,6 +231,16 @@ export class LevelLedger implements Ledger {
     meta: { type: 'credit' | 'deposit'; memo?: string; ref?: string },
   ): Promise<Transaction> {
     if (amount <= 0n) throw new LedgerError('a credit must be positive')
+    // A ref (a deposit's id) credits once across all accounts: its lock is taken first, always.
+    if (meta.ref != null) return this.locked(`ref:${meta.ref}`, () => this.creditLocked(accountId, amount, meta))
+    return this.creditLocked(accountId, amount, meta)
+  }
+
+  private creditLocked(
+    accountId: string,
+    amount: bigint,
+    meta: { type: 'credit' | 'deposit'; memo?: string; ref?: string },
+  ): Promise<Transaction> {
     return this.locked(accountId, async () => {
       if (meta.ref != null) {
         const done = await this.read(`r!${meta.ref}`)
@@ -312,7 +322,9 @@ export class LevelLedger implements Ledger {
   }
 
   async release(holdId: string): Promise<void> {
-    const first = await this.loadHold(holdId)
+    const before = await this.read(`h!${holdId}`)
+    if (before == null) return // already settled or released
+    const first = holdFromJson(before)
     await this.locked(first.accountId, async () => {
       const raw = await this.read(`h!${holdId}`)
       if (raw == null) return
@@ -334,7 +346,7 @@ export class LevelLedger implements Ledger {
   }
 
   async transactions(accountId: string, page: { limit: number; cursor?: string }): Promise<TransactionPage> {
-    const limit = Math.max(1, Math.min(page.limit, 100))
+    const limit = Math.max(1, Math.min(Math.floor(page.limit), 100))
     const lt = page.cursor != null ? `t!${accountId}!${page.cursor}` : `t!${accountId}"`
     const out: Transaction[] = []
     let lastKey: string | undefined

@@ -38,13 +38,19 @@ export async function verifyPassword(password: string, stored: string): Promise<
   if (parts.length !== 6 || parts[0] !== 'scrypt') return false
   const [, n, r, p, salt, hash] = parts as [string, string, string, string, string, string]
   const expected = Buffer.from(hash, 'base64url')
-  const actual = await scrypt(password, Buffer.from(salt, 'base64url'), expected.length, {
-    N: Number(n),
-    r: Number(r),
-    p: Number(p),
-    maxmem: SCRYPT.maxmem,
-  })
-  return actual.length === expected.length && timingSafeEqual(actual, expected)
+  // A short or empty stored hash would compare equal to a short derived key: refuse it outright.
+  if (expected.length < 16) return false
+  try {
+    const actual = await scrypt(password, Buffer.from(salt, 'base64url'), expected.length, {
+      N: Number(n),
+      r: Number(r),
+      p: Number(p),
+      maxmem: SCRYPT.maxmem,
+    })
+    return actual.length === expected.length && timingSafeEqual(actual, expected)
+  } catch {
+    return false // parameters scrypt refuses: not a hash we made
+  }
 }
 
 /** A new API key: `sk-cluster-` + 256 random bits, base64url. */
@@ -70,15 +76,23 @@ export class GatewaySecret {
   static async load(dataDir: string, env: NodeJS.ProcessEnv = process.env): Promise<GatewaySecret> {
     const fromEnv = env.CLUSTER_GATEWAY_SECRET
     if (fromEnv) {
-      const buf = Buffer.from(fromEnv, 'hex')
-      if (buf.length !== 32) throw new Error('CLUSTER_GATEWAY_SECRET must be 64 hex characters')
-      return new GatewaySecret(buf)
+      if (!/^[0-9a-fA-F]{64}$/.test(fromEnv)) throw new Error('CLUSTER_GATEWAY_SECRET must be 64 hex characters')
+      return new GatewaySecret(Buffer.from(fromEnv, 'hex'))
     }
     const file = join(dataDir, 'gateway.secret')
+    let existing: Buffer | undefined
     try {
-      return new GatewaySecret(await readFile(file))
+      existing = await readFile(file)
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
+    if (existing != null) {
+      if (existing.length !== 32) {
+        throw new Error(
+          `${file} is ${existing.length} bytes, not 32: restore it from a backup rather than run with a weak secret`,
+        )
+      }
+      return new GatewaySecret(existing)
     }
     const secret = randomBytes(32)
     await writeFile(file, secret, { mode: 0o600, flag: 'wx' })

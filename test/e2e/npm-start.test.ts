@@ -63,6 +63,9 @@ describe('npm start', () => {
     expect(Number.isInteger(health.uptime)).toBe(true)
 
     expect(dev.adminApiKey).toMatch(/^sk-cluster-/)
+    // Keys live in dev.json and admin.key, never in the output.
+    expect(output).not.toContain(dev.adminApiKey)
+    expect(output).not.toContain(dev.demoApiKey)
     expect(dev.demoApiKey).toMatch(/^sk-cluster-/)
     const me = await fetch(`${dev.gatewayUrl}/api/auth/me`, { headers: { authorization: `Bearer ${dev.demoApiKey}` } })
     expect(((await me.json()) as { balance: string }).balance).toBe('5.00')
