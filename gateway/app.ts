@@ -84,11 +84,17 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
   const limitBody = (maxSize: number) =>
     bodyLimit({
       maxSize,
-      onError: (c) =>
-        errorResponse(
-          c.req.path,
-          new ApiError(413, `The request body exceeds ${maxSize} bytes.`, 'invalid_request_error', 'body_too_large'),
-        ),
+      onError: (c) => {
+        const err = new ApiError(
+          413,
+          `The request body exceeds ${maxSize} bytes.`,
+          'invalid_request_error',
+          'body_too_large',
+        )
+        // The rest of the body is never read: the connection cannot carry another request.
+        err.headers.Connection = 'close'
+        return errorResponse(c.req.path, err)
+      },
     })
   // Prompts can be long; account and admin bodies are small.
   const inferenceBodies = limitBody(deps.maxBodyBytes ?? 8 * 1024 * 1024)

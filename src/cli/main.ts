@@ -182,6 +182,12 @@ export async function main(argv: string[]): Promise<void> {
       })
       await writePeerJson(resolve(config.dataDir), { peerId: gw.peerId, multiaddrs: gw.multiaddrs(), httpUrl: gw.url })
       process.stdout.write(`gateway ${gw.peerId}\n  HTTP  ${gw.url}\n  mesh  ${gw.multiaddrs().join('\n        ')}\n`)
+      if (gw.adminKeyFile) process.stdout.write(`  first admin account created: its API key is in ${gw.adminKeyFile}\n`)
+      if (gw.reconciledHolds > 0) {
+        process.stdout.write(
+          `  freed ${gw.reconciledHolds} balance hold(s) left open by an earlier run that stopped abruptly\n`,
+        )
+      }
       onShutdown(gw.stop)
     })
 
