@@ -4,11 +4,11 @@ import { formatUsd, parseUsd, type TokenPrice } from '../src/payments/money.ts'
 
 export interface PricingConfig {
   /** Dollars per million tokens for models without their own entry. @default 0.10 in, 0.20 out */
-  default?: { input: string; output: string }
+  default?: { input: string; output: string } | undefined
   /** Dollars per million tokens, per model id. */
-  models?: Record<string, { input: string; output: string }>
+  models?: Record<string, { input: string; output: string }> | undefined
   /** Dollars per x402 request, per endpoint path. @default the docs' table */
-  x402?: Record<string, string>
+  x402?: Record<string, string> | undefined
 }
 
 /** The docs' x402 price table (its first "Pricing" table, under "402 Response"). */

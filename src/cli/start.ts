@@ -5,7 +5,7 @@ import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { startGateway } from '../../gateway/gateway.ts'
 import { startNode } from '../../node/node.ts'
-import type { Config } from '../config/config.ts'
+import { type Config, gatewayExtras } from '../config/config.ts'
 import { synthesizeGguf } from '../models/synth.ts'
 import { formatUsd } from '../payments/money.ts'
 
@@ -43,6 +43,7 @@ export async function startLocal(config: Config, modelPath?: string): Promise<Lo
     listen: ['/ip4/127.0.0.1/tcp/0', '/ip4/127.0.0.1/tcp/0/ws'],
     port: config.gateway.port,
     host: config.gateway.host,
+    ...gatewayExtras(config),
   })
   let node: Awaited<ReturnType<typeof startNode>>
   try {

@@ -6,9 +6,24 @@ import { z } from 'zod'
 const Multiaddr = z.string().regex(/^\/(ip4|ip6|dns|dns4|dns6)\//, 'a multiaddr such as /ip4/127.0.0.1/tcp/4001')
 const Port = z.coerce.number().int().min(0).max(65535)
 
+const Dollars = z.string().regex(/^\d{1,15}(\.\d{1,6})?$/, 'dollars as a decimal string, e.g. "0.10"')
+const TokenPrices = z.object({ input: Dollars, output: Dollars })
+
 export const GatewaySectionSchema = z.object({
   port: Port.default(8787),
   host: z.string().default('127.0.0.1'),
+  /** Email of the admin account created on an empty data dir. */
+  adminEmail: z.email().optional(),
+  /** Dollars per million tokens; x402 dollars per request by endpoint path. */
+  pricing: z
+    .object({
+      default: TokenPrices.optional(),
+      models: z.record(z.string(), TokenPrices).optional(),
+      x402: z.record(z.string(), Dollars).optional(),
+    })
+    .optional(),
+  /** Token bucket per API key (or client address). */
+  rateLimit: z.object({ capacity: z.number().int().min(1), refillPerSecond: z.number().positive() }).optional(),
 })
 
 export const NodeSectionSchema = z.object({
@@ -89,4 +104,17 @@ export function resolveConfig(layers: { file?: string; env?: NodeJS.ProcessEnv; 
     throw new ConfigError(`invalid config at ${issue?.path.join('.') || '(root)'}: ${issue?.message}`)
   }
   return parsed.data
+}
+
+/** The gateway options a config may add: pricing, rate limits, the first admin's email. */
+export function gatewayExtras(config: Config): {
+  pricing?: NonNullable<Config['gateway']['pricing']>
+  rateLimit?: NonNullable<Config['gateway']['rateLimit']>
+  adminEmail?: string
+} {
+  return {
+    ...(config.gateway.pricing ? { pricing: config.gateway.pricing } : {}),
+    ...(config.gateway.rateLimit ? { rateLimit: config.gateway.rateLimit } : {}),
+    ...(config.gateway.adminEmail ? { adminEmail: config.gateway.adminEmail } : {}),
+  }
 }
