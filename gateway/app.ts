@@ -228,7 +228,8 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
         return c.json(completionBody(meta, text, finishReason, usage))
       } finally {
         signal.removeEventListener('abort', onClientGone)
-        await meter.finish()
+        // A plain answer is delivered whole or not at all: a failed one costs nothing.
+        await meter.cancel()
       }
     }
 
@@ -354,6 +355,13 @@ class Meter {
   delivered(frame: { tokens: number; promptTokens?: number | undefined }): void {
     this.completionTokens += frame.tokens
     if (frame.promptTokens != null) this.promptTokens = frame.promptTokens
+  }
+
+  /** Frees the hold without charging, unless the call was settled already. */
+  async cancel(): Promise<void> {
+    if (this.settled || this.billing == null || this.hold == null) return
+    this.settled = true
+    await this.billing.release(this.hold)
   }
 
   /** Settles once: with `usage` when the call completed, else with what was delivered. */

@@ -384,4 +384,22 @@ describe('accounts and billing', () => {
     })
     expect(missing.status).toBe(404)
   })
+
+  // Last: it takes the node down.
+  it('a plain call cut off by a node failure is a 502 and costs nothing', async () => {
+    const key = await register('cutoff@example.com')
+    await credit('cutoff@example.com', '1.00')
+    const pending = api('/v1/chat/completions', {
+      key,
+      body: { model: MODEL, messages: [{ role: 'user', content: 'go' }], max_tokens: 3000, temperature: 0, seed: 3 },
+    })
+    await waitFor(() => ([...node.schedulers.values()][0]?.load().active ?? 0) > 0, 5_000, 'generation under way')
+    await node.peer.stop()
+    const r = await pending
+    expect(r.status).toBe(502)
+    expect((r.body.error as { code: string }).code).toBe('node_failed')
+    const txs = await allTransactions(key)
+    expect(txs.filter((t) => t.type === 'usage')).toEqual([])
+    expect((await api('/api/auth/me', { key })).body.balance).toBe('1.00')
+  })
 })
