@@ -73,7 +73,20 @@ describe('cluster gateway + cluster node as processes', () => {
     cleanups.push(g.remove, n.remove)
     const model = await tinyModelPath()
 
-    const gw = cluster(['gateway', '--data-dir', g.path, '--listen', '/ip4/127.0.0.1/tcp/0', '--port', '0'])
+    // The test polls /v1/models quickly: a roomy rate limit, set the way an operator would.
+    const gwConfig = join(g.path, 'config.json')
+    writeFileSync(gwConfig, JSON.stringify({ gateway: { rateLimit: { capacity: 10_000, refillPerSecond: 1000 } } }))
+    const gw = cluster([
+      'gateway',
+      '--config',
+      gwConfig,
+      '--data-dir',
+      g.path,
+      '--listen',
+      '/ip4/127.0.0.1/tcp/0',
+      '--port',
+      '0',
+    ])
     await waitFor(() => existsSync(join(g.path, 'peer.json')), 30_000, 'gateway peer.json')
     const gwInfo = readPeer(g.path)
     expect(gwInfo.multiaddrs.length).toBeGreaterThan(0)
