@@ -37,6 +37,8 @@ export class Scheduler {
   private readonly active = new Set<Job>()
   /** Jobs holding a slot while their prompt is being prepared. */
   private opening = 0
+  /** Finished jobs whose sequence is being handed back to the engine. */
+  private releasing = 0
   private running = false
   readonly maxQueue: number
 
@@ -49,7 +51,7 @@ export class Scheduler {
 
   load(): Load {
     return {
-      active: this.active.size + this.opening,
+      active: this.taken(),
       queued: this.queue.length,
       slots: this.engine.slots,
       maxQueue: this.maxQueue,
@@ -59,7 +61,7 @@ export class Scheduler {
   /** Runs one chat generation to its end. Rejects with EngineError('busy') when the queue is full. */
   submit(request: ChatGenerationRequest, options: ScheduleOptions = {}): Promise<ScheduleResult> {
     if (options.signal?.aborted) return Promise.reject(new EngineError('invalid_request', 'aborted before start'))
-    const free = this.active.size + this.opening < this.engine.slots
+    const free = this.taken() < this.engine.slots
     if (!free && this.queue.length >= this.maxQueue) {
       return Promise.reject(
         new EngineError('busy', `node busy: ${this.engine.slots} running and ${this.queue.length} queued`),
@@ -100,7 +102,7 @@ export class Scheduler {
   }
 
   private admit(): void {
-    while (this.queue.length > 0 && this.active.size + this.opening < this.engine.slots) {
+    while (this.queue.length > 0 && this.taken() < this.engine.slots) {
       const job = this.queue.shift() as Job
       this.opening++
       this.engine
@@ -162,10 +164,18 @@ export class Scheduler {
     }
   }
 
+  /** Sequences in use: generating, being opened, or being handed back. */
+  private taken(): number {
+    return this.active.size + this.opening + this.releasing
+  }
+
   private async finish(job: Job, finishReason: FinishReason): Promise<void> {
     if (!this.active.delete(job)) return
     const stream = job.stream as TokenStream
+    // The slot stays taken until the engine has its sequence back, or a new job would find none.
+    this.releasing++
     await stream.release().catch(() => undefined)
+    this.releasing--
     job.resolve({
       finishReason,
       usage: { promptTokens: stream.promptTokens, completionTokens: job.completionTokens },
@@ -175,7 +185,9 @@ export class Scheduler {
 
   private async fail(job: Job, err: unknown): Promise<void> {
     if (!this.active.delete(job)) return
+    this.releasing++
     await job.stream?.release().catch(() => undefined)
+    this.releasing--
     job.reject(err instanceof EngineError ? err : new EngineError('internal', String((err as Error)?.message ?? err)))
     this.admit()
   }
