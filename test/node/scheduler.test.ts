@@ -447,3 +447,42 @@ describe('Scheduler deltas', () => {
     expect(rb.usage.completionTokens).toBe(8)
   })
 })
+
+describe('Scheduler and the engine’s sequence pool', () => {
+  // Like a real engine: a fixed pool of sequences, and handing one back takes time (clearing its
+  // cache). A slot freed in the scheduler before its sequence is back would find the pool empty.
+  class PooledEngine extends FakeEngine {
+    inUse = 0
+    refusals = 0
+    override async openChat(request: ChatGenerationRequest): Promise<TokenStream> {
+      if (this.inUse >= this.slots) {
+        this.refusals++
+        throw new EngineError('busy', 'no free sequence')
+      }
+      this.inUse++
+      const stream = await super.openChat(request)
+      const release = stream.release.bind(stream)
+      stream.release = async () => {
+        for (let i = 0; i < 5; i++) await macrotask()
+        this.inUse--
+        await release()
+      }
+      return stream
+    }
+  }
+
+  it('keeps a slot taken until its sequence is back, so a queued job never finds the pool empty', async () => {
+    const engine = new PooledEngine(2, {
+      A: { tokens: ['a'] },
+      B: { tokens: ['b'], openTicks: 3 },
+      C: { tokens: ['c'] },
+      D: { tokens: ['d'], openTicks: 2 },
+      E: { tokens: ['e'] },
+    })
+    const scheduler = new Scheduler(engine, { maxQueue: 10 })
+    const results = await Promise.allSettled(['A', 'B', 'C', 'D', 'E'].map((id) => scheduler.submit(req(id))))
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled', 'fulfilled', 'fulfilled'])
+    expect(engine.refusals).toBe(0)
+    expect(engine.inUse).toBe(0)
+  })
+})
