@@ -53,7 +53,12 @@ export async function billingBench(): Promise<void> {
     const model = join(dir, 'tiny.gguf')
     await synthesizeGguf({ preset: 'tiny', out: model, seed: 1 })
     const limits = { capacity: 1_000_000, refillPerSecond: 1_000_000 }
-    const on = await startGateway({ dataDir: join(dir, 'on'), port: 0, listen: ['/ip4/127.0.0.1/tcp/0'], rateLimit: limits })
+    const on = await startGateway({
+      dataDir: join(dir, 'on'),
+      port: 0,
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      rateLimit: limits,
+    })
     const off = await startGateway({
       dataDir: join(dir, 'off'),
       port: 0,
@@ -89,9 +94,13 @@ export async function billingBench(): Promise<void> {
         const b = await throughput(off, keyOff)
         const c = first ? a : await throughput(on, keyOn)
         ratios.push(c / b)
-        rows.push(`  round ${r + 1}: billing on ${c.toFixed(0)} req/s, off ${b.toFixed(0)} req/s, ratio ${(c / b).toFixed(3)}`)
+        rows.push(
+          `  round ${r + 1}: billing on ${c.toFixed(0)} req/s, off ${b.toFixed(0)} req/s, ratio ${(c / b).toFixed(3)}`,
+        )
       }
-      console.log(`chat throughput, ${REQUESTS} calls × ${ROUNDS} rounds at concurrency ${CONCURRENCY} (tiny model, max_tokens 4)`)
+      console.log(
+        `chat throughput, ${REQUESTS} calls × ${ROUNDS} rounds at concurrency ${CONCURRENCY} (tiny model, max_tokens 4)`,
+      )
       console.log(rows.join('\n'))
       console.log(`billing.throughput_ratio = ${median(ratios).toFixed(3)} (goal ≥ 0.95)`)
     } finally {
@@ -136,6 +145,8 @@ async function ledgerBench(dir: string): Promise<void> {
   }
   const rawPerSec = CHARGES / ((performance.now() - t0) / 1000)
   await raw.close()
-  console.log(`ledger: ${chargesPerSec.toFixed(0)} charges/s on one account (64 concurrent callers); raw level pairs of batches: ${rawPerSec.toFixed(0)}/s`)
+  console.log(
+    `ledger: ${chargesPerSec.toFixed(0)} charges/s on one account (64 concurrent callers); raw level pairs of batches: ${rawPerSec.toFixed(0)}/s`,
+  )
   console.log(`ledger.charges_vs_raw_ratio = ${(chargesPerSec / rawPerSec).toFixed(3)}`)
 }
