@@ -2,7 +2,7 @@
 // Ctrl-C), the synthetic models, a gateway and a node as real CLI processes, an SSE client on
 // node:http, the direct-engine child over IPC, and small statistics and table printing.
 import { type ChildProcess, spawn } from 'node:child_process'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync, readFileSync, rmSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import http from 'node:http'
 import { availableParallelism, tmpdir } from 'node:os'
@@ -19,6 +19,8 @@ export const HOST = '127.0.0.1'
 // Child processes: every one is registered, and killed when the bench ends however it ends.
 
 const children = new Set<ChildProcess>()
+/** Temp dirs of the scopes under way: removed on Ctrl-C too. */
+const scopeDirs = new Set<string>()
 let hooksInstalled = false
 
 function killNow(child: ChildProcess): void {
@@ -34,6 +36,7 @@ function installHooks(): void {
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.on(sig, () => {
       for (const c of children) killNow(c)
+      for (const d of scopeDirs) rmSync(d, { recursive: true, force: true })
       process.exit(130)
     })
   }
@@ -130,11 +133,13 @@ export async function stopAll(): Promise<void> {
 /** Runs `body` with a temp dir; every child is stopped and the dir removed afterwards, also on error. */
 export async function withScope<T>(prefix: string, body: (dir: string) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(tmpdir(), `cluster-bench-${prefix}-`))
+  scopeDirs.add(dir)
   try {
     return await body(dir)
   } finally {
     await stopAll()
     await rm(dir, { recursive: true, force: true })
+    scopeDirs.delete(dir)
   }
 }
 
@@ -145,6 +150,54 @@ export function cpuMs(pid: number): number {
   // utime and stime are fields 14 and 15 (1-based) of the whole line: 12 and 13 after the name.
   const ticks = Number(fields[11]) + Number(fields[12])
   return (ticks * 1000) / 100 // USER_HZ is 100 on Linux
+}
+
+/** CPU time (ms) all CPUs spent busy so far, from /proc/stat. */
+function systemBusyMs(): number {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? ''
+  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = line
+    .trim()
+    .split(/\s+/)
+    .slice(1)
+    .map(Number)
+  return ((user + nice + system + irq + softirq + steal) * 1000) / 100
+}
+
+/**
+ * Starts measuring the CPU used by everything on the machine except this process and `pids`
+ * (other people's tests, on this shared box). The returned function gives the average number of
+ * cores those others kept busy since the start.
+ */
+export function foreignLoad(pids: number[]): () => number {
+  const ours = (): number => [process.pid, ...pids].reduce((n, pid) => n + cpuMs(pid), 0)
+  const t0 = performance.now()
+  const s0 = systemBusyMs()
+  const o0 = ours()
+  return () => {
+    const wall = performance.now() - t0
+    return Math.max(0, systemBusyMs() - s0 - (ours() - o0)) / wall
+  }
+}
+
+/** Samples taken while others used less than this many cores count as quiet. */
+export const QUIET_CORES = 0.25
+
+/**
+ * Waits, up to `maxMs`, for a 500 ms window in which other processes use less than QUIET_CORES,
+ * so long samples start on a quiet machine (both sides of a comparison wait alike). Returns the
+ * time waited.
+ */
+export async function waitQuiet(
+  pids: number[],
+  maxMs = Number(process.env.BENCH_QUIET_WAIT_MS ?? 15_000),
+): Promise<number> {
+  const t0 = performance.now()
+  while (performance.now() - t0 < maxMs) {
+    const others = foreignLoad(pids)
+    await sleep(500)
+    if (others() < QUIET_CORES) break
+  }
+  return performance.now() - t0
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -161,10 +214,15 @@ export async function benchModel(preset: SynthPresetName): Promise<string> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A gateway and a node, each as its own `cluster` process.
+// A gateway (bench/gateway-child.ts) and a node (`cluster node`), each in a process of its own.
 
-export interface MeshProcs {
+/** Where to send HTTP requests, and the API key /v1 needs. */
+export interface Endpoint {
   url: string
+  apiKey: string
+}
+
+export interface MeshProcs extends Endpoint {
   gateway: Child
   node: Child
 }
@@ -176,22 +234,19 @@ export interface NodeProcOptions {
   slots: number
 }
 
+/** The gateway alone: billing off, a rate limit that never refuses (see bench/gateway-child.ts). */
+export async function startGatewayProc(dir: string): Promise<Endpoint & { gateway: Child; multiaddrs: string[] }> {
+  const gateway = spawnNode('gateway', ['bin/run-ts.js', 'bench/gateway-child.ts', join(dir, 'gw')], { ipc: true })
+  const m = await gateway.waitFor(/^ready (.*)$/m)
+  const ready = JSON.parse(m[1] as string) as { url: string; multiaddrs: string[]; apiKey: string }
+  if (!ready.apiKey) throw new Error('gateway: no admin API key (the data dir was not fresh)')
+  return { gateway, ...ready }
+}
+
 export async function startMesh(dir: string, node: NodeProcOptions): Promise<MeshProcs> {
-  const gwDir = join(dir, 'gw')
-  const gateway = spawnNode('gateway', [
-    'bin/cluster.js',
-    'gateway',
-    '--data-dir',
-    gwDir,
-    '--listen',
-    `/ip4/${HOST}/tcp/0`,
-    '--port',
-    '0',
-    '--host',
-    HOST,
-  ])
-  const m = await gateway.waitFor(/HTTP\s+(http:\/\/\S+)/)
-  const url = m[1] as string
+  const gw = await startGatewayProc(dir)
+  const bootstrap = gw.multiaddrs.find((a) => a.includes('/tcp/') && !a.includes('/ws'))
+  if (bootstrap == null) throw new Error(`gateway: no TCP multiaddr in ${gw.multiaddrs.join(' ')}`)
   const nodeProc = spawnNode('node', [
     'bin/cluster.js',
     'node',
@@ -200,7 +255,7 @@ export async function startMesh(dir: string, node: NodeProcOptions): Promise<Mes
     '--listen',
     `/ip4/${HOST}/tcp/0`,
     '--bootstrap',
-    join(gwDir, 'peer.json'),
+    bootstrap,
     '--model',
     node.model,
     '--model-id',
@@ -213,21 +268,21 @@ export async function startMesh(dir: string, node: NodeProcOptions): Promise<Mes
     'off',
   ])
   await nodeProc.waitFor(/^node \S+/m)
-  await waitForModel(url, node.modelId, 30_000)
-  return { url, gateway, node: nodeProc }
+  await waitForModel(gw, node.modelId, 30_000)
+  return { url: gw.url, apiKey: gw.apiKey, gateway: gw.gateway, node: nodeProc }
 }
 
-export async function waitForModel(url: string, model: string, timeoutMs: number): Promise<void> {
+export async function waitForModel(ep: Endpoint, model: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs
   for (;;) {
     try {
-      const res = await fetch(`${url}/v1/models`)
+      const res = await fetch(`${ep.url}/v1/models`, { headers: { authorization: `Bearer ${ep.apiKey}` } })
       const body = (await res.json()) as { data?: Array<{ id: string }> }
       if (body.data?.some((m) => m.id === model)) return
     } catch {
       // not up yet
     }
-    if (Date.now() > deadline) throw new Error(`${model} did not appear at ${url} within ${timeoutMs} ms`)
+    if (Date.now() > deadline) throw new Error(`${model} did not appear at ${ep.url} within ${timeoutMs} ms`)
     await sleep(100)
   }
 }
@@ -270,9 +325,9 @@ export function chatBody(p: ChatParams): string {
 }
 
 /** One streaming chat completion; times are taken in this process as chunks arrive. */
-export function streamChat(baseUrl: string, p: ChatParams): Promise<StreamTiming> {
+export function streamChat(ep: Endpoint, p: ChatParams): Promise<StreamTiming> {
   const body = chatBody(p)
-  const url = new URL('/v1/chat/completions', baseUrl)
+  const url = new URL('/v1/chat/completions', ep.url)
   return new Promise((res, rej) => {
     let first = -1
     let done = -1
@@ -285,7 +340,11 @@ export function streamChat(baseUrl: string, p: ChatParams): Promise<StreamTiming
       {
         method: 'POST',
         agent,
-        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+        headers: {
+          'content-type': 'application/json',
+          'content-length': Buffer.byteLength(body),
+          authorization: `Bearer ${ep.apiKey}`,
+        },
       },
       (resp) => {
         if (resp.statusCode !== 200) {
@@ -383,7 +442,14 @@ export async function startDirect(opts: { model: string; threads: number; slots:
       new Promise((res, rej) => {
         const id = next++
         pending.set(id, { res, rej })
-        const msg: DirectRequest = { type: 'run', id, prompt: p.prompt, maxTokens: p.maxTokens, seed: p.seed, concurrency }
+        const msg: DirectRequest = {
+          type: 'run',
+          id,
+          prompt: p.prompt,
+          maxTokens: p.maxTokens,
+          seed: p.seed,
+          concurrency,
+        }
         child.proc.send(msg)
       }),
   }
@@ -413,7 +479,8 @@ export function fmt(n: number, digits = 2): string {
 export function table(headers: string[], rows: Array<Array<string | number>>): void {
   const cells = [headers, ...rows.map((r) => r.map(String))]
   const widths = headers.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)))
-  const line = (r: string[]): string => r.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ')
+  const line = (r: string[]): string =>
+    r.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ')
   console.log(line(headers))
   console.log(widths.map((w) => '-'.repeat(w)).join('  '))
   for (const r of cells.slice(1)) console.log(line(r))
@@ -421,7 +488,8 @@ export function table(headers: string[], rows: Array<Array<string | number>>): v
 
 /** The final figure line, e.g. `mesh.tps_ratio = 0.99 (goal ≥ 0.97)`. */
 export function figure(name: string, value: number, digits: number, goal?: { op: '≤' | '≥'; value: number }): void {
-  const met = goal == null ? '' : (goal.op === '≤' ? value <= goal.value : value >= goal.value) ? ' — met' : ' — NOT met'
+  const met =
+    goal == null ? '' : (goal.op === '≤' ? value <= goal.value : value >= goal.value) ? ' — met' : ' — NOT met'
   console.log(`${name} = ${fmt(value, digits)}${goal ? ` (goal ${goal.op} ${goal.value})${met}` : ''}`)
 }
 

@@ -99,7 +99,11 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
   // Prompts can be long; account and admin bodies are small.
   const inferenceBodies = limitBody(deps.maxBodyBytes ?? 8 * 1024 * 1024)
   const otherBodies = limitBody(64 * 1024)
-  app.use('*', (c, next) => (isV1(c.req.path) ? inferenceBodies(c, next) : otherBodies(c, next)))
+  app.use('*', (c, next) => {
+    // Only requests that carry a body pay for the check (it materialises the request stream).
+    if (c.req.header('content-length') == null && c.req.header('transfer-encoding') == null) return next()
+    return isV1(c.req.path) ? inferenceBodies(c, next) : otherBodies(c, next)
+  })
 
   // Who is calling: a valid bearer key attaches its account; routes that need one say so.
   app.use('*', async (c, next) => {

@@ -6,10 +6,9 @@ import {
   type DeltaFrame,
   type DoneFrame,
   decodeFrames,
-  encodeFrame,
+  encodeOwnFrame,
   INFERENCE_PROTOCOL,
   type InferenceRequestFrame,
-  InferenceRequestFrameSchema,
   type InferenceResponseFrame,
   InferenceResponseFrameSchema,
 } from '../protocols/index.ts'
@@ -105,6 +104,9 @@ export class MeshRouter {
     try {
       stream = await this.peer.dialProtocol(peerIdFromString(peerId), INFERENCE_PROTOCOL, {
         signal: AbortSignal.any([signal, AbortSignal.timeout(this.dialTimeoutMs)]),
+        // One protocol: send its name with the request frame instead of waiting a round trip for
+        // the node to agree. A node that does not speak it fails before the first frame → next node.
+        negotiateFully: false,
       })
     } catch {
       return { outcome: 'unreachable' }
@@ -130,7 +132,7 @@ export class MeshRouter {
     const onAbort = (): void => stream.abort(new Error('client closed'))
     signal.addEventListener('abort', onAbort, { once: true })
     try {
-      await sendBytes(stream, encodeFrame(InferenceRequestFrameSchema, request), signal)
+      await sendBytes(stream, encodeOwnFrame<InferenceRequestFrame>(request), signal)
       const first = await frames.next()
       if (first.done) return fail('closed')
       const frame = first.value

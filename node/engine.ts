@@ -19,6 +19,8 @@ export interface StepResult {
 /** One generation in progress, holding one sequence of the model's context. */
 export interface TokenStream {
   readonly promptTokens: number
+  /** Where the stream sits in the engine's batch; streams are stepped in ascending order. */
+  readonly order?: number
   /** Generates one more token. Calls on several streams in the same tick are decoded as one batch. */
   step(): Promise<StepResult>
   /** Frees the sequence. Safe to call more than once. */

@@ -5,10 +5,12 @@ import type { Stream } from '@libp2p/interface'
 import {
   decodeFrames,
   encodeFrame,
+  encodeOwnFrame,
   INFERENCE_PROTOCOL,
   type InferenceErrorCode,
   type InferenceRequestFrame,
   InferenceRequestFrameSchema,
+  type InferenceResponseFrame,
   InferenceResponseFrameSchema,
   InvalidMessageError,
   MessageTooLargeError,
@@ -35,7 +37,7 @@ export async function serveInference(peer: MeshPeer, options: InferenceServiceOp
 function send(stream: Stream, frame: Parameters<typeof encodeFrame<typeof InferenceResponseFrameSchema>>[1]): void {
   if (stream.writeStatus !== 'writable') return
   // Frames are small and produced no faster than tokens: the stream's own buffer bounds them.
-  stream.send(encodeFrame(InferenceResponseFrameSchema, frame))
+  stream.send(encodeOwnFrame<InferenceResponseFrame>(frame))
 }
 
 async function sendError(stream: Stream, code: InferenceErrorCode, message: string): Promise<void> {

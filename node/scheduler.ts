@@ -134,7 +134,8 @@ export class Scheduler {
 
   private async loop(): Promise<void> {
     while (this.active.size > 0) {
-      const jobs = [...this.active]
+      // In the engine's own order, so the decode sees the batch the way it batches best.
+      const jobs = [...this.active].sort((a, b) => (a.stream?.order ?? 0) - (b.stream?.order ?? 0))
       for (const job of jobs) if (job.aborted) await this.finish(job, 'abort')
       const stepping = jobs.filter((j) => !j.aborted)
       const results = await Promise.allSettled(stepping.map((j) => (j.stream as TokenStream).step()))

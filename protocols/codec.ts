@@ -49,6 +49,18 @@ export function encodeFrame<S extends z.ZodType>(schema: S, value: z.input<S>, m
 }
 
 /**
+ * Encodes a frame this peer built itself from typed values: no schema pass (inside, types are
+ * trusted; receivers validate every frame anyway), only the size limit. For the per-token path.
+ */
+export function encodeOwnFrame<T>(value: T, maxBytes = MAX_FRAME_BYTES): Uint8Array {
+  const body = toJsonBytes(value)
+  if (body.byteLength > maxBytes) {
+    throw new MessageTooLargeError(`frame of ${body.byteLength} bytes exceeds ${maxBytes}`)
+  }
+  return lp.encode.single(body).subarray()
+}
+
+/**
  * Reads frames from a byte stream, each validated against `schema`. Throws MessageTooLargeError as
  * soon as a length prefix announces more than `maxBytes` (before reading the body), and
  * InvalidMessageError for a frame that does not parse.
