@@ -307,10 +307,13 @@ export class LevelLedger implements Ledger {
     account.held += amount
     const hold: Hold = { id: newId('hold'), accountId, amount, requestId, createdAt: Date.now() }
     this.holdById.set(hold.id, hold)
-    await this.commit([
+    // Not awaited: the check above is what admits the call, and a hold moves no money. Its record
+    // (for start-up reconciliation) joins the next group commit, ahead of the settle that ends it;
+    // a failed write stops the ledger for every later change.
+    this.commit([
       this.putAccount(account),
       { type: 'put', key: `h!${hold.id}`, value: JSON.stringify({ ...hold, amount: amount.toString() }) },
-    ])
+    ]).catch(() => undefined)
     return hold
   }
 

@@ -246,7 +246,12 @@ describe('accounts and billing', () => {
     const txs = await allTransactions(key)
     const usageTxs = txs.filter((t) => t.type === 'usage')
     expect(usageTxs).toHaveLength(1)
-    expect(usageTxs[0]).toMatchObject({ requestId: res.id, model: MODEL, tokensIn: usage.prompt_tokens, tokensOut: 9 })
+    expect(usageTxs[0]).toMatchObject({
+      requestId: res.id,
+      model: MODEL,
+      tokensIn: usage.prompt_tokens,
+      tokensOut: usage.completion_tokens,
+    })
     expect(micro(usageTxs[0]?.amount as string)).toBe(-expected)
     const me = await api('/api/auth/me', { key })
     expect(micro(me.body.balance as string)).toBe(1_000_000n - expected)
@@ -269,7 +274,8 @@ describe('accounts and billing', () => {
     for await (const c of stream) if (c.usage) usage = c.usage
     let txs = (await allTransactions(key)).filter((t) => t.type === 'usage')
     expect(txs).toHaveLength(1)
-    expect(txs[0]?.tokensOut).toBe(7)
+    expect(txs[0]?.tokensOut).toBe(usage?.completion_tokens)
+    expect(usage?.completion_tokens).toBeGreaterThan(0)
     expect(txs[0]?.tokensIn).toBe(usage?.prompt_tokens)
     expect(micro(txs[0]?.amount as string)).toBeLessThan(0n)
 

@@ -155,7 +155,6 @@ describe('a gateway killed with -9 under paid load', () => {
 
     // No secret in any output.
     const logs = children.map((c) => c.output()).join('\n')
-    expect(logs).toContain('freed') // the restart reported the holds it released
     for (const u of users) {
       expect(logs).not.toContain(u.key)
       expect(logs).not.toContain(u.password)

@@ -131,8 +131,12 @@ describe('the docs’ curl examples, as written', () => {
     const chunks = events
       .slice(0, -1)
       .map((e) => JSON.parse(e) as { id: string; choices: Array<{ delta: { content?: string } }> })
-    expect(chunks.length).toBeGreaterThan(2)
-    expect(chunks.some((c) => (c.choices[0]?.delta.content ?? '').length > 0)).toBe(true)
+    // The role chunk first and the finish chunk last (the random-weight model may end at any token).
+    expect(chunks.length).toBeGreaterThanOrEqual(2)
+    expect((chunks[0]?.choices[0]?.delta as { role?: string }).role).toBe('assistant')
+    expect((chunks.at(-1)?.choices[0] as { finish_reason?: string } | undefined)?.finish_reason).toMatch(
+      /^(stop|length)$/,
+    )
     expect(new Set(chunks.map((c) => c.id)).size).toBe(1)
   })
 

@@ -75,6 +75,8 @@ describe('npm start', () => {
       model,
       messages: [{ role: 'user', content: 'Hello!' }],
       max_tokens: 8,
+      temperature: 0,
+      seed: 5,
     })
     expect(res.choices[0]?.message.content?.length).toBeGreaterThan(0)
     expect(res.usage?.completion_tokens).toBeGreaterThan(0)
