@@ -133,7 +133,7 @@ describe('the docs’ curl examples, as written', () => {
       .map((e) => JSON.parse(e) as { id: string; choices: Array<{ delta: { content?: string } }> })
     // The role chunk first and the finish chunk last (the random-weight model may end at any token).
     expect(chunks.length).toBeGreaterThanOrEqual(2)
-    expect((chunks[0]?.choices[0]?.delta as { role?: string }).role).toBe('assistant')
+    expect((chunks[0]?.choices[0]?.delta as { role?: string } | undefined)?.role).toBe('assistant')
     const last = chunks.at(-1) as { choices: Array<{ finish_reason?: string | null }> } | undefined
     expect(last?.choices[0]?.finish_reason ?? '').toMatch(/^(stop|length)$/)
     expect(new Set(chunks.map((c) => c.id)).size).toBe(1)
