@@ -1,14 +1,16 @@
 // Billing cost: chat throughput through a gateway that bills every call (reserve + settle on the
 // ledger) vs the same gateway code with billing off, side by side, both in front of one node.
 // Also the ledger alone: charges/s on one account under contention vs raw batched writes.
+import { spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Level } from 'level'
 import { type RunningGateway, startGateway } from '../gateway/gateway.ts'
-import { startNode } from '../node/node.ts'
 import { LevelLedger } from '../src/ledger/level-ledger.ts'
 import { synthesizeGguf } from '../src/models/synth.ts'
+
+const ROOT = join(import.meta.dirname, '..')
 
 const MODEL = 'bench-billing'
 const ROUNDS = 8
@@ -66,17 +68,33 @@ export async function billingBench(): Promise<void> {
       rateLimit: limits,
       billing: false,
     })
-    const node = await startNode({
-      dataDir: join(dir, 'node'),
-      listen: ['/ip4/127.0.0.1/tcp/0'],
-      bootstrap: [...on.multiaddrs(), ...off.multiaddrs()],
-      models: [{ path: model, id: MODEL }],
-      threads: 1,
-      slots: 8,
-      maxQueue: 256,
-      gpu: false,
-      heartbeatIntervalMs: 500,
-    })
+    // The node in a process of its own, as in production: the two gateways share this one.
+    const node = spawn(
+      process.execPath,
+      [
+        join(ROOT, 'bin', 'cluster.js'),
+        'node',
+        '--data-dir',
+        join(dir, 'node'),
+        '--listen',
+        '/ip4/127.0.0.1/tcp/0',
+        ...[...on.multiaddrs(), ...off.multiaddrs()].flatMap((a) => ['--bootstrap', a]),
+        '--model',
+        model,
+        '--model-id',
+        MODEL,
+        '--threads',
+        '1',
+        '--slots',
+        '8',
+        '--max-queue',
+        '256',
+        '--gpu',
+        'off',
+      ],
+      { stdio: 'ignore' },
+    )
+    const nodeExited = new Promise((r) => node.once('exit', r))
     try {
       while (on.directory.nodesServing(MODEL).length === 0 || off.directory.nodesServing(MODEL).length === 0) {
         await new Promise((r) => setTimeout(r, 50))
@@ -108,7 +126,8 @@ export async function billingBench(): Promise<void> {
       console.log(rows.join('\n'))
       console.log(`billing.throughput_ratio = ${median(ratios).toFixed(3)} (goal ≥ 0.95)`)
     } finally {
-      await node.stop()
+      node.kill('SIGTERM')
+      await nodeExited
       await on.stop()
       await off.stop()
     }
