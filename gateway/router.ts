@@ -42,8 +42,12 @@ export interface Attempt {
   outcome: string
 }
 
+/** Spare streams older than this are not used (libp2p's inbound negotiation timeout is 10 s). */
+const SPARE_MAX_AGE_MS = 5_000
+
 export class MeshRouter {
   private readonly inflight = new Map<string, number>()
+  private readonly spares = new Map<string, { stream: Promise<Stream>; at: number }>()
   private readonly dialTimeoutMs: number
   private readonly firstFrameTimeoutMs: number
 
@@ -54,6 +58,41 @@ export class MeshRouter {
   ) {
     this.dialTimeoutMs = options.dialTimeoutMs ?? 5_000
     this.firstFrameTimeoutMs = options.firstFrameTimeoutMs ?? 120_000
+  }
+
+  private openStream(peerId: string, signal: AbortSignal): Promise<Stream> {
+    return this.peer.dialProtocol(peerIdFromString(peerId), INFERENCE_PROTOCOL, {
+      signal: AbortSignal.any([signal, AbortSignal.timeout(this.dialTimeoutMs)]),
+      // One protocol: send its name with the request frame instead of waiting a round trip for
+      // the node to agree. A node that does not speak it fails before the first frame → next node.
+      negotiateFully: false,
+    })
+  }
+
+  /**
+   * Opening a libp2p stream costs ~2 ms here, most of the mesh's share of time to first token. So
+   * after a call to a node ends, the next stream to it is opened in the background and kept for
+   * the next request. It is lazy (nothing is negotiated until the request is written), and one
+   * older than SPARE_MAX_AGE_MS is dropped: the node gives up on streams left unnegotiated.
+   */
+  private prepareSpare(peerId: string): void {
+    if (this.spares.has(peerId) || this.peer.status !== 'started') return
+    const stream = this.openStream(peerId, AbortSignal.timeout(this.dialTimeoutMs))
+    stream.catch(() => this.spares.delete(peerId))
+    this.spares.set(peerId, { stream, at: Date.now() })
+  }
+
+  private async takeSpare(peerId: string): Promise<Stream | undefined> {
+    const spare = this.spares.get(peerId)
+    if (spare == null) return undefined
+    this.spares.delete(peerId)
+    const stream = await spare.stream.catch(() => undefined)
+    if (stream == null) return undefined
+    if (Date.now() - spare.at > SPARE_MAX_AGE_MS || stream.status !== 'open' || stream.writeStatus !== 'writable') {
+      stream.abort(new Error('stale spare stream'))
+      return undefined
+    }
+    return stream
   }
 
   /** Nodes serving `model`, best first: lowest (active + queued + our in-flight) per slot. */
@@ -102,12 +141,7 @@ export class MeshRouter {
   ): Promise<{ call: InferenceCall } | { outcome: string; fatal?: ApiError }> {
     let stream: Stream
     try {
-      stream = await this.peer.dialProtocol(peerIdFromString(peerId), INFERENCE_PROTOCOL, {
-        signal: AbortSignal.any([signal, AbortSignal.timeout(this.dialTimeoutMs)]),
-        // One protocol: send its name with the request frame instead of waiting a round trip for
-        // the node to agree. A node that does not speak it fails before the first frame → next node.
-        negotiateFully: false,
-      })
+      stream = (await this.takeSpare(peerId)) ?? (await this.openStream(peerId, signal))
     } catch {
       return { outcome: 'unreachable' }
     }
@@ -158,6 +192,7 @@ export class MeshRouter {
             release()
             signal.removeEventListener('abort', onAbort)
             void stream.close().catch(() => undefined)
+            this.prepareSpare(peerId)
           },
         },
       }
