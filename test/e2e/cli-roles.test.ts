@@ -1,36 +1,11 @@
 // `cluster gateway` and `cluster node` as separate processes, joined through peer.json: the node
 // serves through the gateway, and a restarted node keeps its peer id and replaces its old entry.
-import { type ChildProcess, spawn } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
-
-const ROOT = join(import.meta.dirname, '..', '..')
-const children: ChildProcess[] = []
-
-function cluster(args: string[]): ChildProcess {
-  const child = spawn(process.execPath, [join(ROOT, 'bin', 'cluster.js'), ...args], {
-    cwd: ROOT,
-    env: { ...process.env, PORT: '0' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let log = ''
-  child.stdout?.on('data', (d: Buffer) => {
-    log += d.toString()
-  })
-  child.stderr?.on('data', (d: Buffer) => {
-    log += d.toString()
-  })
-  ;(child as ChildProcess & { log: () => string }).log = () => log
-  children.push(child)
-  return child
-}
-
-const stopped = (child: ChildProcess): Promise<void> =>
-  child.exitCode != null || child.signalCode != null
-    ? Promise.resolve()
-    : new Promise((r) => child.once('exit', () => r()))
+import { cluster, killAll, ROOT, exited as stopped } from '../helpers/processes.ts'
 
 interface PeerJson {
   peerId: string
@@ -62,8 +37,7 @@ const readPeer = (dir: string): PeerJson => JSON.parse(readFileSync(join(dir, 'p
 describe('cluster gateway + cluster node as processes', () => {
   const cleanups: Array<() => Promise<void>> = []
   afterAll(async () => {
-    for (const c of children) if (c.exitCode == null && c.signalCode == null) c.kill('SIGKILL')
-    await Promise.all(children.map(stopped))
+    await killAll()
     await Promise.all(cleanups.map((f) => f()))
   })
 

@@ -1,40 +1,16 @@
 // kill -9 of a gateway in the middle of paid traffic: after a restart every account's balance is
 // the sum of its transactions and no hold is left open. Also: no key or password in any output.
-import { type ChildProcess, spawn } from 'node:child_process'
 import { existsSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { LevelLedger } from '../../src/ledger/level-ledger.ts'
 import { tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
-
-const ROOT = join(import.meta.dirname, '..', '..')
-const children: Array<ChildProcess & { output: () => string }> = []
-
-function cluster(args: string[]): ChildProcess & { output: () => string } {
-  const child = spawn(process.execPath, [join(ROOT, 'bin', 'cluster.js'), ...args], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  }) as ChildProcess & { output: () => string }
-  let out = ''
-  child.stdout?.on('data', (d: Buffer) => {
-    out += d.toString()
-  })
-  child.stderr?.on('data', (d: Buffer) => {
-    out += d.toString()
-  })
-  child.output = () => out
-  children.push(child)
-  return child
-}
-
-const exited = (c: ChildProcess): Promise<void> =>
-  c.exitCode != null || c.signalCode != null ? Promise.resolve() : new Promise((r) => c.once('exit', () => r()))
+import { allOutput, cluster, exited, killAll } from '../helpers/processes.ts'
 
 describe('a gateway killed with -9 under paid load', () => {
   const cleanups: Array<() => Promise<void>> = []
   afterAll(async () => {
-    for (const c of children) if (c.exitCode == null && c.signalCode == null) c.kill('SIGKILL')
-    await Promise.all(children.map(exited))
+    await killAll()
     await Promise.all(cleanups.map((f) => f()))
   })
 
@@ -154,7 +130,7 @@ describe('a gateway killed with -9 under paid load', () => {
     }
 
     // No secret in any output.
-    const logs = children.map((c) => c.output()).join('\n')
+    const logs = allOutput()
     for (const u of users) {
       expect(logs).not.toContain(u.key)
       expect(logs).not.toContain(u.password)
