@@ -191,5 +191,3 @@ export const InferenceResponseFrameSchema = z.discriminatedUnion('type', [
   ErrorFrameSchema,
 ])
 export type InferenceResponseFrame = z.infer<typeof InferenceResponseFrameSchema>
-
-export const CapabilitiesRequestFrameSchema = z.object({ type: z.literal('capabilities?') })

@@ -68,11 +68,6 @@ export class GossipBus {
     return () => this.pubsub.removeEventListener('subscription-change', handler)
   }
 
-  /** How many peers subscribe to a topic (known to this peer). */
-  subscribers(topic: TopicName): PeerId[] {
-    return this.pubsub.getSubscribers(TOPICS[topic])
-  }
-
   close(): void {
     this.pubsub.removeEventListener('message', this.onMessage)
     for (const name of this.bindings.keys()) {

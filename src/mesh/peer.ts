@@ -5,7 +5,7 @@ import { yamux } from '@chainsafe/libp2p-yamux'
 import { type GossipSub, gossipsub } from '@libp2p/gossipsub'
 import { createPeerScoreParams, createTopicScoreParams } from '@libp2p/gossipsub/score'
 import { identify } from '@libp2p/identify'
-import { KEEP_ALIVE, type Libp2p, type PeerId } from '@libp2p/interface'
+import { KEEP_ALIVE, type Libp2p } from '@libp2p/interface'
 import { type KadDHT, kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { type Ping, ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
@@ -132,13 +132,4 @@ function keepBootstrapped(peer: MeshPeer, list: string[], redialMs: number): voi
   peer.addEventListener('start', loop, { once: true })
   peer.addEventListener('stop', () => clearTimeout(timer), { once: true })
   if (peer.status === 'started') loop()
-}
-
-/** Multiaddrs with the /p2p/ suffix, ready for another peer's --bootstrap. */
-export function dialableAddrs(peer: MeshPeer): string[] {
-  return peer.getMultiaddrs().map((ma) => ma.toString())
-}
-
-export function peerIdString(id: PeerId): string {
-  return id.toString()
 }
