@@ -56,7 +56,8 @@ describe('npm start', () => {
     expect(dev.gatewayUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
     expect(dev.peers.map((p) => p.role).sort()).toEqual(['gateway', 'node'])
     for (const p of dev.peers) expect(p.multiaddrs.every((a) => a.startsWith('/ip4/127.0.0.1/'))).toBe(true)
-    expect(output).toContain(`curl ${dev.gatewayUrl}/v1/chat/completions`)
+    // dev.json is written just before the banner is printed: give the pipe a moment.
+    await waitFor(() => output.includes(`curl ${dev.gatewayUrl}/v1/chat/completions`), 5_000, 'the printed curl')
 
     const health = (await (await fetch(`${dev.gatewayUrl}/health`)).json()) as { status: string; uptime: number }
     expect(health.status).toBe('ok')
