@@ -9,6 +9,7 @@ import { Level } from 'level'
 import { type RunningGateway, startGateway } from '../gateway/gateway.ts'
 import { LevelLedger } from '../src/ledger/level-ledger.ts'
 import { synthesizeGguf } from '../src/models/synth.ts'
+import { median } from './lib.ts'
 
 const ROOT = join(import.meta.dirname, '..')
 
@@ -16,12 +17,6 @@ const MODEL = 'bench-billing'
 const ROUNDS = 8
 const REQUESTS = 200
 const CONCURRENCY = 16
-
-const median = (v: number[]): number => {
-  const s = [...v].sort((a, b) => a - b)
-  const m = Math.floor(s.length / 2)
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2
-}
 
 async function keyFor(gw: RunningGateway, email: string): Promise<string> {
   const { account, apiKey } = await gw.accounts.register(email, null)

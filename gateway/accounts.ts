@@ -33,7 +33,7 @@ export class Accounts {
   ): Promise<{ account: Account; apiKey: string }> {
     const passwordHash = password == null ? '' : await hashPassword(password)
     const account = await this.ledger.createAccount({ email, role, passwordHash })
-    const apiKey = await this.issueKey(account.id, 'login', true)
+    const { apiKey } = await this.issueKey(account.id, 'login', true)
     return { account, apiKey }
   }
 
@@ -44,7 +44,7 @@ export class Accounts {
   async login(email: string, password: string): Promise<{ account: Account; apiKey: string } | undefined> {
     const account = await this.ledger.findAccountByEmail(email)
     // Hash even for an unknown email, so timing does not tell which emails exist.
-    const ok = await verifyPassword(password, account?.passwordHash || DUMMY_HASH)
+    const ok = await verifyPassword(password, account?.passwordHash || (await dummyHash()))
     if (account == null || !ok || account.passwordHash === '') return undefined
     return { account, apiKey: await this.loginKey(account.id) }
   }
@@ -53,7 +53,8 @@ export class Accounts {
   async loginKey(accountId: string): Promise<string> {
     const keys = await this.ledger.listKeys(accountId)
     const login = keys.find((k) => k.sealed != null && k.revokedAt == null)
-    return login?.sealed != null ? this.secret.unseal(login.sealed) : this.issueKey(accountId, 'login', true)
+    if (login?.sealed != null) return this.secret.unseal(login.sealed)
+    return (await this.issueKey(accountId, 'login', true)).apiKey
   }
 
   async authenticate(apiKey: string): Promise<Authenticated | undefined> {
@@ -63,24 +64,23 @@ export class Accounts {
   }
 
   async createKey(accountId: string, name: string): Promise<{ key: ApiKeyRecord; apiKey: string }> {
+    return this.issueKey(accountId, name, false)
+  }
+
+  /** A new key for the account; `sealed` keeps it recoverable (the login key only). */
+  private async issueKey(
+    accountId: string,
+    name: string,
+    sealed: boolean,
+  ): Promise<{ key: ApiKeyRecord; apiKey: string }> {
     const apiKey = newApiKey()
     const key = await this.ledger.addKey(accountId, {
       lookup: this.secret.lookup(apiKey),
       prefix: keyPrefix(apiKey),
       name,
-    })
-    return { key, apiKey }
-  }
-
-  private async issueKey(accountId: string, name: string, sealed: boolean): Promise<string> {
-    const apiKey = newApiKey()
-    await this.ledger.addKey(accountId, {
-      lookup: this.secret.lookup(apiKey),
-      prefix: keyPrefix(apiKey),
-      name,
       ...(sealed ? { sealed: this.secret.seal(apiKey) } : {}),
     })
-    return apiKey
+    return { key, apiKey }
   }
 
   /**
@@ -96,5 +96,10 @@ export class Accounts {
   }
 }
 
-// A valid hash of a random password: verifying against it costs what a real check costs.
-const DUMMY_HASH = await hashPassword(newApiKey())
+// A valid hash of a random password: verifying against it costs what a real check costs. Made on
+// the first login rather than at start-up (scrypt takes tens of milliseconds).
+let dummy: Promise<string> | undefined
+const dummyHash = (): Promise<string> => {
+  dummy ??= hashPassword(newApiKey())
+  return dummy
+}

@@ -1,35 +1,15 @@
 // `cluster gateway` and `cluster node` as separate processes, joined through peer.json: the node
 // serves through the gateway, and a restarted node keeps its peer id and replaces its old entry.
-import { spawn } from 'node:child_process'
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
-import { cluster, killAll, ROOT, exited as stopped } from '../helpers/processes.ts'
+import { cluster, killAll, runCluster, exited as stopped } from '../helpers/processes.ts'
 
 interface PeerJson {
   peerId: string
   multiaddrs: string[]
   httpUrl?: string
-}
-
-/** Runs a short CLI command to its end. */
-function runCli(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [join(ROOT, 'bin', 'cluster.js'), ...args], {
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    let out = ''
-    let err = ''
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString()
-    })
-    child.stderr.on('data', (d: Buffer) => {
-      err += d.toString()
-    })
-    child.once('exit', (code) => resolve({ code, out, err }))
-  })
 }
 
 const readPeer = (dir: string): PeerJson => JSON.parse(readFileSync(join(dir, 'peer.json'), 'utf8')) as PeerJson
@@ -68,11 +48,11 @@ describe('cluster gateway + cluster node as processes', () => {
     const url = gwInfo.httpUrl as string
 
     // The operator makes an account and credits it with the CLI, against the running gateway.
-    const create = await runCli(['accounts', 'create', '--email', 'cli@example.com', '--data-dir', g.path])
+    const create = await runCluster(['accounts', 'create', '--email', 'cli@example.com', '--data-dir', g.path])
     expect(create.code, create.out).toBe(0)
     const apiKey = (JSON.parse(create.out) as { apiKey: string }).apiKey
     expect(apiKey).toMatch(/^sk-cluster-/)
-    const credit = await runCli([
+    const credit = await runCluster([
       'accounts',
       'credit',
       '--email',
@@ -84,7 +64,7 @@ describe('cluster gateway + cluster node as processes', () => {
     ])
     expect(credit.code, credit.out).toBe(0)
     expect(JSON.parse(credit.out)).toMatchObject({ amount: '2.50', balance: '2.50' })
-    const refused = await runCli([
+    const refused = await runCluster([
       'accounts',
       'credit',
       '--email',

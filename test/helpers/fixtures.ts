@@ -68,3 +68,14 @@ export async function fundedUser(
   if (dollars > 0n) await gw.accounts.ledger.credit(account.id, dollars * 1_000_000n, { type: 'credit' })
   return apiKey
 }
+
+/** mulberry32: a small seeded PRNG, so "random" test cases are the same on every run. */
+export function rng(seed: number): () => number {
+  let s = seed | 0
+  return () => {
+    s = (s + 0x6d2b79f5) | 0
+    let t = Math.imul(s ^ (s >>> 15), 1 | s)
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}

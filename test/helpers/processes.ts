@@ -5,7 +5,7 @@ import { join } from 'node:path'
 
 export const ROOT = join(import.meta.dirname, '..', '..')
 
-export type ClusterProcess = ChildProcess & { output: () => string }
+export type ClusterProcess = ChildProcess & { output: () => string; stdoutText: () => string; stderrText: () => string }
 
 const started: ClusterProcess[] = []
 
@@ -17,13 +17,16 @@ export function cluster(args: string[], env: NodeJS.ProcessEnv = {}): ClusterPro
     stdio: ['ignore', 'pipe', 'pipe'],
   }) as ClusterProcess
   let out = ''
+  let err = ''
   child.stdout?.on('data', (d: Buffer) => {
     out += d.toString()
   })
   child.stderr?.on('data', (d: Buffer) => {
-    out += d.toString()
+    err += d.toString()
   })
-  child.output = () => out
+  child.output = () => `${out}${err}`
+  child.stdoutText = () => out
+  child.stderrText = () => err
   started.push(child)
   return child
 }
@@ -44,4 +47,11 @@ export async function killAll(): Promise<void> {
 /** All output of every process started so far. */
 export function allOutput(): string {
   return started.map((c) => c.output()).join('\n')
+}
+
+/** Runs a short `cluster` command to its end. */
+export async function runCluster(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  const child = cluster(args)
+  await exited(child)
+  return { code: child.exitCode, out: child.stdoutText(), err: child.stderrText() }
 }

@@ -16,17 +16,7 @@ import {
   UnknownHoldError,
 } from '../../src/ledger/ledger.ts'
 import { LevelLedger } from '../../src/ledger/level-ledger.ts'
-
-/** mulberry32: a small seeded PRNG so the schedules are the same on every run. */
-function rng(seed: number): () => number {
-  let s = seed | 0
-  return () => {
-    s = (s + 0x6d2b79f5) | 0
-    let t = Math.imul(s ^ (s >>> 15), 1 | s)
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+import { rng } from '../helpers/fixtures.ts'
 
 const macrotasks = async (n: number): Promise<void> => {
   for (let i = 0; i < n; i++) await new Promise<void>((r) => setImmediate(r))

@@ -10,17 +10,7 @@ import {
   TOKENS_PER_PRICE_UNIT,
   USDC_DECIMALS,
 } from '../../src/payments/money.ts'
-
-/** mulberry32: a small seeded PRNG so the "random" cases are the same on every run. */
-function rng(seed: number): () => number {
-  let s = seed | 0
-  return () => {
-    s = (s + 0x6d2b79f5) | 0
-    let t = Math.imul(s ^ (s >>> 15), 1 | s)
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+import { rng } from '../helpers/fixtures.ts'
 
 /** A uniform-ish bigint in [0, max) from 32-bit chunks. */
 function randomBigint(next: () => number, max: bigint): bigint {
