@@ -4,7 +4,13 @@ import { Hono } from 'hono'
 import { bodyLimit } from 'hono/body-limit'
 import { HTTPException } from 'hono/http-exception'
 import { streamSSE } from 'hono/streaming'
-import type { FinishReason, InferenceRequestFrame, InferenceResponseFrame, Usage } from '../protocols/index.ts'
+import type {
+  DoneFrame,
+  FinishReason,
+  InferenceRequestFrame,
+  InferenceResponseFrame,
+  Usage,
+} from '../protocols/index.ts'
 import type { Hold } from '../src/ledger/ledger.ts'
 import type { Directory, NodeEntry } from '../src/mesh/directory.ts'
 import type { Accounts } from './accounts.ts'
@@ -207,7 +213,7 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
       call = await deps.router.open(frame, cancel.signal)
     } catch (err) {
       signal.removeEventListener('abort', onClientGone)
-      await meter.finish()
+      await meter.cancel()
       throw err
     }
     const ttftMs = performance.now() - started
@@ -226,10 +232,13 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
     c.header('x-cluster-node', call.nodePeerId)
     if (req.stream !== true) {
       try {
-        const { text, finishReason, usage } = await collect(call, meter)
-        await meter.finish(usage)
-        complete(finishReason, usage)
-        return c.json(completionBody(meta, text, finishReason, usage))
+        const { text, done } = await collect(call, meter)
+        // A plain answer is delivered whole or not at all: a client gone by now pays nothing.
+        if (signal.aborted)
+          throw new ApiError(400, 'The client closed the request.', 'invalid_request_error', 'client_closed')
+        await meter.finish(call.nodePeerId, done, false)
+        complete(done.finishReason, done.usage)
+        return c.json(completionBody(meta, text, done.finishReason, done.usage))
       } finally {
         signal.removeEventListener('abort', onClientGone)
         // A plain answer is delivered whole or not at all: a failed one costs nothing.
@@ -242,17 +251,22 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
       sse.onAbort(() => cancel.abort())
       const send = (body: unknown): Promise<void> => sse.writeSSE({ data: JSON.stringify(body) })
       let finished = false
+      let done: DoneFrame | undefined
       try {
         await send(chunkBody(meta, { role: 'assistant', content: '' }, null, includeUsage))
         let frame: InferenceResponseFrame = call.first
         for (;;) {
-          if (cancel.signal.aborted) break
+          if (cancel.signal.aborted) {
+            if (frame.type === 'done') done = frame
+            break
+          }
           if (frame.type === 'delta') {
             if (frame.text.length > 0) await send(chunkBody(meta, { content: frame.text }, null, includeUsage))
             // Counted once written: an abort pays for what was delivered.
             meter.delivered(frame)
           } else if (frame.type === 'done') {
-            await meter.finish(frame.usage)
+            done = frame
+            await meter.finish(call.nodePeerId, frame, false)
             await send(chunkBody(meta, {}, frame.finishReason, includeUsage))
             if (includeUsage) await send(usageChunkBody(meta, frame.usage))
             await sse.writeSSE({ data: '[DONE]' })
@@ -286,8 +300,13 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
       } finally {
         signal.removeEventListener('abort', onClientGone)
         if (finished) call.close()
-        else call.abort()
-        await meter.finish()
+        else {
+          // The client left: the node was told to stop; its done frame brings the receipt.
+          if (cancel.signal.aborted && done == null) done = await call.drain()
+          call.abort()
+        }
+        // Billed for what reached the client, with the node's receipt; a failed node, nothing.
+        await meter.finish(call.nodePeerId, cancel.signal.aborted ? done : undefined, true)
       }
     })
   })
@@ -296,10 +315,7 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
 }
 
 /** Reads a whole answer (non-streaming requests). */
-async function collect(
-  call: InferenceCall,
-  meter: Meter,
-): Promise<{ text: string; finishReason: FinishReason; usage: Usage }> {
+async function collect(call: InferenceCall, meter: Meter): Promise<{ text: string; done: DoneFrame }> {
   let text = ''
   let frame: InferenceResponseFrame = call.first
   try {
@@ -309,7 +325,7 @@ async function collect(
         meter.delivered(frame)
       } else if (frame.type === 'done') {
         call.close()
-        return { text, finishReason: frame.finishReason, usage: frame.usage }
+        return { text, done: frame }
       } else {
         throw new ApiError(502, `The node failed: ${frame.message}`, 'server_error', 'node_failed')
       }
@@ -335,11 +351,11 @@ function contextSizeOf(directory: Directory, model: string): number | undefined 
 
 /**
  * The money side of one call: a hold at admission, then exactly one settlement — the node's usage
- * when it finished, else the prompt and the tokens delivered so far, else a release.
+ * when it finished, or the prompt and the tokens delivered when the client left early; either only
+ * with the node's receipt. Otherwise a release.
  */
 class Meter {
   private hold: Hold | undefined
-  private promptTokens = 0
   private completionTokens = 0
   private settled = false
 
@@ -356,9 +372,8 @@ class Meter {
     this.hold = await this.billing.reserve(this.accountId, max, this.requestId)
   }
 
-  delivered(frame: { tokens: number; promptTokens?: number | undefined }): void {
+  delivered(frame: { tokens: number }): void {
     this.completionTokens += frame.tokens
-    if (frame.promptTokens != null) this.promptTokens = frame.promptTokens
   }
 
   /** Frees the hold without charging, unless the call was settled already. */
@@ -368,12 +383,20 @@ class Meter {
     await this.billing.release(this.hold)
   }
 
-  /** Settles once: with `usage` when the call completed, else with what was delivered. */
-  async finish(usage?: Usage): Promise<void> {
+  /**
+   * Settles once, from the node's done frame: its usage, or — `early`, the client having left — no
+   * more completion tokens than were delivered. No done frame: nothing is charged.
+   */
+  async finish(node: string, done: DoneFrame | undefined, early: boolean): Promise<void> {
     if (this.settled || this.billing == null || this.hold == null) return
     this.settled = true
-    const used = usage ?? { promptTokens: this.promptTokens, completionTokens: this.completionTokens }
-    if (used.promptTokens === 0 && used.completionTokens === 0) await this.billing.release(this.hold)
-    else await this.billing.settle(this.hold, this.model, this.requestId, used)
+    if (done == null) return this.billing.release(this.hold)
+    const usage: Usage = early
+      ? {
+          promptTokens: done.usage.promptTokens,
+          completionTokens: Math.min(done.usage.completionTokens, this.completionTokens),
+        }
+      : done.usage
+    await this.billing.settle(this.hold, { model: this.model, requestId: this.requestId, node, done, usage })
   }
 }

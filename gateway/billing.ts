@@ -1,7 +1,9 @@
 // Metered billing of a call: reserve its maximum cost before any work starts, then settle the
 // actual cost from the usage (completed, or what was delivered before an abort) and free the rest.
-import type { WireChatMessage } from '../protocols/index.ts'
+// A charge needs the node's signed receipt; it is queued for on-chain settlement to the node.
+import type { DoneFrame, WireChatMessage } from '../protocols/index.ts'
 import { type Hold, InsufficientBalanceError, type Ledger } from '../src/ledger/ledger.ts'
+import { verifyReceipt } from '../src/mesh/receipts.ts'
 import { costOf, formatUsd } from '../src/payments/money.ts'
 import { insufficientBalance } from './errors.ts'
 import type { Pricing } from './pricing.ts'
@@ -24,10 +26,21 @@ export interface Usage {
   completionTokens: number
 }
 
+/** Who the gateway is on the mesh, and where a node wants its earnings paid. */
+export interface PayoutInfo {
+  gatewayPeerId: string
+  /** The node's payout address from its capabilities ('' when it gave none). */
+  payeeOf(node: string): string
+}
+
+export type SettleOutcome = { charged: bigint } | { refused: string }
+
 export class Billing {
   constructor(
     private readonly ledger: Ledger,
     private readonly pricing: Pricing,
+    private readonly payouts: PayoutInfo,
+    private readonly log: (msg: string) => void = () => undefined,
   ) {}
 
   /** The most a call can cost: the prompt bound plus max_tokens (or the whole context). */
@@ -51,15 +64,43 @@ export class Billing {
     }
   }
 
-  /** Charges the actual usage (never more than the hold) and frees the rest. */
-  async settle(hold: Hold, model: string, requestId: string, usage: Usage): Promise<void> {
-    const cost = costOf(usage, this.pricing.priceOf(model))
-    await this.ledger.settle(hold.id, cost, {
-      model,
-      requestId,
+  /**
+   * Charges `usage` (never more than the hold) and frees the rest — only when the node's done frame
+   * carries its valid receipt for this request, which then backs the on-chain payout to the node.
+   * Without one nothing is charged and the node is not paid.
+   */
+  async settle(
+    hold: Hold,
+    call: { model: string; requestId: string; node: string; done: DoneFrame; usage: Usage },
+  ): Promise<SettleOutcome> {
+    const { done } = call
+    const check = await verifyReceipt(done.receipt, {
+      requestId: call.requestId,
+      model: call.model,
+      gateway: this.payouts.gatewayPeerId,
+      node: call.node,
+      promptTokens: done.usage.promptTokens,
+      completionTokens: done.usage.completionTokens,
+    })
+    if (!check.ok) {
+      this.log(`receipt of node ${call.node} for ${call.requestId} refused: ${check.reason}; not charged, not paid`)
+      await this.ledger.release(hold.id)
+      return { refused: check.reason }
+    }
+    const { usage } = call
+    if (usage.promptTokens === 0 && usage.completionTokens === 0) {
+      await this.ledger.release(hold.id)
+      return { charged: 0n }
+    }
+    const cost = costOf(usage, this.pricing.priceOf(call.model))
+    const tx = await this.ledger.settle(hold.id, cost, {
+      model: call.model,
+      requestId: call.requestId,
       tokensIn: usage.promptTokens,
       tokensOut: usage.completionTokens,
+      payout: { node: call.node, payee: this.payouts.payeeOf(call.node), receipt: JSON.stringify(done.receipt) },
     })
+    return { charged: -tx.amount }
   }
 
   async release(hold: Hold): Promise<void> {

@@ -36,6 +36,8 @@ export interface GatewayConfig {
   billing?: boolean
   /** Email of the admin created on an empty data dir. */
   adminEmail?: string
+  /** Operational messages (never secrets). @default stderr */
+  log?: (line: string) => void
 }
 
 export interface RunningGateway {
@@ -64,6 +66,7 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
   const accounts = new Accounts(ledger, await GatewaySecret.load(config.dataDir))
   const adminKeyFile = await accounts.ensureFirstAdmin(config.dataDir, config.adminEmail)
   const pricing = new Pricing(config.pricing)
+  const log = config.log ?? ((line: string) => process.stderr.write(`[gateway] ${line}\n`))
   const peer = await createMeshPeer({
     dataDir: config.dataDir,
     ...(config.listen ? { listen: config.listen } : {}),
@@ -96,7 +99,18 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
     onComplete,
     accounts,
     pricing,
-    billing: config.billing === false ? undefined : new Billing(ledger, pricing),
+    billing:
+      config.billing === false
+        ? undefined
+        : new Billing(
+            ledger,
+            pricing,
+            {
+              gatewayPeerId: peer.peerId.toString(),
+              payeeOf: (node) => directory.get(node)?.capabilities?.payoutAddress ?? '',
+            },
+            log,
+          ),
     limits: new TokenBuckets(config.rateLimit),
     loginFailures: new TokenBuckets(config.loginFailures ?? { capacity: 5, refillPerSecond: 1 / 180 }),
   })

@@ -31,7 +31,13 @@ export interface InferenceCall {
   first: DeltaFrame | DoneFrame
   /** The frames after the first. */
   rest: AsyncGenerator<InferenceResponseFrame, void, undefined>
-  /** Cancels the generation on the node. */
+  /**
+   * After the call's signal aborted (the client went away; the node was asked to stop by closing
+   * our end), reads what the node still sends up to its done frame, which carries the receipt for
+   * the work done. Undefined when the node ends without one in time.
+   */
+  drain(): Promise<DoneFrame | undefined>
+  /** Drops the call: resets the stream (frees the node at once, no receipt). */
   abort(): void
   /** Ends the call normally (after done). */
   close(): void
@@ -44,6 +50,9 @@ export interface Attempt {
 
 /** Spare streams older than this are not used (libp2p's inbound negotiation timeout is 10 s). */
 const SPARE_MAX_AGE_MS = 5_000
+
+/** How long a cancelled call waits for the node's done frame (and receipt) before resetting. */
+const RECEIPT_WAIT_MS = 2_000
 
 export class MeshRouter {
   private readonly inflight = new Map<string, number>()
@@ -163,7 +172,17 @@ export class MeshRouter {
     }
     const frames = decodeFrames(stream, InferenceResponseFrameSchema)
     const timer = setTimeout(() => stream.abort(new Error('first frame timeout')), this.firstFrameTimeoutMs)
-    const onAbort = (): void => stream.abort(new Error('client closed'))
+    let answered = false
+    const onAbort = (): void => {
+      // Before any answer there is nothing to pay for: reset. After it, close our end: the node
+      // stops within a token and still sends done with the receipt for what it generated.
+      if (!answered) {
+        stream.abort(new Error('client closed'))
+        return
+      }
+      void stream.close().catch(() => undefined)
+      setTimeout(() => stream.abort(new Error('no done frame after cancel')), RECEIPT_WAIT_MS).unref()
+    }
     signal.addEventListener('abort', onAbort, { once: true })
     try {
       await sendBytes(stream, encodeOwnFrame<InferenceRequestFrame>(request), signal)
@@ -179,11 +198,23 @@ export class MeshRouter {
         }
         return fail(frame.code)
       }
+      answered = true
       return {
         call: {
           nodePeerId: peerId,
           first: frame,
           rest: frames,
+          drain: async () => {
+            try {
+              for await (const next of frames) {
+                if (next.type === 'done') return next
+                if (next.type === 'error') return undefined
+              }
+            } catch {
+              // reset (timeout) or garbage: no receipt
+            }
+            return undefined
+          },
           abort: () => {
             release()
             stream.abort(new Error('cancelled'))

@@ -1,7 +1,8 @@
 // The inference protocol on a node: one request per stream, deltas streamed as they are generated,
-// done with usage, or an error frame with a code. The requester closing or resetting the stream
-// cancels the generation at the next token.
-import type { Stream } from '@libp2p/interface'
+// done with usage and a receipt signed by the node's peer key, or an error frame with a code. The
+// requester closing its end cancels the generation at the next token and still gets done + receipt
+// for what was generated; a reset cancels without an answer.
+import type { Connection, PrivateKey, Stream } from '@libp2p/interface'
 import {
   decodeFrames,
   encodeFrame,
@@ -17,6 +18,7 @@ import {
   STREAM_LIMITS,
 } from '../protocols/index.ts'
 import type { MeshPeer } from '../src/mesh/peer.ts'
+import { signReceipt } from '../src/mesh/receipts.ts'
 import { sendBytes } from '../src/mesh/streams.ts'
 import { EngineError } from './engine.ts'
 import type { Scheduler } from './scheduler.ts'
@@ -27,11 +29,20 @@ const REQUEST_TIMEOUT_MS = 10_000
 export interface InferenceServiceOptions {
   /** The scheduler serving each model id. */
   schedulers: () => ReadonlyMap<string, Scheduler>
+  /** The node's peer key: it signs the receipts. */
+  privateKey: PrivateKey
+  /** sha256 of a model's weights once known, for receipts. */
+  modelSha256?: (model: string) => string | undefined
   onComplete?: (info: { request: InferenceRequestFrame; promptTokens: number; completionTokens: number }) => void
 }
 
 export async function serveInference(peer: MeshPeer, options: InferenceServiceOptions): Promise<void> {
-  await peer.handle(INFERENCE_PROTOCOL, (stream) => handleStream(stream, options), STREAM_LIMITS.inference)
+  const node = peer.peerId.toString()
+  await peer.handle(
+    INFERENCE_PROTOCOL,
+    (stream, connection) => handleStream(stream, connection, node, options),
+    STREAM_LIMITS.inference,
+  )
 }
 
 function send(stream: Stream, frame: Parameters<typeof encodeFrame<typeof InferenceResponseFrameSchema>>[1]): void {
@@ -46,7 +57,12 @@ async function sendError(stream: Stream, code: InferenceErrorCode, message: stri
   await stream.close().catch(() => stream.abort(new Error('close failed')))
 }
 
-async function handleStream(stream: Stream, options: InferenceServiceOptions): Promise<void> {
+async function handleStream(
+  stream: Stream,
+  connection: Connection,
+  node: string,
+  options: InferenceServiceOptions,
+): Promise<void> {
   const frames = decodeFrames(stream, InferenceRequestFrameSchema)
   let request: InferenceRequestFrame
   const timer = setTimeout(() => stream.abort(new Error('no request frame in time')), REQUEST_TIMEOUT_MS)
@@ -98,8 +114,20 @@ async function handleStream(stream: Stream, options: InferenceServiceOptions): P
       },
     )
     options.onComplete?.({ request, ...result.usage })
-    if (!cancel.signal.aborted) {
-      send(stream, { type: 'done', finishReason: result.finishReason, usage: result.usage })
+    // Also after a cancel: a requester that closed its end still reads the receipt of the work done.
+    if (stream.writeStatus === 'writable') {
+      const receipt = await signReceipt(options.privateKey, {
+        v: 1,
+        requestId: request.id,
+        model: request.model,
+        modelSha256: options.modelSha256?.(request.model) ?? '',
+        promptTokens: result.usage.promptTokens,
+        completionTokens: result.usage.completionTokens,
+        gateway: connection.remotePeer.toString(),
+        node,
+        issuedAt: Date.now(),
+      })
+      send(stream, { type: 'done', finishReason: result.finishReason, usage: result.usage, receipt })
       await stream.close().catch(() => undefined)
     }
   } catch (err) {

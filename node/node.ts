@@ -6,6 +6,7 @@ import { type Capabilities, CapabilitiesSchema, HeartbeatSchema, type Load } fro
 import { DEFAULT_HEARTBEAT_INTERVAL_MS } from '../src/mesh/constants.ts'
 import { GossipBus } from '../src/mesh/gossip.ts'
 import { createMeshPeer, type MeshPeer } from '../src/mesh/peer.ts'
+import { loadOrCreatePeerKey } from '../src/mesh/peer-key.ts'
 import { serveCapabilities } from '../src/mesh/streams.ts'
 import { SOFTWARE } from '../src/version.ts'
 import type { Engine } from './engine.ts'
@@ -98,8 +99,10 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
     throw err
   }
 
+  const privateKey = await loadOrCreatePeerKey(config.dataDir)
   const peer = await createMeshPeer({
     dataDir: config.dataDir,
+    privateKey,
     ...(config.listen ? { listen: config.listen } : {}),
     ...(config.bootstrap ? { bootstrap: config.bootstrap } : {}),
   })
@@ -141,7 +144,7 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
     return total
   }
 
-  await serveInference(peer, { schedulers: () => schedulers })
+  await serveInference(peer, { schedulers: () => schedulers, privateKey, modelSha256: (m) => sha256.get(m) })
   await serveCapabilities(peer, capabilities)
   const heartbeat = new HeartbeatPublisher({
     bus,

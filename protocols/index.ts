@@ -2,4 +2,5 @@
 // protocols/ depends on nothing else of ours; everything that crosses between peers is here.
 export * from './codec.ts'
 export * from './ids.ts'
+export * from './receipt.ts'
 export * from './schemas.ts'

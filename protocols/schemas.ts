@@ -161,10 +161,33 @@ export const DeltaFrameSchema = z.object({
 })
 export type DeltaFrame = z.infer<typeof DeltaFrameSchema>
 
+/**
+ * What a node signs, with its peer key, for each request it served: the evidence a gateway settles
+ * on chain with. The signature covers receiptPayload(receipt) (protocols/receipt.ts).
+ */
+export const ReceiptSchema = z.object({
+  v: z.literal(1),
+  requestId: z.string().min(1).max(128),
+  model: modelId,
+  /** sha256 of the weights, hex, when the node has computed it ('' before). */
+  modelSha256: z.union([z.literal(''), z.string().regex(/^[0-9a-f]{64}$/)]),
+  promptTokens: count,
+  completionTokens: count,
+  /** The requester (gateway) the work was done for. */
+  gateway: peerId,
+  /** The node that did it (its key signs). */
+  node: peerId,
+  issuedAt: count,
+  /** base64url signature by the node's peer key. */
+  signature: z.string().min(1).max(512),
+})
+export type Receipt = z.infer<typeof ReceiptSchema>
+
 export const DoneFrameSchema = z.object({
   type: z.literal('done'),
   finishReason: FinishReasonSchema,
   usage: UsageSchema,
+  receipt: ReceiptSchema,
 })
 export type DoneFrame = z.infer<typeof DoneFrameSchema>
 

@@ -38,7 +38,8 @@ export interface Hold {
   createdAt: number
 }
 
-export type TransactionType = 'credit' | 'deposit' | 'usage'
+/** credit: by an admin; deposit: on chain; usage: a call; withdrawal: on chain (negative, or positive when cancelled). */
+export type TransactionType = 'credit' | 'deposit' | 'usage' | 'withdrawal'
 
 export interface Transaction {
   id: string
@@ -53,6 +54,12 @@ export interface Transaction {
   tokensIn?: number
   tokensOut?: number
   requestId?: string
+  /** Deposits and withdrawals: the chain transaction. */
+  txHash?: string
+  /** Deposits and withdrawals: the wallet. */
+  wallet?: string
+  /** Usage: the on-chain settlement that paid it to the node, once settled. */
+  settlementTxHash?: string
 }
 
 export interface UsageRecord {
@@ -60,6 +67,58 @@ export interface UsageRecord {
   requestId: string
   tokensIn: number
   tokensOut: number
+  /** Who earns the charge on chain, backed by the node's signed receipt. */
+  payout?: { node: string; payee: string; receipt: string }
+}
+
+/** A wallet linked to an account: its deposits credit the account, its escrow balance pays for usage. */
+export interface WalletLink {
+  /** EIP-55 checksummed. */
+  address: string
+  accountId: string
+  linkedAt: number
+  /**
+   * Of this wallet's deposits, what usage and withdrawals have not taken yet: the part of the
+   * account's balance that this wallet's escrow balance backs.
+   */
+  funds: bigint
+}
+
+/**
+ * One share of a charged call awaiting on-chain settlement: `amount` moves from `payer` (a linked
+ * wallet; '' = the gateway's own escrow account, for balance an admin credited) to `payee` (the
+ * node's payout address; '' = the gateway's payout address, for a node that gave none).
+ */
+export interface Payout {
+  id: string
+  accountId: string
+  txId: string
+  payer: string
+  payee: string
+  amount: bigint
+  node: string
+  requestId: string
+  /** The node's signed receipt (JSON). */
+  receipt: string
+  createdAt: number
+  /** The batch it is in, while one is open or after it settled. */
+  batch?: string
+}
+
+export type BatchStatus = 'pending' | 'settled' | 'failed'
+
+/** One on-chain settlement: its id is unique per ledger, so a retry after a crash can never pay twice. */
+export interface SettlementBatch {
+  id: string
+  /** bytes32 hex, the id the escrow contract records. */
+  batchId: string
+  payoutIds: string[]
+  debits: Array<{ payer: string; amount: bigint }>
+  credits: Array<{ payee: string; amount: bigint }>
+  status: BatchStatus
+  createdAt: number
+  txHash?: string
+  error?: string
 }
 
 export interface TransactionPage {
@@ -91,6 +150,10 @@ export class UnknownAccountError extends LedgerError {
 
 export class UnknownHoldError extends LedgerError {
   override name = 'UnknownHoldError'
+}
+
+export class WalletLinkedError extends LedgerError {
+  override name = 'WalletLinkedError'
 }
 
 export interface Ledger {
@@ -129,4 +192,49 @@ export interface Ledger {
   transactions(accountId: string, page: { limit: number; cursor?: string }): Promise<TransactionPage>
   /** Calls served across all accounts. */
   totalCalls(): number
+
+  // ---- chain ----
+  /** Links `address` to the account (idempotent); credits deposits it made before. */
+  linkWallet(accountId: string, address: string): Promise<{ link: WalletLink; credited: Transaction[] }>
+  unlinkWallet(accountId: string, address: string): Promise<boolean>
+  wallets(accountId: string): WalletLink[]
+  walletOwner(address: string): WalletLink | undefined
+  /** An on-chain deposit, once per ref: credits the wallet's account, or waits until it is linked. */
+  chainDeposit(input: {
+    address: string
+    amount: bigint
+    ref: string
+    txHash: string
+  }): Promise<Transaction | undefined>
+  /**
+   * An on-chain withdrawal request, once per ref: debits the wallet's account (never below zero)
+   * and frees `holdId` (the hold that kept the amount from being spent meanwhile), if given.
+   */
+  chainWithdrawal(input: {
+    address: string
+    amount: bigint
+    ref: string
+    txHash: string
+    holdId?: string
+  }): Promise<Transaction | undefined>
+  /** An on-chain withdrawal cancelled, once per ref: the amount returns to the account. */
+  chainWithdrawCancelled(input: {
+    address: string
+    amount: bigint
+    ref: string
+    txHash: string
+  }): Promise<Transaction | undefined>
+  /** A chain watcher's position (last block fully processed). */
+  cursor(name: string): bigint | undefined
+  setCursor(name: string, block: bigint): Promise<void>
+
+  /** Payouts not in any open or settled batch, oldest first. */
+  pendingPayouts(limit: number): Payout[]
+  /** Puts payouts in a new batch (status pending) with a fresh id; totals per payer and payee. */
+  createBatch(payoutIds: string[]): Promise<SettlementBatch>
+  /** Records the batch as settled by `txHash` and marks its usage rows. */
+  settleBatch(id: string, txHash: string): Promise<void>
+  /** Records the batch as failed (never sent, or reverted); its payouts become pending again. */
+  failBatch(id: string, error: string): Promise<void>
+  batches(status?: BatchStatus): SettlementBatch[]
 }

@@ -1,21 +1,26 @@
 // The embedded ledger on level: one database in the gateway's data dir, mirrored in memory, with
 // every change checked synchronously and written by group commit — fast under contention, exact.
-import { randomUUID } from 'node:crypto'
+import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import { Level } from 'level'
 import {
   type Account,
   type ApiKeyRecord,
+  type BatchStatus,
   DuplicateEmailError,
   type Hold,
   InsufficientBalanceError,
   type Ledger,
   LedgerError,
+  type Payout,
   type Role,
+  type SettlementBatch,
   type Transaction,
   type TransactionPage,
   UnknownAccountError,
   UnknownHoldError,
   type UsageRecord,
+  type WalletLink,
+  WalletLinkedError,
 } from './ledger.ts'
 
 type Json = Record<string, unknown>
@@ -29,7 +34,21 @@ type Batch = Array<{ type: 'put'; key: string; value: string } | { type: 'del'; 
 //   h!<holdId>                  open hold
 //   t!<accountId>!<seq:12>      transaction (seq grows per account; newest first = reverse)
 //   r!<ref>                     transaction id that a ref credited
+//   w!<address>                 linked wallet (address lowercased)
+//   pd!<address>!<ref>          deposit of a wallet not linked yet
+//   p!<seq:12>                  payout awaiting (or in) an on-chain settlement batch
+//   b!<seq:12>                  settlement batch
+//   c!<name>                    chain watcher cursor
+//   m!<name>                    ledger metadata (instance id, sequences)
 const SEQ_WIDTH = 12
+const seqKey = (n: number): string => String(n).padStart(SEQ_WIDTH, '0')
+
+interface ParkedDeposit {
+  address: string
+  amount: bigint
+  ref: string
+  txHash: string
+}
 
 function accountToJson(a: Account & { txSeq: number }): string {
   return JSON.stringify({
@@ -63,6 +82,31 @@ function txFromJson(s: string): Transaction {
   }
 }
 
+/** JSON with bigints as decimal strings (read back by the *FromJson helpers). */
+const bigJson = (v: unknown): string => JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? x.toString() : x))
+
+function walletFromJson(s: string): WalletLink {
+  const j = JSON.parse(s) as Json
+  return { ...(j as unknown as WalletLink), funds: BigInt(j.funds as string) }
+}
+
+function payoutFromJson(s: string): Payout {
+  const j = JSON.parse(s) as Json
+  return { ...(j as unknown as Payout), amount: BigInt(j.amount as string) }
+}
+
+function batchFromJson(s: string): SettlementBatch {
+  const j = JSON.parse(s) as SettlementBatch & {
+    debits: Array<{ payer: string; amount: string }>
+    credits: Array<{ payee: string; amount: string }>
+  }
+  return {
+    ...j,
+    debits: j.debits.map((d) => ({ payer: d.payer, amount: BigInt(d.amount) })),
+    credits: j.credits.map((c) => ({ payee: c.payee, amount: BigInt(c.amount) })),
+  }
+}
+
 function holdFromJson(s: string): Hold {
   const j = JSON.parse(s) as Json
   return { ...(j as unknown as Hold), amount: BigInt(j.amount as string) }
@@ -87,6 +131,16 @@ export class LevelLedger implements Ledger {
   /** ref → the transaction it credited. */
   private readonly refs = new Map<string, Transaction>()
   private calls = 0
+  /** lowercased address → link. */
+  private readonly walletByAddress = new Map<string, WalletLink>()
+  /** lowercased address → deposits waiting for the wallet to be linked. */
+  private readonly parked = new Map<string, ParkedDeposit[]>()
+  private readonly cursors = new Map<string, bigint>()
+  private readonly payoutById = new Map<string, Payout & { txKey: string }>()
+  private readonly batchById = new Map<string, SettlementBatch>()
+  private instance = ''
+  private payoutSeq = 0
+  private batchSeq = 0
 
   private pending: Batch = []
   private waiters: Array<{ resolve: () => void; reject: (err: unknown) => void }> = []
@@ -118,6 +172,50 @@ export class LevelLedger implements Ledger {
     }
     for await (const [key, value] of this.db.iterator({ gt: 'r!', lt: 'r"' })) {
       this.refs.set(key.slice(2), txFromJson(value))
+    }
+    for await (const value of this.db.values({ gt: 'w!', lt: 'w"' })) {
+      const link = walletFromJson(value)
+      this.walletByAddress.set(link.address.toLowerCase(), link)
+    }
+    for await (const value of this.db.values({ gt: 'pd!', lt: 'pd"' })) {
+      const j = JSON.parse(value) as Json
+      const deposit: ParkedDeposit = {
+        address: j.address as string,
+        amount: BigInt(j.amount as string),
+        ref: j.ref as string,
+        txHash: j.txHash as string,
+      }
+      const key = deposit.address.toLowerCase()
+      this.parked.set(key, [...(this.parked.get(key) ?? []), deposit])
+    }
+    for await (const [key, value] of this.db.iterator({ gt: 'c!', lt: 'c"' })) {
+      this.cursors.set(key.slice(2), BigInt(value))
+    }
+    for await (const value of this.db.values({ gt: 'b!', lt: 'b"' })) {
+      const batch = batchFromJson(value)
+      this.batchById.set(batch.id, batch)
+    }
+    for await (const value of this.db.values({ gt: 'p!', lt: 'p"' })) {
+      const payout = payoutFromJson(value) as Payout & { txKey: string }
+      // Settled payouts stay on disk as the record of what paid whom; only open ones are mirrored.
+      if (payout.batch != null && this.batchById.get(payout.batch)?.status === 'settled') continue
+      this.payoutById.set(payout.id, payout)
+    }
+    const meta = async (name: string): Promise<string | undefined> => {
+      try {
+        return await this.db.get(`m!${name}`)
+      } catch {
+        return undefined
+      }
+    }
+    this.payoutSeq = Number((await meta('payoutSeq')) ?? 0)
+    this.batchSeq = Number((await meta('batchSeq')) ?? 0)
+    this.instance = (await meta('instance')) ?? ''
+    if (this.instance === '') {
+      // Names this ledger in its batch ids: a gateway that starts over with a new ledger can never
+      // reuse an id the escrow already recorded for it.
+      this.instance = randomBytes(16).toString('hex')
+      await this.db.put('m!instance', this.instance)
     }
   }
 
@@ -339,8 +437,55 @@ export class LevelLedger implements Ledger {
     })
     this.holdById.delete(hold.id)
     this.calls++
-    await this.commit([this.putAccount(account), op, { type: 'del', key: `h!${hold.id}` }])
+    const ops: Batch = [this.putAccount(account), op, { type: 'del', key: `h!${hold.id}` }]
+    if (usage.payout != null && charge > 0n) ops.push(...this.payoutsFor(account.id, tx, op.key, charge, usage))
+    await this.commit(ops)
     return tx
+  }
+
+  /**
+   * Splits a charge over who pays it on chain: the account's linked wallets in link order, each up
+   * to the funds its deposits left, then the gateway's own account for the rest (admin credit).
+   */
+  private payoutsFor(accountId: string, tx: Transaction, txKey: string, charge: bigint, usage: UsageRecord): Batch {
+    const payout = usage.payout as NonNullable<UsageRecord['payout']>
+    const ops: Batch = []
+    let left = charge
+    const add = (payer: string, amount: bigint): void => {
+      this.payoutSeq++
+      const row: Payout & { txKey: string } = {
+        id: seqKey(this.payoutSeq),
+        accountId,
+        txId: tx.id,
+        txKey,
+        payer,
+        payee: payout.payee,
+        amount,
+        node: payout.node,
+        requestId: usage.requestId,
+        receipt: payout.receipt,
+        createdAt: tx.createdAt,
+      }
+      this.payoutById.set(row.id, row)
+      ops.push({ type: 'put', key: `p!${row.id}`, value: bigJson(row) })
+    }
+    for (const link of this.wallets(accountId)) {
+      if (left === 0n) break
+      if (link.funds <= 0n) continue
+      const take = link.funds < left ? link.funds : left
+      ops.push(this.putWallet({ ...link, funds: link.funds - take }))
+      add(link.address, take)
+      left -= take
+    }
+    if (left > 0n) add('', left)
+    ops.push({ type: 'put', key: 'm!payoutSeq', value: String(this.payoutSeq) })
+    return ops
+  }
+
+  private putWallet(link: WalletLink): Batch[number] {
+    const key = link.address.toLowerCase()
+    this.walletByAddress.set(key, link)
+    return { type: 'put', key: `w!${key}`, value: bigJson(link) }
   }
 
   async release(holdId: string): Promise<void> {
@@ -378,5 +523,284 @@ export class LevelLedger implements Ledger {
 
   totalCalls(): number {
     return this.calls
+  }
+
+  // ------------------------------------------------------------------------------------- chain
+
+  async linkWallet(accountId: string, address: string): Promise<{ link: WalletLink; credited: Transaction[] }> {
+    this.assertWritable()
+    this.mirrored(accountId)
+    const key = address.toLowerCase()
+    const existing = this.walletByAddress.get(key)
+    if (existing != null) {
+      if (existing.accountId !== accountId) throw new WalletLinkedError('this wallet is linked to another account')
+      return { link: existing, credited: [] }
+    }
+    const link: WalletLink = { address, accountId, linkedAt: Date.now(), funds: 0n }
+    const ops: Batch = [this.putWallet(link)]
+    // Deposits it made before it was linked are the account's now.
+    const credited: Transaction[] = []
+    for (const deposit of this.parked.get(key) ?? []) {
+      const { ops: more, tx } = this.depositOps(this.walletByAddress.get(key) as WalletLink, deposit)
+      ops.push(...more, { type: 'del', key: `pd!${key}!${deposit.ref}` })
+      credited.push(tx)
+    }
+    this.parked.delete(key)
+    await this.commit(ops)
+    return { link: this.walletByAddress.get(key) as WalletLink, credited }
+  }
+
+  async unlinkWallet(accountId: string, address: string): Promise<boolean> {
+    this.assertWritable()
+    const key = address.toLowerCase()
+    const link = this.walletByAddress.get(key)
+    if (link == null || link.accountId !== accountId) return false
+    this.walletByAddress.delete(key)
+    // Its unspent funds stay in the account's balance; usage they back is paid by the gateway's
+    // own account from now on, since the gateway no longer knows the wallet as this account's.
+    await this.commit([{ type: 'del', key: `w!${key}` }])
+    return true
+  }
+
+  wallets(accountId: string): WalletLink[] {
+    return [...this.walletByAddress.values()]
+      .filter((w) => w.accountId === accountId)
+      .sort((a, b) => a.linkedAt - b.linkedAt || a.address.localeCompare(b.address))
+  }
+
+  walletOwner(address: string): WalletLink | undefined {
+    return this.walletByAddress.get(address.toLowerCase())
+  }
+
+  /** The writes that credit a deposit to a linked wallet's account (and the mirror updated). */
+  private depositOps(link: WalletLink, deposit: ParkedDeposit): { ops: Batch; tx: Transaction } {
+    const account = { ...this.mirrored(link.accountId) }
+    account.balance += deposit.amount
+    const { op, tx } = this.txRow(account, {
+      type: 'deposit',
+      amount: deposit.amount,
+      txHash: deposit.txHash,
+      wallet: link.address,
+    })
+    this.refs.set(deposit.ref, tx)
+    const ops: Batch = [
+      this.putAccount(account),
+      op,
+      { type: 'put', key: `r!${deposit.ref}`, value: txToJson(tx) },
+      this.putWallet({ ...link, funds: link.funds + deposit.amount }),
+    ]
+    return { ops, tx }
+  }
+
+  async chainDeposit(input: {
+    address: string
+    amount: bigint
+    ref: string
+    txHash: string
+  }): Promise<Transaction | undefined> {
+    this.assertWritable()
+    if (input.amount <= 0n) throw new LedgerError('a deposit must be positive')
+    const done = this.refs.get(input.ref)
+    if (done != null) return done
+    const key = input.address.toLowerCase()
+    const link = this.walletByAddress.get(key)
+    if (link == null) {
+      const parked = this.parked.get(key) ?? []
+      if (parked.some((d) => d.ref === input.ref)) return undefined
+      this.parked.set(key, [...parked, input])
+      await this.commit([{ type: 'put', key: `pd!${key}!${input.ref}`, value: bigJson(input) }])
+      return undefined
+    }
+    const { ops, tx } = this.depositOps(link, input)
+    await this.commit(ops)
+    return tx
+  }
+
+  async chainWithdrawal(input: {
+    address: string
+    amount: bigint
+    ref: string
+    txHash: string
+    holdId?: string
+  }): Promise<Transaction | undefined> {
+    this.assertWritable()
+    const ops: Batch = []
+    const hold = input.holdId != null ? this.holdById.get(input.holdId) : undefined
+    const freeHold = (account: Mirrored): void => {
+      if (hold == null || hold.accountId !== account.id) return
+      account.held -= hold.amount
+      this.holdById.delete(hold.id)
+      ops.push({ type: 'del', key: `h!${hold.id}` })
+    }
+    const done = this.refs.get(input.ref)
+    const link = this.walletByAddress.get(input.address.toLowerCase())
+    if (done != null || link == null || input.amount <= 0n) {
+      // Counted already (the watcher saw it first), or not ours: only the hold is left to free.
+      if (hold != null) {
+        const account = { ...this.mirrored(hold.accountId) }
+        freeHold(account)
+        ops.push(this.putAccount(account))
+        await this.commit(ops)
+      }
+      return done
+    }
+    const account = { ...this.mirrored(link.accountId) }
+    freeHold(account)
+    // The escrow lets a thawing amount still be settled, so usage not settled yet is still paid;
+    // the account's balance just never goes below zero.
+    const debit = input.amount < account.balance ? input.amount : account.balance
+    account.balance -= debit
+    const { op, tx } = this.txRow(account, {
+      type: 'withdrawal',
+      amount: -debit,
+      txHash: input.txHash,
+      wallet: link.address,
+    })
+    this.refs.set(input.ref, tx)
+    ops.push(
+      this.putAccount(account),
+      op,
+      { type: 'put', key: `r!${input.ref}`, value: txToJson(tx) },
+      this.putWallet({ ...link, funds: link.funds > input.amount ? link.funds - input.amount : 0n }),
+    )
+    await this.commit(ops)
+    return tx
+  }
+
+  async chainWithdrawCancelled(input: {
+    address: string
+    amount: bigint
+    ref: string
+    txHash: string
+  }): Promise<Transaction | undefined> {
+    this.assertWritable()
+    const done = this.refs.get(input.ref)
+    const link = this.walletByAddress.get(input.address.toLowerCase())
+    if (done != null || link == null || input.amount <= 0n) return done
+    const account = { ...this.mirrored(link.accountId) }
+    account.balance += input.amount
+    const { op, tx } = this.txRow(account, {
+      type: 'withdrawal',
+      amount: input.amount,
+      txHash: input.txHash,
+      wallet: link.address,
+      memo: 'withdrawal cancelled',
+    })
+    this.refs.set(input.ref, tx)
+    await this.commit([
+      this.putAccount(account),
+      op,
+      { type: 'put', key: `r!${input.ref}`, value: txToJson(tx) },
+      this.putWallet({ ...link, funds: link.funds + input.amount }),
+    ])
+    return tx
+  }
+
+  cursor(name: string): bigint | undefined {
+    return this.cursors.get(name)
+  }
+
+  async setCursor(name: string, block: bigint): Promise<void> {
+    this.assertWritable()
+    this.cursors.set(name, block)
+    await this.commit([{ type: 'put', key: `c!${name}`, value: block.toString() }])
+  }
+
+  private publicPayout(p: Payout & { txKey: string }): Payout {
+    const { txKey: _key, ...rest } = p
+    return rest
+  }
+
+  pendingPayouts(limit: number): Payout[] {
+    const out: Payout[] = []
+    // Map order is insertion order: ids grow, so oldest first.
+    for (const p of this.payoutById.values()) {
+      if (p.batch != null) continue
+      out.push(this.publicPayout(p))
+      if (out.length >= limit) break
+    }
+    return out
+  }
+
+  async createBatch(payoutIds: string[]): Promise<SettlementBatch> {
+    this.assertWritable()
+    if (payoutIds.length === 0) throw new LedgerError('a batch needs payouts')
+    const payouts = payoutIds.map((id) => {
+      const p = this.payoutById.get(id)
+      if (p == null || p.batch != null) throw new LedgerError(`payout ${id} is not pending`)
+      return p
+    })
+    this.batchSeq++
+    const id = seqKey(this.batchSeq)
+    const sum = (key: 'payer' | 'payee'): Map<string, bigint> => {
+      const totals = new Map<string, bigint>()
+      for (const p of payouts) totals.set(p[key], (totals.get(p[key]) ?? 0n) + p.amount)
+      return totals
+    }
+    const batch: SettlementBatch = {
+      id,
+      batchId: `0x${createHash('sha256').update(`cluster-batch:${this.instance}:${id}`).digest('hex')}`,
+      payoutIds: [...payoutIds],
+      debits: [...sum('payer')].map(([payer, amount]) => ({ payer, amount })),
+      credits: [...sum('payee')].map(([payee, amount]) => ({ payee, amount })),
+      status: 'pending',
+      createdAt: Date.now(),
+    }
+    const ops: Batch = [
+      { type: 'put', key: `b!${id}`, value: bigJson(batch) },
+      { type: 'put', key: 'm!batchSeq', value: String(this.batchSeq) },
+    ]
+    for (const p of payouts) {
+      const next = { ...p, batch: id }
+      this.payoutById.set(p.id, next)
+      ops.push({ type: 'put', key: `p!${p.id}`, value: bigJson(next) })
+    }
+    this.batchById.set(id, batch)
+    await this.commit(ops)
+    return batch
+  }
+
+  private openBatch(id: string): SettlementBatch {
+    const batch = this.batchById.get(id)
+    if (batch == null) throw new LedgerError(`no batch ${id}`)
+    if (batch.status !== 'pending') throw new LedgerError(`batch ${id} is ${batch.status}`)
+    return batch
+  }
+
+  async settleBatch(id: string, txHash: string): Promise<void> {
+    this.assertWritable()
+    const batch = this.openBatch(id)
+    const settled: SettlementBatch = { ...batch, status: 'settled', txHash }
+    this.batchById.set(id, settled)
+    // Usage rows are not mirrored: read them (once their writes are done) to add the settlement.
+    await this.flushing
+    const ops: Batch = [{ type: 'put', key: `b!${id}`, value: bigJson(settled) }]
+    const txKeys = new Set(batch.payoutIds.map((p) => this.payoutById.get(p)?.txKey).filter((k) => k != null))
+    for (const key of txKeys) {
+      const row = txFromJson(await this.db.get(key))
+      ops.push({ type: 'put', key, value: txToJson({ ...row, settlementTxHash: txHash }) })
+    }
+    for (const pid of batch.payoutIds) this.payoutById.delete(pid)
+    await this.commit(ops)
+  }
+
+  async failBatch(id: string, error: string): Promise<void> {
+    this.assertWritable()
+    const batch = this.openBatch(id)
+    const failed: SettlementBatch = { ...batch, status: 'failed', error: error.slice(0, 500) }
+    this.batchById.set(id, failed)
+    const ops: Batch = [{ type: 'put', key: `b!${id}`, value: bigJson(failed) }]
+    for (const pid of batch.payoutIds) {
+      const p = this.payoutById.get(pid)
+      if (p == null) continue
+      const { batch: _b, ...pending } = p
+      this.payoutById.set(pid, pending)
+      ops.push({ type: 'put', key: `p!${pid}`, value: bigJson(pending) })
+    }
+    await this.commit(ops)
+  }
+
+  batches(status?: BatchStatus): SettlementBatch[] {
+    return [...this.batchById.values()].filter((b) => status == null || b.status === status)
   }
 }

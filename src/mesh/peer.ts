@@ -5,7 +5,7 @@ import { yamux } from '@chainsafe/libp2p-yamux'
 import { type GossipSub, gossipsub } from '@libp2p/gossipsub'
 import { createPeerScoreParams, createTopicScoreParams } from '@libp2p/gossipsub/score'
 import { identify } from '@libp2p/identify'
-import { KEEP_ALIVE, type Libp2p } from '@libp2p/interface'
+import { KEEP_ALIVE, type Libp2p, type PrivateKey } from '@libp2p/interface'
 import { type KadDHT, kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { type Ping, ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
@@ -25,6 +25,8 @@ export interface MeshConfig {
   bootstrap?: string[]
   /** Redial period for bootstrap peers. @default BOOTSTRAP_REDIAL_MS */
   bootstrapRedialMs?: number
+  /** The peer's key, when the caller signs with it too; else loaded from (or created in) dataDir. */
+  privateKey?: PrivateKey
 }
 
 export type MeshServices = {
@@ -62,7 +64,7 @@ function topicScores(): ReturnType<typeof createTopicScoreParams> {
 }
 
 export async function createMeshPeer(config: MeshConfig): Promise<MeshPeer> {
-  const privateKey = await loadOrCreatePeerKey(config.dataDir)
+  const privateKey = config.privateKey ?? (await loadOrCreatePeerKey(config.dataDir))
   const topics = Object.fromEntries(Object.values(TOPICS).map((t) => [t, topicScores()]))
   const peer = await createLibp2p({
     privateKey,

@@ -314,7 +314,10 @@ describe('accounts and billing', () => {
   it('200 parallel calls against a balance for about 50: no overdraft, none unpaid, charges add up', async () => {
     const key = await register('crowd@example.com')
     const messages = [{ role: 'user' as const, content: 'hi' }]
-    const billing = new Billing(gw.ledger, new Pricing({ models: { [MODEL]: PRICES } }))
+    const billing = new Billing(gw.ledger, new Pricing({ models: { [MODEL]: PRICES } }), {
+      gatewayPeerId: '',
+      payeeOf: () => '',
+    })
     const hold = billing.maxCost(MODEL, messages, 4)
     await credit('crowd@example.com', formatUsd(hold * 50n))
     const results = await Promise.all(

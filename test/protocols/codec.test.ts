@@ -43,6 +43,18 @@ const done: InferenceResponseFrame = {
   type: 'done',
   finishReason: 'stop',
   usage: { promptTokens: 12, completionTokens: 3 },
+  receipt: {
+    v: 1,
+    requestId: 'req-1',
+    model: 'tiny',
+    modelSha256: '',
+    promptTokens: 12,
+    completionTokens: 3,
+    gateway: '12D3KooWGateway',
+    node: '12D3KooWNode',
+    issuedAt: 1,
+    signature: 'c2ln',
+  },
 }
 const error: InferenceResponseFrame = { type: 'error', code: 'busy', message: 'node busy' }
 const responses = [delta, done, error]
@@ -222,7 +234,7 @@ describe('inference frames', () => {
   // so a stream that ends right after a whole length prefix leaves its buffer empty and ends
   // silently; decodeFrames reports "no frames" instead of a truncated one.
   it('a stream ending right after a complete length prefix (no body byte) is InvalidMessageError', async () => {
-    const whole = encodeFrame(InferenceResponseFrameSchema, done)
+    const whole = encodeFrame(InferenceResponseFrameSchema, delta)
     expect(whole[0]).toBeLessThan(0x80) // a one-byte prefix: the cut below is exactly after it
     await expect(
       collect(decodeFrames(chunks(whole.subarray(0, 1)), InferenceResponseFrameSchema)),
