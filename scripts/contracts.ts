@@ -3,9 +3,13 @@
 // test/contracts/, so both compile and render src/chain/artifacts.ts the same way.
 import { spawn } from 'node:child_process'
 import { readFile } from 'node:fs/promises'
-import { createRequire } from 'node:module'
 import { dirname, join, relative, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { foundryBinary } from '../src/chain/anvil.ts'
+
+// The runtime part (foundryBinary, startAnvil) lives in src/chain/anvil.ts, which `npm start` ships with;
+// re-exported here so dev tooling and tests keep one import.
+export { type Anvil, foundryBinary, startAnvil } from '../src/chain/anvil.ts'
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 export const CONTRACTS_DIR = join(ROOT, 'contracts')
@@ -15,25 +19,8 @@ export const ARTIFACTS_FILE = join(ROOT, 'src', 'chain', 'artifacts.ts')
 const EXPORTED = [
   { contract: 'ClusterEscrow', name: 'clusterEscrow' },
   { contract: 'TestUSDC', name: 'testUsdc' },
+  { contract: 'Multicall3', name: 'multicall3' },
 ] as const
-
-const require = createRequire(import.meta.url)
-
-/**
- * Path of the native binary of a Foundry tool installed from npm (@foundry-rs/<tool> pulls in the one
- * package for this platform). Spawning it directly, rather than the package's node launcher, means a
- * kill reaches the process itself.
- */
-export function foundryBinary(tool: 'forge' | 'anvil' | 'cast'): string {
-  const arch = process.arch === 'x64' ? 'amd64' : process.arch
-  const exe = process.platform === 'win32' ? `${tool}.exe` : tool
-  const pkg = `@foundry-rs/${tool}-${process.platform}-${arch}`
-  try {
-    return require.resolve(`${pkg}/bin/${exe}`)
-  } catch {
-    throw new Error(`${pkg} is not installed: run npm ci (${tool} comes from the @foundry-rs/${tool} npm package)`)
-  }
-}
 
 export interface RunResult {
   code: number | null
@@ -74,16 +61,25 @@ export async function buildContracts(): Promise<RunResult> {
 interface ForgeArtifact {
   abi: unknown[]
   bytecode: { object: string; linkReferences: Record<string, unknown> }
+  deployedBytecode: { object: string; linkReferences: Record<string, unknown> }
   metadata?: { compiler?: { version?: string } }
 }
 
 async function readArtifact(contract: string): Promise<ForgeArtifact> {
   const file = join(CONTRACTS_DIR, 'out', `${contract}.sol`, `${contract}.json`)
   const artifact = JSON.parse(await readFile(file, 'utf8')) as ForgeArtifact
-  if (!Array.isArray(artifact.abi) || !/^0x[0-9a-f]+$/.test(artifact.bytecode?.object ?? '')) {
+  const hex = /^0x[0-9a-f]+$/
+  if (
+    !Array.isArray(artifact.abi) ||
+    !hex.test(artifact.bytecode?.object ?? '') ||
+    !hex.test(artifact.deployedBytecode?.object ?? '')
+  ) {
     throw new Error(`${relative(ROOT, file)}: no ABI or bytecode`)
   }
-  if (Object.keys(artifact.bytecode.linkReferences).length > 0) {
+  if (
+    Object.keys(artifact.bytecode.linkReferences).length > 0 ||
+    Object.keys(artifact.deployedBytecode.linkReferences).length > 0
+  ) {
     throw new Error(`${contract} needs linked libraries, which artifacts.ts does not support`)
   }
   return artifact
@@ -91,7 +87,7 @@ async function readArtifact(contract: string): Promise<ForgeArtifact> {
 
 /**
  * The text of src/chain/artifacts.ts for the current build in contracts/out: ABIs `as const` (so viem infers
- * every function, event and error) and creation bytecode, formatted by the project's biome.
+ * every function, event and error), creation bytecode and runtime bytecode, formatted by the project's biome.
  */
 export async function renderArtifacts(): Promise<string> {
   const parts: string[] = []
@@ -105,6 +101,10 @@ export async function renderArtifacts(): Promise<string> {
       '',
       `/** Creation bytecode of ${contract}; constructor arguments are appended by viem's deployContract. */`,
       `export const ${name}Bytecode = ${JSON.stringify(artifact.bytecode.object)} as const`,
+      '',
+      `/** Runtime (deployed) bytecode of ${contract}: what ends up at its address, e.g. for anvil_setCode. Immutables are`,
+      ' *  left as zeros here (a contract that has some gets them only from its constructor). */',
+      `export const ${name}DeployedBytecode = ${JSON.stringify(artifact.deployedBytecode.object)} as const`,
       '',
     )
   }
@@ -138,57 +138,5 @@ function formatWithBiome(source: string, path: string): Promise<string> {
       else reject(new Error(`biome format failed (${code}): ${stderr}`))
     })
     child.stdin.end(source)
-  })
-}
-
-export interface Anvil {
-  /** http://127.0.0.1:<port> */
-  url: string
-  port: number
-  /** Stops anvil and waits for it to exit. */
-  stop(): Promise<void>
-}
-
-/**
- * Starts anvil (from the @foundry-rs/anvil npm package) on 127.0.0.1 on a free port the OS picks, and
- * resolves once it listens. Chain id 31337, the standard test mnemonic, automine.
- */
-export function startAnvil(extraArgs: string[] = []): Promise<Anvil> {
-  const child = spawn(foundryBinary('anvil'), ['--host', '127.0.0.1', '--port', '0', ...extraArgs], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  const exited = new Promise<void>((resolveExit) => child.once('exit', () => resolveExit()))
-  const stop = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
-    await exited
-  }
-  return new Promise((resolvePromise, reject) => {
-    let output = ''
-    let listening = false
-    const timer = setTimeout(() => {
-      void stop()
-      reject(new Error(`anvil did not start within 15 s:\n${output}`))
-    }, 15_000)
-    // Keep draining both pipes for anvil's whole life, so its logging never blocks it.
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
-      if (output.length < 65_536) output += chunk
-    })
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-      if (output.length < 65_536) output += chunk
-      const port = Number(/Listening on 127\.0\.0\.1:(\d+)/.exec(output)?.[1])
-      if (port > 0 && !listening) {
-        listening = true
-        clearTimeout(timer)
-        resolvePromise({ url: `http://127.0.0.1:${port}`, port, stop })
-      }
-    })
-    child.once('error', (error) => {
-      clearTimeout(timer)
-      reject(error)
-    })
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer)
-      reject(new Error(`anvil exited (${code ?? signal}) before listening:\n${output}`))
-    })
   })
 }

@@ -57,6 +57,10 @@ contract ClusterEscrow is EIP712, Nonces, ReentrancyGuardTransient {
     bytes32 public constant AUTHORIZE_GATEWAY_TYPEHASH =
         keccak256("AuthorizeGateway(address payer,address gateway,uint256 cap,uint256 nonce,uint256 deadline)");
 
+    /// @notice EIP-712 type a payer signs to start a withdrawal (see {requestWithdrawWithSig}).
+    bytes32 public constant REQUEST_WITHDRAW_TYPEHASH =
+        keccak256("RequestWithdraw(address payer,uint256 amount,uint256 nonce,uint256 deadline)");
+
     /// @notice A cap of this value (in fact any cap >= 2^192 - 1) is unlimited: settling does not consume it.
     uint256 public constant UNLIMITED_CAP = type(uint256).max;
 
@@ -356,10 +360,30 @@ contract ClusterEscrow is EIP712, Nonces, ReentrancyGuardTransient {
     ///         amounts add up and the thaw restarts: all of it is withdrawable `thawPeriod` from now. The
     ///         thawing amount can still be settled by authorized gateways until it is withdrawn.
     function requestWithdraw(uint256 amount) external {
+        _requestWithdraw(msg.sender, amount);
+    }
+
+    /// @notice {requestWithdraw} on the payer's EIP-712 signature of
+    ///         RequestWithdraw(payer, amount, nonce = nonces(payer), deadline); anyone may submit it, so a payer
+    ///         without ETH can start a withdrawal. Same nonces as {authorizeGatewayWithSig}; EOA and ERC-1271
+    ///         (contract wallet) signatures are accepted.
+    function requestWithdrawWithSig(address payer, uint256 amount, uint256 deadline, bytes calldata signature)
+        external
+    {
+        if (block.timestamp > deadline) revert SignatureExpired(deadline);
+        bytes32 digest =
+            _hashTypedDataV4(keccak256(abi.encode(REQUEST_WITHDRAW_TYPEHASH, payer, amount, _useNonce(payer), deadline)));
+        if (payer == address(0) || !SignatureChecker.isValidSignatureNowCalldata(payer, digest, signature)) {
+            revert InvalidSignature();
+        }
+        _requestWithdraw(payer, amount);
+    }
+
+    function _requestWithdraw(address payer, uint256 amount) private {
         if (amount == 0) revert ZeroAmount();
-        Account storage account = _accounts[msg.sender];
+        Account storage account = _accounts[payer];
         uint256 available = account.available;
-        if (amount > available) revert InsufficientBalance(msg.sender, available, amount);
+        if (amount > available) revert InsufficientBalance(payer, available, amount);
         uint256 thawing = account.thawing + amount;
         uint256 thawEndsAt = block.timestamp + thawPeriod;
         unchecked {
@@ -367,7 +391,7 @@ contract ClusterEscrow is EIP712, Nonces, ReentrancyGuardTransient {
         }
         account.thawing = thawing;
         account.thawEndsAt = thawEndsAt;
-        emit WithdrawRequested(msg.sender, amount, thawing, thawEndsAt);
+        emit WithdrawRequested(payer, amount, thawing, thawEndsAt);
     }
 
     /// @notice Returns the caller's thawing amount to its available balance.

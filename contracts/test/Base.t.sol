@@ -138,4 +138,24 @@ abstract contract BaseTest is Test {
         (uint8 v, bytes32 r, bytes32 s) = vm.sign(pk, digest);
         return abi.encodePacked(r, s, v);
     }
+
+    function _withdrawDigest(address payer, uint256 amount, uint256 nonce, uint256 deadline)
+        internal
+        view
+        returns (bytes32)
+    {
+        bytes32 structHash = keccak256(abi.encode(escrow.REQUEST_WITHDRAW_TYPEHASH(), payer, amount, nonce, deadline));
+        return keccak256(abi.encodePacked("\x19\x01", escrow.DOMAIN_SEPARATOR(), structHash));
+    }
+
+    /// @dev `pk`'s RequestWithdraw signature for `payer` at `payer`'s current nonce.
+    function _signWithdraw(uint256 pk, address payer, uint256 amount, uint256 deadline)
+        internal
+        view
+        returns (bytes memory)
+    {
+        bytes32 digest = _withdrawDigest(payer, amount, escrow.nonces(payer), deadline);
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(pk, digest);
+        return abi.encodePacked(r, s, v);
+    }
 }

@@ -29,6 +29,9 @@ contract EscrowHandler is Test {
     mapping(address payer => mapping(address gateway => ModelAuth)) public modelAuth;
     mapping(address payer => uint256) public modelBalance;
     mapping(address payee => uint256) public modelEarnings;
+    /// Signatures the escrow has consumed per payer (requestWithdrawWithSig), i.e. its expected nonce.
+    mapping(address payer => uint256) public modelNonce;
+    mapping(address payer => uint256) internal payerKeys;
     uint256 public totalDeposited;
     uint256 public totalSettled;
     uint256 public totalWithdrawn;
@@ -52,7 +55,9 @@ contract EscrowHandler is Test {
         escrow = escrow_;
         usdc = usdc_;
         for (uint256 i; i < 3; ++i) {
-            payers.push(makeAddr(string.concat("payer", vm.toString(i))));
+            (address payer, uint256 key) = makeAddrAndKey(string.concat("payer", vm.toString(i)));
+            payers.push(payer);
+            payerKeys[payer] = key;
             payees.push(makeAddr(string.concat("payee", vm.toString(i))));
         }
         gateways.push(makeAddr("gatewayA"));
@@ -176,13 +181,27 @@ contract EscrowHandler is Test {
         modelAuth[payer][gw] = ModelAuth(current, cap, block.timestamp + THAW);
     }
 
-    function requestWithdraw(uint256 payerSeed, uint256 amount) external {
+    /// Starts a withdrawal, by the payer itself or (`signed`) on its EIP-712 signature relayed by anyone.
+    function requestWithdraw(uint256 payerSeed, uint256 amount, bool signed) external {
         calls["requestWithdraw"]++;
         address payer = _findPayer(payerSeed, _hasAvailable);
         if (payer == address(0)) return;
         amount = bound(amount, 1, escrow.accounts(payer).available);
-        vm.prank(payer);
-        escrow.requestWithdraw(amount);
+        if (!signed) {
+            vm.prank(payer);
+            escrow.requestWithdraw(amount);
+            return;
+        }
+        uint256 deadline = block.timestamp + (payerSeed % 3) * 1 hours;
+        bytes32 structHash = keccak256(
+            abi.encode(escrow.REQUEST_WITHDRAW_TYPEHASH(), payer, amount, escrow.nonces(payer), deadline)
+        );
+        bytes32 digest = keccak256(abi.encodePacked("\x19\x01", escrow.DOMAIN_SEPARATOR(), structHash));
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(payerKeys[payer], digest);
+        vm.prank(makeAddr("relayer"));
+        escrow.requestWithdrawWithSig(payer, amount, deadline, abi.encodePacked(r, s, v));
+        modelNonce[payer]++;
+        calls["requestWithdrawSigned"]++;
     }
 
     function cancelWithdraw(uint256 payerSeed) external {
@@ -400,6 +419,9 @@ contract ClusterEscrowInvariantTest is Test {
         console.log("settled", handler.calls("settleOk"), "withdrawn", handler.calls("withdrawOk"));
         console.log("claimed", handler.calls("claimOk"), "replays probed", handler.calls("replayProbe"));
         console.log(
+            "withdrawals requested", handler.calls("requestWithdraw"), "of which signed", handler.calls("requestWithdrawSigned")
+        );
+        console.log(
             "early withdrawals probed", handler.calls("earlyProbe"), "overdraws probed", handler.calls("tooMuchProbe")
         );
     }
@@ -415,6 +437,7 @@ contract ClusterEscrowInvariantTest is Test {
             assertEq(a.available + a.thawing, handler.modelBalance(payer), "payer balance");
             assertEq(escrow.balanceOf(payer), handler.modelBalance(payer), "balanceOf");
             if (a.thawing == 0) assertEq(a.thawEndsAt, 0, "no thaw without thawing amount");
+            assertEq(escrow.nonces(payer), handler.modelNonce(payer), "signatures consumed");
         }
         uint256 unclaimed;
         // payees are distinct addresses (one of them is also payer 0: balance and earnings are separate books)

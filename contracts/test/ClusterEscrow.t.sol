@@ -706,6 +706,143 @@ contract ClusterEscrowTest is BaseTest {
         escrow.requestWithdraw(6 * USDC + 1);
     }
 
+    // ------------------------------------------------------------------------------ requestWithdrawWithSig
+
+    function test_requestWithdrawTypehash_isTheDocumentedType() public view {
+        assertEq(
+            escrow.REQUEST_WITHDRAW_TYPEHASH(),
+            keccak256("RequestWithdraw(address payer,uint256 amount,uint256 nonce,uint256 deadline)")
+        );
+    }
+
+    function test_requestWithdrawWithSig_relayedStartsThawAndUsesNonce() public {
+        _deposit(alice, 10 * USDC);
+        uint256 deadline = block.timestamp + 1 hours;
+        bytes memory sig = _signWithdraw(alicePk, alice, 4 * USDC, deadline);
+        uint256 escrowHeld = usdc.balanceOf(address(escrow));
+        vm.expectEmit(address(escrow));
+        emit WithdrawRequested(alice, 4 * USDC, 4 * USDC, block.timestamp + THAW);
+        vm.prank(relayer);
+        escrow.requestWithdrawWithSig(alice, 4 * USDC, deadline, sig);
+        ClusterEscrow.Account memory a = escrow.accounts(alice);
+        assertEq(a.available, 6 * USDC);
+        assertEq(a.thawing, 4 * USDC);
+        assertEq(a.thawEndsAt, block.timestamp + THAW);
+        assertEq(escrow.balanceOf(alice), 10 * USDC, "thawing still counts as balance");
+        assertEq(usdc.balanceOf(address(escrow)), escrowHeld, "no tokens move before withdraw()");
+        assertEq(escrow.nonces(alice), 1);
+
+        // then withdraw() by the payer after the thaw, as with requestWithdraw
+        vm.warp(block.timestamp + THAW);
+        vm.prank(alice);
+        assertEq(escrow.withdraw(), 4 * USDC);
+        assertEq(usdc.balanceOf(alice), 4 * USDC);
+    }
+
+    function test_requestWithdrawWithSig_acceptsAtDeadline() public {
+        _deposit(alice, 10 * USDC);
+        uint256 deadline = block.timestamp;
+        bytes memory sig = _signWithdraw(alicePk, alice, 1, deadline);
+        escrow.requestWithdrawWithSig(alice, 1, deadline, sig);
+        assertEq(escrow.accounts(alice).thawing, 1);
+    }
+
+    function test_requestWithdrawWithSig_revertsWhenExpired() public {
+        _deposit(alice, 10 * USDC);
+        uint256 deadline = block.timestamp + 1 hours;
+        bytes memory sig = _signWithdraw(alicePk, alice, 1 * USDC, deadline);
+        vm.warp(deadline + 1);
+        vm.expectRevert(abi.encodeWithSelector(ClusterEscrow.SignatureExpired.selector, deadline));
+        escrow.requestWithdrawWithSig(alice, 1 * USDC, deadline, sig);
+    }
+
+    function test_requestWithdrawWithSig_revertsOnWrongSigner() public {
+        _deposit(alice, 10 * USDC);
+        uint256 deadline = block.timestamp + 1 hours;
+        bytes memory sig = _signWithdraw(bobPk, alice, 1 * USDC, deadline);
+        vm.expectRevert(ClusterEscrow.InvalidSignature.selector);
+        escrow.requestWithdrawWithSig(alice, 1 * USDC, deadline, sig);
+    }
+
+    function test_requestWithdrawWithSig_revertsOnTamperedFields() public {
+        _deposit(alice, 10 * USDC);
+        _deposit(bob, 10 * USDC);
+        uint256 deadline = block.timestamp + 1 hours;
+        bytes memory sig = _signWithdraw(alicePk, alice, 1 * USDC, deadline);
+        vm.expectRevert(ClusterEscrow.InvalidSignature.selector);
+        escrow.requestWithdrawWithSig(alice, 2 * USDC, deadline, sig);
+        vm.expectRevert(ClusterEscrow.InvalidSignature.selector);
+        escrow.requestWithdrawWithSig(bob, 1 * USDC, deadline, sig);
+        vm.expectRevert(ClusterEscrow.InvalidSignature.selector);
+        escrow.requestWithdrawWithSig(alice, 1 * USDC, deadline + 1, sig);
+        vm.expectRevert(ClusterEscrow.InvalidSignature.selector);
+        escrow.requestWithdrawWithSig(alice, 1 * USDC, deadline, hex"1234");
+    }
+
+    function test_requestWithdrawWithSig_revertsOnReplay() public {
+        _deposit(alice, 10 * USDC);
+        uint256 deadline = block.timestamp + 1 hours;
+        bytes memory sig = _signWithdraw(alicePk, alice, 1 * USDC, deadline);
+        escrow.requestWithdrawWithSig(alice, 1 * USDC, deadline, sig);
+        vm.expectRevert(ClusterEscrow.InvalidSignature.selector);
+        escrow.requestWithdrawWithSig(alice, 1 * USDC, deadline, sig);
+        assertEq(escrow.accounts(alice).thawing, 1 * USDC);
+    }
+
+    function test_requestWithdrawWithSig_sharesNoncesWithAuthorizeGatewayWithSig() public {
+        _deposit(alice, 10 * USDC);
+        uint256 deadline = block.timestamp + 1 hours;
+        // both signed at nonce 0: whichever lands first uses it, the other is void
+        bytes memory auth = _signAuth(alicePk, alice, gateway, 5 * USDC, deadline);
+        bytes memory withdrawal = _signWithdraw(alicePk, alice, 1 * USDC, deadline);
+        escrow.requestWithdrawWithSig(alice, 1 * USDC, deadline, withdrawal);
+        vm.expectRevert(ClusterEscrow.InvalidSignature.selector);
+        escrow.authorizeGatewayWithSig(alice, gateway, 5 * USDC, deadline, auth);
+        // and a withdrawal signature is not an authorization (different type), even at the right nonce
+        bytes memory again = _signWithdraw(alicePk, alice, 1 * USDC, deadline);
+        vm.expectRevert(ClusterEscrow.InvalidSignature.selector);
+        escrow.authorizeGatewayWithSig(alice, gateway, 1 * USDC, deadline, again);
+    }
+
+    function test_requestWithdrawWithSig_revertsOnZeroAmount() public {
+        _deposit(alice, 10 * USDC);
+        uint256 deadline = block.timestamp + 1 hours;
+        bytes memory sig = _signWithdraw(alicePk, alice, 0, deadline);
+        vm.expectRevert(ClusterEscrow.ZeroAmount.selector);
+        escrow.requestWithdrawWithSig(alice, 0, deadline, sig);
+    }
+
+    function test_requestWithdrawWithSig_revertsAboveAvailable() public {
+        _deposit(alice, 10 * USDC);
+        vm.prank(alice);
+        escrow.requestWithdraw(4 * USDC);
+        uint256 deadline = block.timestamp + 1 hours;
+        bytes memory sig = _signWithdraw(alicePk, alice, 6 * USDC + 1, deadline);
+        vm.expectRevert(
+            abi.encodeWithSelector(ClusterEscrow.InsufficientBalance.selector, alice, 6 * USDC, 6 * USDC + 1)
+        );
+        escrow.requestWithdrawWithSig(alice, 6 * USDC + 1, deadline, sig);
+        assertEq(escrow.nonces(alice), 0, "a reverted call leaves the nonce unused");
+    }
+
+    function test_requestWithdrawWithSig_revertsOnZeroPayer() public {
+        uint256 deadline = block.timestamp + 1 hours;
+        vm.expectRevert(ClusterEscrow.InvalidSignature.selector);
+        escrow.requestWithdrawWithSig(address(0), 1, deadline, new bytes(65));
+    }
+
+    function test_requestWithdrawWithSig_acceptsErc1271Wallet() public {
+        MockWallet wallet = new MockWallet(bob);
+        _deposit(address(wallet), 10 * USDC);
+        uint256 deadline = block.timestamp + 1 hours;
+        bytes memory wrong = _signWithdraw(alicePk, address(wallet), 3 * USDC, deadline);
+        vm.expectRevert(ClusterEscrow.InvalidSignature.selector);
+        escrow.requestWithdrawWithSig(address(wallet), 3 * USDC, deadline, wrong);
+        bytes memory sig = _signWithdraw(bobPk, address(wallet), 3 * USDC, deadline);
+        escrow.requestWithdrawWithSig(address(wallet), 3 * USDC, deadline, sig);
+        assertEq(escrow.accounts(address(wallet)).thawing, 3 * USDC);
+    }
+
     // -------------------------------------------------------------------------------------- cancelWithdraw
 
     function test_cancelWithdraw_returnsThawingToAvailable() public {

@@ -13,12 +13,16 @@ contract SettleGasTest is BaseTest {
         ClusterEscrow.Debit[] memory debits = new ClusterEscrow.Debit[](payers);
         ClusterEscrow.Credit[] memory credits = new ClusterEscrow.Credit[](payees);
         for (uint256 i; i < payers; ++i) {
+            // casting to 'uint160' is safe because 0x10000 + i is far below 2^160
+            // forge-lint: disable-next-line(unsafe-typecast)
             address payer = address(uint160(0x10000 + i));
             _deposit(payer, 100 * USDC);
             _authorize(payer, gateway, unlimited ? type(uint256).max : 100 * USDC);
             debits[i] = ClusterEscrow.Debit(payer, payees);
         }
         for (uint256 j; j < payees; ++j) {
+            // casting to 'uint160' is safe because 0x20000 + j is far below 2^160
+            // forge-lint: disable-next-line(unsafe-typecast)
             credits[j] = ClusterEscrow.Credit(address(uint160(0x20000 + j)), payers);
         }
         _deposit(alice, payers * payees);

@@ -1,6 +1,6 @@
 // Smoke test against a real chain: anvil (npm @foundry-rs/anvil) on 127.0.0.1, contracts deployed from
 // src/chain/artifacts.ts with viem. The second test signs the EIP-3009 deposit and the EIP-712 gateway
-// authorization in TypeScript, as wallets and gateways will.
+// authorization in TypeScript, as wallets and gateways will; the third a signed withdrawal request.
 import {
   type Address,
   createPublicClient,
@@ -227,5 +227,92 @@ describe('contracts on anvil', () => {
       }),
     ).toBe(charge)
     expect(await publicClient.getBalance({ address: payer.address })).toBe(0n)
+  })
+
+  it('a withdrawal requested by a signature from a wallet without ETH, relayed by someone else', async () => {
+    const { publicClient, wallet } = clients(anvil.url)
+    const payer = privateKeyToAccount(generatePrivateKey()) // never holds ETH
+    const send = async (hash: Hex) => {
+      const receipt = await publicClient.waitForTransactionReceipt({ hash })
+      expect(receipt.status).toBe('success')
+      return receipt
+    }
+    const amount = parseUnits('2', 6)
+    const funder = wallet(deployer)
+    const write = { address: usdc, abi: testUsdcAbi } as const
+    await send(await funder.writeContract({ ...write, functionName: 'mint', args: [deployer.address, amount] }))
+    await send(await funder.writeContract({ ...write, functionName: 'approve', args: [escrow, amount] }))
+    await send(
+      await funder.writeContract({
+        address: escrow,
+        abi: clusterEscrowAbi,
+        functionName: 'depositFor',
+        args: [payer.address, amount],
+      }),
+    )
+
+    const nonce = await publicClient.readContract({
+      address: escrow,
+      abi: clusterEscrowAbi,
+      functionName: 'nonces',
+      args: [payer.address],
+    })
+    const deadline = BigInt(Math.floor(Date.now() / 1000) + 3600)
+    const withdrawAmount = parseUnits('0.75', 6)
+    const signature = await payer.signTypedData({
+      domain: { name: 'ClusterEscrow', version: '1', chainId: foundry.id, verifyingContract: escrow },
+      types: {
+        RequestWithdraw: [
+          { name: 'payer', type: 'address' },
+          { name: 'amount', type: 'uint256' },
+          { name: 'nonce', type: 'uint256' },
+          { name: 'deadline', type: 'uint256' },
+        ],
+      },
+      primaryType: 'RequestWithdraw',
+      message: { payer: payer.address, amount: withdrawAmount, nonce, deadline },
+    })
+    const receipt = await send(
+      await wallet(gateway).writeContract({
+        address: escrow,
+        abi: clusterEscrowAbi,
+        functionName: 'requestWithdrawWithSig',
+        args: [payer.address, withdrawAmount, deadline, signature],
+      }),
+    )
+    const [requested] = parseEventLogs({ abi: clusterEscrowAbi, eventName: 'WithdrawRequested', logs: receipt.logs })
+    const block = await publicClient.getBlock({ blockNumber: receipt.blockNumber })
+    expect(requested?.args).toEqual({
+      payer: payer.address,
+      amount: withdrawAmount,
+      thawing: withdrawAmount,
+      thawEndsAt: block.timestamp + THAW,
+    })
+    expect(
+      await publicClient.readContract({
+        address: escrow,
+        abi: clusterEscrowAbi,
+        functionName: 'accounts',
+        args: [payer.address],
+      }),
+    ).toEqual({ available: amount - withdrawAmount, thawing: withdrawAmount, thawEndsAt: block.timestamp + THAW })
+    expect(
+      await publicClient.readContract({
+        address: escrow,
+        abi: clusterEscrowAbi,
+        functionName: 'nonces',
+        args: [payer.address],
+      }),
+    ).toBe(nonce + 1n)
+    // the same signature again is refused (its nonce is used)
+    await expect(
+      publicClient.simulateContract({
+        account: gateway,
+        address: escrow,
+        abi: clusterEscrowAbi,
+        functionName: 'requestWithdrawWithSig',
+        args: [payer.address, withdrawAmount, deadline, signature],
+      }),
+    ).rejects.toThrow(/InvalidSignature/)
   })
 })

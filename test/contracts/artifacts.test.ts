@@ -5,7 +5,17 @@ import { readFile } from 'node:fs/promises'
 import { decodeFunctionData, encodeFunctionData, getAddress } from 'viem'
 import { describe, expect, it } from 'vitest'
 import { ARTIFACTS_FILE, buildContracts, renderArtifacts } from '../../scripts/contracts.ts'
-import { clusterEscrowAbi, clusterEscrowBytecode, testUsdcAbi, testUsdcBytecode } from '../../src/chain/artifacts.ts'
+import {
+  clusterEscrowAbi,
+  clusterEscrowBytecode,
+  clusterEscrowDeployedBytecode,
+  multicall3Abi,
+  multicall3Bytecode,
+  multicall3DeployedBytecode,
+  testUsdcAbi,
+  testUsdcBytecode,
+  testUsdcDeployedBytecode,
+} from '../../src/chain/artifacts.ts'
 
 describe('src/chain/artifacts.ts', () => {
   it('matches a fresh build of contracts/ (if not: npm run contracts:build)', async () => {
@@ -26,8 +36,20 @@ describe('src/chain/artifacts.ts', () => {
   }, 240_000)
 
   it('exports typed ABIs and bytecode viem can use', () => {
-    expect(clusterEscrowBytecode).toMatch(/^0x[0-9a-f]+$/)
-    expect(testUsdcBytecode).toMatch(/^0x[0-9a-f]+$/)
+    for (const code of [
+      clusterEscrowBytecode,
+      clusterEscrowDeployedBytecode,
+      testUsdcBytecode,
+      testUsdcDeployedBytecode,
+      multicall3Bytecode,
+      multicall3DeployedBytecode,
+    ]) {
+      expect(code).toMatch(/^0x[0-9a-f]+$/)
+    }
+    // Multicall3 has no constructor and no immutables: its creation code carries its runtime code verbatim
+    // (what anvil_setCode puts at the canonical address).
+    expect(multicall3Bytecode.includes(multicall3DeployedBytecode.slice(2))).toBe(true)
+    expect(multicall3DeployedBytecode.length).toBeLessThan(multicall3Bytecode.length)
     const payer = getAddress('0x00000000000000000000000000000000000000a1')
     const node = getAddress('0x00000000000000000000000000000000000000b2')
     const batchId = `0x${'11'.repeat(32)}` as const
@@ -54,6 +76,29 @@ describe('src/chain/artifacts.ts', () => {
         'Withdrawn',
         'EarningsClaimed',
       ]),
+    )
+    expect(names(clusterEscrowAbi, 'function')).toEqual(
+      expect.arrayContaining(['requestWithdraw', 'requestWithdrawWithSig', 'REQUEST_WITHDRAW_TYPEHASH']),
+    )
+    expect(names(multicall3Abi, 'function').sort()).toEqual(
+      [
+        'aggregate',
+        'aggregate3',
+        'aggregate3Value',
+        'blockAndAggregate',
+        'getBasefee',
+        'getBlockHash',
+        'getBlockNumber',
+        'getChainId',
+        'getCurrentBlockCoinbase',
+        'getCurrentBlockDifficulty',
+        'getCurrentBlockGasLimit',
+        'getCurrentBlockTimestamp',
+        'getEthBalance',
+        'getLastBlockHash',
+        'tryAggregate',
+        'tryBlockAndAggregate',
+      ].sort(),
     )
     expect(names(testUsdcAbi, 'function')).toEqual(
       expect.arrayContaining([
