@@ -26,7 +26,7 @@ const Email = z.string().max(254).pipe(z.email('must be a valid email address'))
 const Password = z.string().min(8, 'must be at least 8 characters').max(1024, 'must be at most 1024 characters')
 const Amount = z.string().max(32)
 
-async function body<S extends z.ZodType>(c: Context, schema: S): Promise<z.output<S>> {
+export async function body<S extends z.ZodType>(c: Context, schema: S): Promise<z.output<S>> {
   const type = c.req.header('content-type') ?? ''
   if (!type.toLowerCase().includes('application/json')) {
     throw invalidRequest('Send the body as JSON with Content-Type: application/json.')

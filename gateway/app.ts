@@ -16,6 +16,7 @@ import type { Directory, NodeEntry } from '../src/mesh/directory.ts'
 import type { Accounts } from './accounts.ts'
 import { type AuthVars, apiRoutes, clientAddress, requireAuth } from './api-routes.ts'
 import type { Billing } from './billing.ts'
+import { type ChainDeps, chainRoutes } from './chain-routes.ts'
 import { ApiError, invalidRequest, modelNotFound, rateLimited } from './errors.ts'
 import {
   type CompletionMeta,
@@ -55,6 +56,8 @@ export interface AppDeps {
   /** Largest request body accepted, in bytes. @default 8 MiB */
   maxBodyBytes?: number
   onComplete?: (info: CompletedInference) => void
+  /** Wallets, deposits and withdrawals on chain; absent when settlement is off. */
+  chain?: ChainDeps
 }
 
 const isV1 = (path: string): boolean => path === '/v1' || path.startsWith('/v1/')
@@ -151,6 +154,8 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
       nodeCount: () => deps.directory.nodes().length,
     }),
   )
+
+  if (deps.chain != null) app.route('/api', chainRoutes(deps.chain))
 
   app.get('/health', (c) => c.json({ status: 'ok', uptime: Math.floor((Date.now() - startedAt) / 1000) }))
 

@@ -4,7 +4,12 @@ import { mkdir } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { type ServerType, serve } from '@hono/node-server'
+import type { Hex } from 'viem'
 import { ClusterEventSchema } from '../protocols/index.ts'
+import { EscrowClient } from '../src/chain/escrow.ts'
+import { Settler } from '../src/chain/settler.ts'
+import { WalletChallenges } from '../src/chain/wallet-link.ts'
+import { DepositWatcher } from '../src/chain/watcher.ts'
 import type { Ledger } from '../src/ledger/ledger.ts'
 import { LevelLedger } from '../src/ledger/level-ledger.ts'
 import { GatewaySecret } from '../src/ledger/secrets.ts'
@@ -15,6 +20,7 @@ import { fetchCapabilities } from '../src/mesh/streams.ts'
 import { Accounts } from './accounts.ts'
 import { type CompletedInference, createApp } from './app.ts'
 import { Billing } from './billing.ts'
+import type { ChainDeps } from './chain-routes.ts'
 import { Pricing, type PricingConfig } from './pricing.ts'
 import { type RateLimitConfig, TokenBuckets } from './rate-limit.ts'
 import { MeshRouter, type RouterOptions } from './router.ts'
@@ -38,6 +44,28 @@ export interface GatewayConfig {
   adminEmail?: string
   /** Operational messages (never secrets). @default stderr */
   log?: (line: string) => void
+  /** On-chain settlement against the escrow; off when absent. */
+  chain?: GatewayChainConfig
+}
+
+export interface GatewayChainConfig {
+  rpcUrl: string
+  chainId: number
+  usdc: string
+  escrow: string
+  /** The gateway's signing key (from CLUSTER_GATEWAY_KEY or a key file; never from the config). */
+  signerKey: Hex
+  confirmations: number
+  pollIntervalMs: number
+  settleIntervalMs: number
+  fromBlock?: number
+  payoutAddress?: string | undefined
+}
+
+export interface GatewayChain {
+  client: EscrowClient
+  watcher: DepositWatcher
+  settler: Settler
 }
 
 export interface RunningGateway {
@@ -51,6 +79,8 @@ export interface RunningGateway {
   adminKeyFile: string | undefined
   /** Holds a previous run left open (a crash), freed at this start. */
   reconciledHolds: number
+  /** Present when on-chain settlement is on. */
+  chain: GatewayChain | undefined
   /** Base URL of the HTTP API, e.g. http://127.0.0.1:8787 */
   url: string
   port: number
@@ -93,7 +123,20 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
       })
       .catch(() => undefined)
   }
+  let chain: (GatewayChain & { deps: ChainDeps }) | undefined
+  if (config.chain != null) {
+    try {
+      chain = await startChain(config.chain, ledger, log)
+    } catch (err) {
+      directory.stop()
+      bus.close()
+      await peer.stop()
+      await ledger.close()
+      throw err
+    }
+  }
   const app = createApp({
+    ...(chain ? { chain: chain.deps } : {}),
     directory,
     router,
     onComplete,
@@ -123,6 +166,8 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
     )
     server.once('error', reject)
   }).catch(async (err: unknown) => {
+    await chain?.watcher.stop()
+    await chain?.settler.stop()
     directory.stop()
     bus.close()
     await peer.stop()
@@ -140,6 +185,7 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
     ledger,
     adminKeyFile,
     reconciledHolds,
+    chain: chain ? { client: chain.client, watcher: chain.watcher, settler: chain.settler } : undefined,
     url: `http://${host}:${port}`,
     port,
     multiaddrs: () => peer.getMultiaddrs().map((a) => a.toString()),
@@ -151,6 +197,8 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
           // Open keep-alive and streaming connections would hold close() back.
           ;(server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.()
         })
+        await chain?.watcher.stop()
+        await chain?.settler.stop()
         directory.stop()
         bus.close()
         await peer.stop()
@@ -159,4 +207,49 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
       return stopped
     },
   }
+}
+
+/** Connects to the escrow, checks it is the contract configured, and starts watching and settling. */
+async function startChain(
+  config: GatewayChainConfig,
+  ledger: Ledger,
+  log: (line: string) => void,
+): Promise<GatewayChain & { deps: ChainDeps }> {
+  const client = new EscrowClient(config, config.signerKey)
+  const chainId = await client.publicClient.getChainId()
+  if (chainId !== config.chainId) throw new Error(`the RPC serves chain ${chainId}, not ${config.chainId}`)
+  const [token, thawPeriod] = await Promise.all([
+    client.publicClient.readContract({ address: client.escrow, abi: client.abi, functionName: 'token' }),
+    client.publicClient.readContract({ address: client.escrow, abi: client.abi, functionName: 'thawPeriod' }),
+  ]).catch((err: unknown) => {
+    throw new Error(`no escrow at ${config.escrow} on chain ${chainId}: ${(err as Error).message.split('\n')[0]}`)
+  })
+  if (token.toLowerCase() !== client.usdc.toLowerCase()) {
+    throw new Error(`the escrow at ${config.escrow} holds ${token}, not the configured USDC ${config.usdc}`)
+  }
+  const fromBlock = BigInt(config.fromBlock ?? 0)
+  const watcher = new DepositWatcher(ledger, client, {
+    confirmations: config.confirmations,
+    pollIntervalMs: config.pollIntervalMs,
+    fromBlock,
+    log,
+  })
+  const settler = new Settler(ledger, client, {
+    intervalMs: config.settleIntervalMs,
+    payoutAddress: config.payoutAddress,
+    fromBlock,
+    log,
+  })
+  watcher.start()
+  settler.start()
+  const deps: ChainDeps = {
+    ledger,
+    client,
+    challenges: new WalletChallenges(client),
+    watcher,
+    settler,
+    thawPeriod,
+    confirmations: config.confirmations,
+  }
+  return { client, watcher, settler, deps }
 }

@@ -3,6 +3,7 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { Command, Option } from 'commander'
+import type { GatewayChainConfig } from '../../gateway/gateway.ts'
 import { type Config, ConfigError, gatewayExtras, resolveConfig } from '../config/config.ts'
 import { type SynthPresetName, synthesizeGguf } from '../models/synth.ts'
 import { SOFTWARE } from '../version.ts'
@@ -130,6 +131,34 @@ async function adminCall(opts: AdminOpts, path: string, payload: unknown): Promi
 
 const gpuOption = (c: Config): 'auto' | false => (c.node.gpu === 'off' ? false : 'auto')
 
+/** The gateway's on-chain settings, with its signing key from CLUSTER_GATEWAY_KEY or the key file. */
+async function gatewayChain(config: Config): Promise<GatewayChainConfig | undefined> {
+  const chain = config.chain
+  if (chain == null) return undefined
+  const { loadSignerKey, SignerKeyError } = await import('../chain/escrow.ts')
+  try {
+    const signerKey = await loadSignerKey({ env: process.env, file: chain.signerKeyFile })
+    return {
+      rpcUrl: chain.rpcUrl,
+      chainId: chain.chainId,
+      usdc: chain.usdc,
+      escrow: chain.escrow,
+      signerKey,
+      confirmations: chain.confirmations,
+      pollIntervalMs: chain.pollIntervalMs,
+      settleIntervalMs: chain.settleIntervalMs,
+      fromBlock: chain.fromBlock,
+      payoutAddress: chain.payoutAddress,
+    }
+  } catch (err) {
+    if (err instanceof SignerKeyError) {
+      process.stderr.write(`cluster gateway: ${err.message}\n`)
+      process.exit(2)
+    }
+    throw err
+  }
+}
+
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('cluster')
     .description('Cluster: a peer-to-peer inference mesh with an OpenAI-compatible gateway')
@@ -173,7 +202,9 @@ export async function main(argv: string[]): Promise<void> {
         },
       })
       const { startGateway } = await import('../../gateway/gateway.ts')
+      const chain = await gatewayChain(config)
       const gw = await startGateway({
+        ...(chain ? { chain } : {}),
         dataDir: resolve(config.dataDir),
         ...(config.listen ? { listen: config.listen } : {}),
         bootstrap: config.bootstrap,
@@ -183,6 +214,11 @@ export async function main(argv: string[]): Promise<void> {
       })
       await writePeerJson(resolve(config.dataDir), { peerId: gw.peerId, multiaddrs: gw.multiaddrs(), httpUrl: gw.url })
       process.stdout.write(`gateway ${gw.peerId}\n  HTTP  ${gw.url}\n  mesh  ${gw.multiaddrs().join('\n        ')}\n`)
+      if (gw.chain) {
+        process.stdout.write(
+          `  chain ${gw.chain.client.chain.id}: escrow ${gw.chain.client.escrow}, settling as ${gw.chain.client.address}\n`,
+        )
+      }
       if (gw.adminKeyFile) process.stdout.write(`  first admin account created: its API key is in ${gw.adminKeyFile}\n`)
       if (gw.reconciledHolds > 0) {
         process.stdout.write(
@@ -204,6 +240,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--slots <n>', 'parallel sequences per model')
     .option('--max-queue <n>', 'requests allowed to wait for a free sequence; more are refused as busy')
     .option('--gpu <mode>', 'auto | off')
+    .option('--payout-address <0x…>', 'the EVM address your earnings are settled to (claim with `cluster earnings`)')
     .option('--config <file>', 'a JSON config file')
     .action(async (opts: Record<string, unknown>) => {
       const models = ((opts.model as string[] | undefined) ?? []).map((path, i) => ({
@@ -218,6 +255,7 @@ export async function main(argv: string[]): Promise<void> {
           ...(opts.slots ? { slots: opts.slots as string } : {}),
           ...(opts.maxQueue != null ? { maxQueue: opts.maxQueue as string } : {}),
           ...(opts.gpu ? { gpu: opts.gpu as 'auto' | 'off' } : {}),
+          ...(opts.payoutAddress != null ? { payoutAddress: opts.payoutAddress as string } : {}),
         },
       })
       if (config.node.models.length === 0) {
@@ -243,6 +281,11 @@ export async function main(argv: string[]): Promise<void> {
       await writePeerJson(resolve(config.dataDir), { peerId: node.peerId, multiaddrs: node.multiaddrs() })
       process.stdout.write(
         `node ${node.peerId}\n  serving ${[...node.engines.keys()].join(', ')}\n  mesh    ${node.multiaddrs().join('\n          ')}\n`,
+      )
+      process.stdout.write(
+        config.node.payoutAddress
+          ? `  payout  ${config.node.payoutAddress}\n`
+          : '  payout  none: set --payout-address to be paid for the work\n',
       )
       onShutdown(node.stop)
     })
@@ -281,6 +324,29 @@ export async function main(argv: string[]): Promise<void> {
     const res = await adminCall(opts, '/api/admin/credit', { email: opts.email, amount: opts.amount })
     process.stdout.write(`${JSON.stringify(res, null, 2)}\n`)
   })
+
+  program
+    .command('earnings')
+    .description("a payout address's earnings in the escrow; --claim sends them to it")
+    .option('--address <0x…>', "the payout address (default: the key's address, or the node's from dev.json)")
+    .option('--claim', 'claim them (needs the payout key: env CLUSTER_PAYOUT_KEY or --key-file)')
+    .option('--key-file <file>', 'file holding the payout private key (0x + 64 hex digits, mode 600)')
+    .option('--rpc-url <url>', 'the chain (default: chain.rpcUrl of the config, else dev.json)')
+    .option('--escrow <0x…>', 'the escrow (default: chain.escrow of the config, else dev.json)')
+    .option('--data-dir <dir>', 'where dev.json is (env CLUSTER_DATA_DIR)')
+    .option('--config <file>', 'a JSON config file')
+    .action(async (opts: Record<string, string | boolean | undefined>) => {
+      const { earnings } = await import('./earnings.ts')
+      const config = loadConfig(opts, opts.dataDir ? { dataDir: opts.dataDir as string } : {})
+      const code = await earnings(config, {
+        address: opts.address as string | undefined,
+        claim: opts.claim === true,
+        keyFile: opts.keyFile as string | undefined,
+        rpcUrl: opts.rpcUrl as string | undefined,
+        escrow: opts.escrow as string | undefined,
+      })
+      process.exitCode = code
+    })
 
   const model = program.command('model').description('model files')
   model

@@ -36,6 +36,52 @@ export const NodeSectionSchema = z.object({
   payoutAddress: z.union([z.literal(''), z.string().regex(/^0x[0-9a-fA-F]{40}$/)]).default(''),
 })
 
+const EvmAddress = z.string().regex(/^0x[0-9a-fA-F]{40}$/, 'an EVM address, 0x and 40 hex digits')
+
+/** Chains with a known USDC: naming one fills chainId and usdc. */
+export const KNOWN_NETWORKS = {
+  base: { chainId: 8453, usdc: '0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913' },
+  'base-sepolia': { chainId: 84532, usdc: '0x036CbD53842c5426634e7929541eC2318f3dCF7e' },
+} as const
+
+/**
+ * The escrow the gateway settles against. The gateway's signing key is never in the config: it
+ * comes from CLUSTER_GATEWAY_KEY or the file `signerKeyFile` names (0x + 64 hex digits).
+ */
+export const ChainSectionSchema = z
+  .object({
+    network: z.enum(['base', 'base-sepolia', 'local']).default('local'),
+    rpcUrl: z.url({ protocol: /^https?$/ }),
+    chainId: z.coerce.number().int().positive().optional(),
+    usdc: EvmAddress.optional(),
+    escrow: EvmAddress,
+    /** Block the escrow was deployed in: where the deposit watcher starts. @default 0 */
+    fromBlock: z.coerce.number().int().min(0).default(0),
+    /** Blocks a deposit waits before it is credited. @default 2 (0 on a local chain) */
+    confirmations: z.coerce.number().int().min(0).max(1000).optional(),
+    pollIntervalMs: z.coerce.number().int().min(50).max(600_000).default(2_000),
+    settleIntervalMs: z.coerce.number().int().min(100).max(86_400_000).default(60_000),
+    signerKeyFile: z.string().min(1).optional(),
+    /** Receives what nodes without a payout address earned. @default the signer's address */
+    payoutAddress: EvmAddress.optional(),
+  })
+  .transform((c, ctx) => {
+    const known = c.network === 'local' ? undefined : KNOWN_NETWORKS[c.network]
+    const chainId = c.chainId ?? known?.chainId
+    const usdc = c.usdc ?? known?.usdc
+    if (chainId == null) ctx.addIssue({ code: 'custom', path: ['chainId'], message: 'required for this network' })
+    if (usdc == null) ctx.addIssue({ code: 'custom', path: ['usdc'], message: 'required for this network' })
+    if (known != null && chainId !== known.chainId)
+      ctx.addIssue({ code: 'custom', path: ['chainId'], message: `${c.network} is chain ${known.chainId}` })
+    return {
+      ...c,
+      chainId: chainId ?? 0,
+      usdc: usdc ?? '',
+      confirmations: c.confirmations ?? (c.network === 'local' ? 0 : 2),
+    }
+  })
+export type ChainSection = z.output<typeof ChainSectionSchema>
+
 export const ConfigSchema = z.object({
   dataDir: z.string().min(1).default('.cluster'),
   listen: z.array(Multiaddr).optional(),
@@ -43,6 +89,8 @@ export const ConfigSchema = z.object({
   heartbeatIntervalMs: z.coerce.number().int().min(50).max(60_000).optional(),
   gateway: GatewaySectionSchema.default({ port: 8787, host: '127.0.0.1' }),
   node: NodeSectionSchema.default({ models: [], slots: 4, maxQueue: 32, gpu: 'auto', payoutAddress: '' }),
+  /** On-chain settlement (the gateway): off when absent. */
+  chain: ChainSectionSchema.optional(),
 })
 export type Config = z.infer<typeof ConfigSchema>
 export type ConfigInput = z.input<typeof ConfigSchema>

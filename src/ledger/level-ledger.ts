@@ -2,6 +2,7 @@
 // every change checked synchronously and written by group commit — fast under contention, exact.
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import { Level } from 'level'
+import { minAmount } from '../payments/money.ts'
 import {
   type Account,
   type ApiKeyRecord,
@@ -472,7 +473,7 @@ export class LevelLedger implements Ledger {
     for (const link of this.wallets(accountId)) {
       if (left === 0n) break
       if (link.funds <= 0n) continue
-      const take = link.funds < left ? link.funds : left
+      const take = minAmount(link.funds, left)
       ops.push(this.putWallet({ ...link, funds: link.funds - take }))
       add(link.address, take)
       left -= take
@@ -648,7 +649,7 @@ export class LevelLedger implements Ledger {
     freeHold(account)
     // The escrow lets a thawing amount still be settled, so usage not settled yet is still paid;
     // the account's balance just never goes below zero.
-    const debit = input.amount < account.balance ? input.amount : account.balance
+    const debit = minAmount(input.amount, account.balance)
     account.balance -= debit
     const { op, tx } = this.txRow(account, {
       type: 'withdrawal',

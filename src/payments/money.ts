@@ -53,3 +53,6 @@ export function costOf(usage: { promptTokens: number; completionTokens: number }
     BigInt(usage.promptTokens) * price.inputPerMillion + BigInt(usage.completionTokens) * price.outputPerMillion
   return (micro + TOKENS_PER_PRICE_UNIT - 1n) / TOKENS_PER_PRICE_UNIT
 }
+
+/** The smaller of two amounts (Math.min is for numbers only). */
+export const minAmount = (a: bigint, b: bigint): bigint => (a < b ? a : b)

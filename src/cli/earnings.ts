@@ -1,0 +1,101 @@
+// `cluster earnings`: what a node's payout address has earned in the escrow, and claiming it.
+import { readFile } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import {
+  type Address,
+  createPublicClient,
+  createWalletClient,
+  defineChain,
+  getAddress,
+  type Hex,
+  http,
+  isAddress,
+} from 'viem'
+import { privateKeyToAccount } from 'viem/accounts'
+import { clusterEscrowAbi } from '../chain/artifacts.ts'
+import { loadSignerKey, SignerKeyError } from '../chain/escrow.ts'
+import type { Config } from '../config/config.ts'
+import { formatUsd } from '../payments/money.ts'
+
+export interface EarningsOptions {
+  address?: string | undefined
+  claim: boolean
+  keyFile?: string | undefined
+  rpcUrl?: string | undefined
+  escrow?: string | undefined
+}
+
+interface DevChain {
+  rpcUrl?: string
+  escrow?: string
+  nodePayoutAddress?: string
+}
+
+async function devChain(dataDir: string): Promise<DevChain> {
+  try {
+    const dev = JSON.parse(await readFile(join(resolve(dataDir), 'dev.json'), 'utf8')) as { chain?: DevChain }
+    return dev.chain ?? {}
+  } catch {
+    return {}
+  }
+}
+
+/** Prints the earnings (and claims them with --claim); returns the exit code. */
+export async function earnings(config: Config, options: EarningsOptions): Promise<number> {
+  const fail = (message: string): number => {
+    process.stderr.write(`cluster earnings: ${message}\n`)
+    return 2
+  }
+  const dev = await devChain(config.dataDir)
+  const rpcUrl = options.rpcUrl ?? config.chain?.rpcUrl ?? dev.rpcUrl
+  const escrowText = options.escrow ?? config.chain?.escrow ?? dev.escrow
+  if (rpcUrl == null || escrowText == null || !isAddress(escrowText, { strict: false })) {
+    return fail('which chain? give --rpc-url and --escrow (or a config with a chain section, or run npm start first)')
+  }
+  let key: Hex | undefined
+  if (options.claim) {
+    try {
+      key = await loadSignerKey({
+        env: process.env,
+        file: options.keyFile,
+        envVar: 'CLUSTER_PAYOUT_KEY',
+        purpose: 'claiming needs the payout key',
+      })
+    } catch (err) {
+      if (err instanceof SignerKeyError) return fail(err.message)
+      throw err
+    }
+  }
+  const signer = key != null ? privateKeyToAccount(key) : undefined
+  const addressText = options.address ?? signer?.address ?? dev.nodePayoutAddress
+  if (addressText == null || !isAddress(addressText, { strict: false })) return fail('give --address 0x…')
+  const address: Address = getAddress(addressText)
+  if (signer != null && signer.address !== address) return fail(`the key is ${signer.address}'s, not ${address}'s`)
+  const escrow = getAddress(escrowText)
+  const transport = http(rpcUrl)
+  const publicClient = createPublicClient({ transport })
+  const claimable = await publicClient.readContract({
+    address: escrow,
+    abi: clusterEscrowAbi,
+    functionName: 'earnings',
+    args: [address],
+  })
+  process.stdout.write(`${address}: ${formatUsd(claimable)} USDC claimable (${claimable} units) in escrow ${escrow}\n`)
+  if (!options.claim) return 0
+  if (claimable === 0n) {
+    process.stdout.write('nothing to claim\n')
+    return 0
+  }
+  const chain = defineChain({
+    id: await publicClient.getChainId(),
+    name: 'escrow chain',
+    nativeCurrency: { name: 'Ether', symbol: 'ETH', decimals: 18 },
+    rpcUrls: { default: { http: [rpcUrl] } },
+  })
+  const wallet = createWalletClient({ transport, account: signer as NonNullable<typeof signer>, chain })
+  const hash = await wallet.writeContract({ address: escrow, abi: clusterEscrowAbi, functionName: 'claim' })
+  const receipt = await publicClient.waitForTransactionReceipt({ hash })
+  if (receipt.status !== 'success') return fail(`the claim ${hash} reverted`)
+  process.stdout.write(`claimed ${formatUsd(claimable)} USDC to ${address} (tx ${hash})\n`)
+  return 0
+}
