@@ -241,6 +241,9 @@ export function apiRoutes(deps: ApiDeps): Hono<AuthVars> {
         ...(t.type === 'usage'
           ? { model: t.model, tokensIn: t.tokensIn, tokensOut: t.tokensOut, requestId: t.requestId }
           : {}),
+        ...(t.txHash ? { txHash: t.txHash } : {}),
+        ...(t.wallet ? { wallet: t.wallet } : {}),
+        ...(t.settlementTxHash ? { settlementTxHash: t.settlementTxHash } : {}),
       })),
       nextCursor: page.nextCursor,
     })

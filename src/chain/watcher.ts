@@ -24,14 +24,24 @@ export class DepositWatcher {
   private running: Promise<void> | undefined
   private again = false
   private stopped = false
-  readonly cursorName: string
+  private name: string | undefined
 
   constructor(
     private readonly ledger: Ledger,
     private readonly client: EscrowClient,
     private readonly options: WatcherOptions,
-  ) {
-    this.cursorName = `escrow:${client.chain.id}:${client.escrow.toLowerCase()}`
+  ) {}
+
+  /**
+   * The ledger cursor of this escrow on this chain. The genesis hash is part of it: a local chain
+   * started afresh redeploys at the same address, and must be read from its start again.
+   */
+  async cursorName(): Promise<string> {
+    if (this.name == null) {
+      const genesis = await this.client.publicClient.getBlock({ blockNumber: 0n })
+      this.name = `escrow:${this.client.chain.id}:${this.client.escrow.toLowerCase()}:${genesis.hash}`
+    }
+    return this.name
   }
 
   start(): void {
@@ -73,7 +83,8 @@ export class DepositWatcher {
     const head = await this.client.publicClient.getBlockNumber({ cacheTime: 0 })
     const safe = head - BigInt(this.options.confirmations)
     const chunk = this.options.chunk ?? 2000n
-    let from = (this.ledger.cursor(this.cursorName) ?? this.options.fromBlock - 1n) + 1n
+    const cursor = await this.cursorName()
+    let from = (this.ledger.cursor(cursor) ?? this.options.fromBlock - 1n) + 1n
     while (from <= safe && !this.stopped) {
       const to = from + chunk - 1n < safe ? from + chunk - 1n : safe
       const raw = await this.client.publicClient.getLogs({ address: this.client.escrow, fromBlock: from, toBlock: to })
@@ -94,7 +105,7 @@ export class DepositWatcher {
       }
       // Only once every event up to `to` is in the ledger: a crash before this re-reads them, and
       // their refs make the second reading change nothing.
-      await this.ledger.setCursor(this.cursorName, to)
+      await this.ledger.setCursor(cursor, to)
       from = to + 1n
     }
   }

@@ -3,8 +3,12 @@
 import { existsSync } from 'node:fs'
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
+import { type Address, createPublicClient, createWalletClient, type Hex, http, maxUint256 } from 'viem'
+import { privateKeyToAccount } from 'viem/accounts'
 import { startGateway } from '../../gateway/gateway.ts'
 import { startNode } from '../../node/node.ts'
+import { clusterEscrowAbi, testUsdcAbi } from '../chain/artifacts.ts'
+import { type DevChain, devChainViem, fundWallet, startDevChain, testAccounts } from '../chain/devchain.ts'
 import { type Config, gatewayExtras } from '../config/config.ts'
 import { synthesizeGguf } from '../models/synth.ts'
 import { formatUsd } from '../payments/money.ts'
@@ -12,8 +16,30 @@ import { formatUsd } from '../payments/money.ts'
 /** The id of the demo model: its name says what it is. */
 export const DEMO_MODEL_ID = 'cluster-demo-tiny-random'
 export const DEMO_EMAIL = 'demo@cluster.local'
-/** $5.00 of credit for the demo user. */
-const DEMO_CREDIT = 5_000_000n
+/** The demo wallet gets $100 of test USDC and deposits $5.00 of it. */
+const DEMO_WALLET_USDC = 100_000_000n
+const DEMO_DEPOSIT = 5_000_000n
+
+type DevAccount = { address: Address; privateKey: Hex }
+
+/** On a fresh chain: test USDC for the demo wallet, a $5 deposit, and the gateway authorized. */
+async function fundDemoWallet(chain: DevChain, wallet: DevAccount, gateway: Address): Promise<void> {
+  await fundWallet(chain, wallet.address, { usdc: DEMO_WALLET_USDC })
+  const transport = http(chain.rpcUrl)
+  const viemChain = devChainViem(chain)
+  const publicClient = createPublicClient({ chain: viemChain, transport })
+  const client = createWalletClient({ chain: viemChain, transport, account: privateKeyToAccount(wallet.privateKey) })
+  const calls = [
+    { address: chain.usdc, abi: testUsdcAbi, functionName: 'approve', args: [chain.escrow, DEMO_DEPOSIT] },
+    { address: chain.escrow, abi: clusterEscrowAbi, functionName: 'deposit', args: [DEMO_DEPOSIT] },
+    { address: chain.escrow, abi: clusterEscrowAbi, functionName: 'authorizeGateway', args: [gateway, maxUint256] },
+  ] as const
+  for (const call of calls) {
+    const hash = await client.writeContract(call as Parameters<typeof client.writeContract>[0])
+    const receipt = await publicClient.waitForTransactionReceipt({ hash })
+    if (receipt.status !== 'success') throw new Error(`demo wallet setup: ${call.functionName} reverted`)
+  }
+}
 
 export interface LocalSystem {
   gatewayUrl: string
@@ -24,6 +50,24 @@ export interface LocalSystem {
 export async function startLocal(config: Config, modelPath?: string): Promise<LocalSystem> {
   const dataDir = resolve(config.dataDir)
   await mkdir(dataDir, { recursive: true })
+  // A local chain (its state kept under .cluster/chain, so balances survive a restart) with the
+  // test USDC, the escrow and Multicall3. Its accounts are anvil's public test accounts.
+  const chain = await startDevChain({ statePath: join(dataDir, 'chain', 'anvil-state.json') })
+  try {
+    return await startOnChain(config, dataDir, chain, modelPath)
+  } catch (err) {
+    await chain.stop()
+    throw err
+  }
+}
+
+async function startOnChain(
+  config: Config,
+  dataDir: string,
+  chain: DevChain,
+  modelPath: string | undefined,
+): Promise<LocalSystem> {
+  const [, gatewayAccount, demoWallet, nodePayout] = testAccounts() as [DevAccount, DevAccount, DevAccount, DevAccount]
   let model: { path: string; id?: string }
   if (modelPath) {
     model = { path: resolve(modelPath) }
@@ -44,6 +88,16 @@ export async function startLocal(config: Config, modelPath?: string): Promise<Lo
     port: config.gateway.port,
     host: config.gateway.host,
     ...gatewayExtras(config),
+    chain: {
+      rpcUrl: chain.rpcUrl,
+      chainId: chain.chainId,
+      usdc: chain.usdc,
+      escrow: chain.escrow,
+      signerKey: gatewayAccount.privateKey,
+      confirmations: 0,
+      pollIntervalMs: 500,
+      settleIntervalMs: 10_000,
+    },
   })
   let node: Awaited<ReturnType<typeof startNode>>
   try {
@@ -57,6 +111,7 @@ export async function startLocal(config: Config, modelPath?: string): Promise<Lo
       maxQueue: config.node.maxQueue,
       gpu: config.node.gpu === 'off' ? false : 'auto',
       ...(config.heartbeatIntervalMs ? { heartbeatIntervalMs: config.heartbeatIntervalMs } : {}),
+      payoutAddress: config.node.payoutAddress || nodePayout.address,
     })
   } catch (err) {
     await gateway.stop()
@@ -80,15 +135,13 @@ export async function startLocal(config: Config, modelPath?: string): Promise<Lo
 
   // The operator's key, and a demo user with some credit, so a first call works as printed.
   const adminApiKey = (await readFile(join(gatewayDir, 'admin.key'), 'utf8')).trim()
-  let demo = await gateway.ledger.findAccountByEmail(DEMO_EMAIL)
-  if (demo == null) {
-    demo = (await gateway.accounts.register(DEMO_EMAIL, null)).account
-    await gateway.ledger.credit(demo.id, DEMO_CREDIT, {
-      type: 'credit',
-      memo: 'demo credit',
-      ref: `demo-credit:${demo.id}`,
-    })
-  }
+  // The demo user's money is real on the local chain: its wallet is linked, deposits $5 into the
+  // escrow and lets the gateway settle its usage; the watcher credits the deposit.
+  const demo =
+    (await gateway.ledger.findAccountByEmail(DEMO_EMAIL)) ?? (await gateway.accounts.register(DEMO_EMAIL, null)).account
+  await gateway.ledger.linkWallet(demo.id, demoWallet.address)
+  if (chain.deployed) await fundDemoWallet(chain, demoWallet, gatewayAccount.address)
+  await gateway.chain?.watcher.poll()
   const demoApiKey = await gateway.accounts.loginKey(demo.id)
 
   const devJsonPath = join(dataDir, 'dev.json')
@@ -98,6 +151,19 @@ export async function startLocal(config: Config, modelPath?: string): Promise<Lo
     demoApiKey,
     openaiBaseUrl: `${gateway.url}/v1`,
     models,
+    chain: {
+      rpcUrl: chain.rpcUrl,
+      chainId: chain.chainId,
+      usdc: chain.usdc,
+      escrow: chain.escrow,
+      multicall3: chain.multicall3,
+      thawPeriod: Number(chain.thawPeriod),
+      gateway: gatewayAccount.address,
+      nodePayoutAddress: config.node.payoutAddress || nodePayout.address,
+      demoWalletAddress: demoWallet.address,
+      // anvil's public test key #2: worthless anywhere but this local chain
+      demoWalletPrivateKey: demoWallet.privateKey,
+    },
     peers: [
       { role: 'gateway', peerId: gateway.peerId, multiaddrs: gateway.multiaddrs() },
       { role: 'node', peerId: node.peerId, multiaddrs: node.multiaddrs() },
@@ -107,12 +173,15 @@ export async function startLocal(config: Config, modelPath?: string): Promise<Lo
   await writeFile(`${devJsonPath}.tmp`, `${JSON.stringify(dev, null, 2)}\n`)
   await rename(`${devJsonPath}.tmp`, devJsonPath)
   const first = models[0] ?? DEMO_MODEL_ID
+  const me = await gateway.ledger.getAccount(demo.id)
+  const balance = me ? me.balance - me.held : 0n
   process.stdout.write(
     [
       '',
       `Cluster is running: gateway ${gateway.url}  (OpenAI base URL ${gateway.url}/v1)`,
       `  node ${node.peerId} serves: ${models.join(', ')}${modelPath ? '' : '  (demo model: random weights, the text is noise)'}`,
-      `  demo user ${DEMO_EMAIL}: $${formatUsd(DEMO_CREDIT)} of credit, key in dev.json (demoApiKey)`,
+      `  demo user ${DEMO_EMAIL}: $${formatUsd(balance)} in the escrow from wallet ${demoWallet.address}, key in dev.json (demoApiKey)`,
+      `  local chain ${chain.rpcUrl} (id ${chain.chainId}): USDC ${chain.usdc}, escrow ${chain.escrow} (dev.json: chain)`,
       `  admin key: ${join(gatewayDir, 'admin.key')} (and adminApiKey in dev.json)`,
       `  dev.json: ${devJsonPath}`,
       '',
@@ -135,6 +204,7 @@ export async function startLocal(config: Config, modelPath?: string): Promise<Lo
       stopped ??= (async () => {
         await node.stop()
         await gateway.stop()
+        await chain.stop()
       })()
       return stopped
     },

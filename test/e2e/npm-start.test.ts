@@ -4,7 +4,11 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import OpenAI from 'openai'
+import { type Address, createPublicClient, createWalletClient, type Hex, http, parseUnits } from 'viem'
+import { privateKeyToAccount } from 'viem/accounts'
+import { foundry } from 'viem/chains'
 import { afterAll, describe, expect, it } from 'vitest'
+import { clusterEscrowAbi, testUsdcAbi } from '../../src/chain/artifacts.ts'
 import { tempDir, waitFor } from '../helpers/fixtures.ts'
 
 interface DevJson {
@@ -13,6 +17,14 @@ interface DevJson {
   demoApiKey: string
   models: string[]
   peers: Array<{ role: string; peerId: string; multiaddrs: string[] }>
+  chain: {
+    rpcUrl: string
+    chainId: number
+    usdc: Address
+    escrow: Address
+    demoWalletAddress: Address
+    demoWalletPrivateKey: Hex
+  }
 }
 
 const exited = (child: ChildProcess): Promise<number | null> =>
@@ -88,6 +100,40 @@ describe('npm start', () => {
     const stats = (await after.json()) as { totalCalls: number; totalSpent: string }
     expect(stats.totalCalls).toBe(1)
     expect(stats.totalSpent).not.toBe('0.00')
+
+    // The demo wallet in dev.json deposits on the local chain: approve, then deposit(uint256).
+    expect(dev.chain.rpcUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
+    expect(output).not.toContain(dev.chain.demoWalletPrivateKey)
+    const account = privateKeyToAccount(dev.chain.demoWalletPrivateKey)
+    expect(account.address).toBe(dev.chain.demoWalletAddress)
+    const transport = http(dev.chain.rpcUrl)
+    const chain = { ...foundry, id: dev.chain.chainId }
+    const publicClient = createPublicClient({ chain, transport })
+    const wallet = createWalletClient({ chain, transport, account })
+    const spendable = async (): Promise<string> => {
+      const r = await fetch(`${dev.gatewayUrl}/api/auth/me`, { headers: { authorization: `Bearer ${dev.demoApiKey}` } })
+      return ((await r.json()) as { balance: string }).balance
+    }
+    const before = await spendable()
+    const amount = parseUnits('1.5', 6)
+    for (const hash of [
+      await wallet.writeContract({
+        address: dev.chain.usdc,
+        abi: testUsdcAbi,
+        functionName: 'approve',
+        args: [dev.chain.escrow, amount],
+      }),
+      await wallet.writeContract({
+        address: dev.chain.escrow,
+        abi: clusterEscrowAbi,
+        functionName: 'deposit',
+        args: [amount],
+      }),
+    ]) {
+      expect((await publicClient.waitForTransactionReceipt({ hash })).status).toBe('success')
+    }
+    const expected = (Number(before) + 1.5).toFixed(6)
+    await waitFor(async () => Number(await spendable()).toFixed(6) === expected, 10_000, 'the deposit credited')
 
     const t0 = Date.now()
     process.kill(-(child.pid as number), 'SIGINT')
