@@ -392,6 +392,76 @@ describe('USDC escrow on a real chain', () => {
     await gw.chain?.settler.run()
   })
 
+  it('bad input on the chain routes: a clear 4xx in the docs shape, never a 500, nothing moved', async () => {
+    const alice = keys.alice as string
+    const before = await balance(alice)
+    const cases: Array<[string, unknown, number, string]> = [
+      ['/api/user/deposit', {}, 400, 'INVALID_REQUEST'],
+      [
+        '/api/user/deposit',
+        { from: walletA.address, value: '-5', validAfter: 0, validBefore: 1, salt: '0x00', signature: '0x00' },
+        400,
+        'INVALID_REQUEST',
+      ],
+      // A real signature, over something else: the token refuses it.
+      [
+        '/api/user/deposit',
+        {
+          from: walletA.address,
+          value: '1000',
+          validAfter: 0,
+          validBefore: 4_000_000_000,
+          salt: `0x${'11'.repeat(32)}`,
+          signature: await walletA.signMessage({ message: 'not an authorization' }),
+        },
+        400,
+        'CHAIN_REFUSED',
+      ],
+      // A wallet of somebody else's account.
+      [
+        '/api/user/deposit',
+        {
+          from: walletB.address,
+          value: '1000',
+          validAfter: 0,
+          validBefore: 4_000_000_000,
+          salt: `0x${'11'.repeat(32)}`,
+          signature: `0x${'22'.repeat(65)}`,
+        },
+        400,
+        'INVALID_REQUEST',
+      ],
+      [
+        '/api/user/withdraw',
+        { address: walletA.address, amount: '1', deadline: 1, signature: `0x${'33'.repeat(65)}` },
+        400,
+        'CHAIN_REFUSED',
+      ],
+      [
+        '/api/user/withdraw',
+        { address: walletA.address, amount: '0', deadline: 1, signature: `0x${'33'.repeat(65)}` },
+        400,
+        'INVALID_REQUEST',
+      ],
+      [
+        '/api/user/wallet/authorize',
+        { address: walletA.address, cap: '1.5', deadline: 1, signature: '0x' },
+        400,
+        'INVALID_REQUEST',
+      ],
+      ['/api/user/wallet', { message: 'hello', signature: `0x${'44'.repeat(65)}` }, 401, 'BAD_SIGNATURE'],
+    ]
+    for (const [path, body, status, code] of cases) {
+      const r = await api(path, { key: alice, body })
+      expect([path, r.status, r.body.code], JSON.stringify(body)).toEqual([path, status, code])
+      expect(typeof r.body.error).toBe('string')
+    }
+    const anonymous = await api('/api/user/deposit', { body: {} })
+    expect(anonymous.status).toBe(401)
+    expect((await api('/api/user/wallet/0xnope', { key: alice, method: 'DELETE' })).status).toBe(400)
+    expect(await balance(alice)).toBe(before)
+  })
+
   it('a settled batch cannot be replayed, on chain or in the ledger', async () => {
     const [batch] = gw.ledger.batches('settled')
     if (batch == null) throw new Error('no settled batch')
