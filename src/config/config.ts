@@ -50,7 +50,13 @@ export const KNOWN_NETWORKS = {
  */
 export const ChainSectionSchema = z
   .object({
-    network: z.enum(['base', 'base-sepolia', 'local']).default('local'),
+    /** base | base-sepolia | local, or as CAIP-2: eip155:8453 | eip155:84532. */
+    network: z
+      .preprocess(
+        (v) => (v === 'eip155:8453' ? 'base' : v === 'eip155:84532' ? 'base-sepolia' : v),
+        z.enum(['base', 'base-sepolia', 'local']),
+      )
+      .default('local'),
     rpcUrl: z.url({ protocol: /^https?$/ }),
     chainId: z.coerce.number().int().positive().optional(),
     usdc: EvmAddress.optional(),

@@ -41,6 +41,18 @@ describe('config', () => {
     })
   })
 
+  it('the network may be named as CAIP-2 (eip155:8453)', () => {
+    const c = resolveConfig({
+      flags: { chain: { network: 'eip155:8453', rpcUrl: 'https://x.example', escrow: ESCROW } },
+    })
+    expect(c.chain).toMatchObject({ network: 'base', chainId: 8453 })
+    expect(() =>
+      resolveConfig({
+        flags: { chain: { network: 'eip155:1' as 'base', rpcUrl: 'https://x.example', escrow: ESCROW } },
+      }),
+    ).toThrow(/chain\.network/)
+  })
+
   it('refuses a chain id that contradicts the network, a local chain without its addresses, and bad addresses', () => {
     expect(() =>
       resolveConfig({ flags: { chain: { network: 'base', chainId: 1, rpcUrl: 'https://x.example', escrow: ESCROW } } }),
