@@ -8,7 +8,7 @@ import { CallRefusedError, type EscrowClient } from '../src/chain/escrow.ts'
 import type { Settler } from '../src/chain/settler.ts'
 import type { WalletChallenges } from '../src/chain/wallet-link.ts'
 import type { DepositWatcher } from '../src/chain/watcher.ts'
-import { InsufficientBalanceError, type Ledger, WalletLinkedError } from '../src/ledger/ledger.ts'
+import { InsufficientBalanceError, type Ledger, WalletInUseError, WalletLinkedError } from '../src/ledger/ledger.ts'
 import { formatUsd } from '../src/payments/money.ts'
 import { type AuthVars, body, requireAuth } from './api-routes.ts'
 import { ApiError, conflict, insufficientBalance, invalidRequest, notFound } from './errors.ts'
@@ -140,7 +140,15 @@ export function chainRoutes(deps: ChainDeps): Hono<AuthVars> {
     const { account } = requireAuth(c)
     const address = c.req.param('address')
     if (!isAddress(address, { strict: false })) throw invalidRequest('Not an EVM address.', 'address')
-    if (!(await ledger.unlinkWallet(account.id, address))) throw notFound('This wallet is not linked to your account.')
+    try {
+      if (!(await ledger.unlinkWallet(account.id, address)))
+        throw notFound('This wallet is not linked to your account.')
+    } catch (err) {
+      if (err instanceof WalletInUseError) {
+        throw conflict('This wallet still backs part of your balance: withdraw its funds first.')
+      }
+      throw err
+    }
     return c.json({ address: getAddress(address), removed: true })
   })
 
@@ -286,7 +294,7 @@ export function chainRoutes(deps: ChainDeps): Hono<AuthVars> {
     await ledger.chainWithdrawal({
       address: payer,
       amount,
-      ref: `chain:${client.chain.id}:${hash}:${log?.logIndex ?? 0}`,
+      ref: await deps.watcher.ref(hash, log?.logIndex ?? 0),
       txHash: hash,
       holdId: hold.id,
     })

@@ -115,13 +115,7 @@ export class Settler {
   /** Sends an open batch (or finds it settled already) and records the outcome. */
   private async finish(batch: SettlementBatch, result: SettleResult): Promise<void> {
     const batchId = batch.batchId as Hex
-    const already = await this.client.publicClient.readContract({
-      address: this.client.escrow,
-      abi: clusterEscrowAbi,
-      functionName: 'isBatchSettled',
-      args: [this.client.address, batchId],
-    })
-    if (already) {
+    if (await this.isSettled(batchId)) {
       await this.ledger.settleBatch(batch.id, await this.findSettlement(batchId))
       result.settled.push(batch)
       return
@@ -151,11 +145,28 @@ export class Settler {
         this.options.log?.(`settlement batch ${batch.id} unconfirmed: ${(err as Error).message.split('\n')[0]}`)
         return
       }
+      // Refused because an earlier send of this batch was mined since the check above: that send
+      // is its settlement. Failing it would put its payouts in a new batch, paying them twice.
+      if (await this.isSettled(batchId)) {
+        await this.ledger.settleBatch(batch.id, await this.findSettlement(batchId))
+        result.settled.push(batch)
+        return
+      }
       // Refused by the chain: nothing moved; its payouts wait for a later batch.
       this.options.log?.(`settlement batch ${batch.id} refused: ${err.reason}`)
       await this.ledger.failBatch(batch.id, err.reason)
       result.failed.push(batch)
     }
+  }
+
+  /** Whether the escrow has recorded `batchId` as settled by this gateway. */
+  private isSettled(batchId: Hex): Promise<boolean> {
+    return this.client.publicClient.readContract({
+      address: this.client.escrow,
+      abi: clusterEscrowAbi,
+      functionName: 'isBatchSettled',
+      args: [this.client.address, batchId],
+    })
   }
 
   /** The transaction that settled `batchId` for this gateway. */

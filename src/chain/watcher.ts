@@ -17,7 +17,7 @@ export interface WatcherOptions {
   log?: (line: string) => void
 }
 
-const EVENTS = ['Deposited', 'WithdrawRequested', 'WithdrawCancelled'] as const
+const EVENTS = ['Deposited', 'WithdrawRequested', 'WithdrawCancelled', 'Withdrawn'] as const
 
 export class DepositWatcher {
   private timer: NodeJS.Timeout | undefined
@@ -25,6 +25,7 @@ export class DepositWatcher {
   private again = false
   private stopped = false
   private name: string | undefined
+  private key: Promise<string> | undefined
 
   constructor(
     private readonly ledger: Ledger,
@@ -37,11 +38,27 @@ export class DepositWatcher {
    * started afresh redeploys at the same address, and must be read from its start again.
    */
   async cursorName(): Promise<string> {
-    if (this.name == null) {
-      const genesis = await this.client.publicClient.getBlock({ blockNumber: 0n })
-      this.name = `escrow:${this.client.chain.id}:${this.client.escrow.toLowerCase()}:${genesis.hash}`
-    }
+    this.name ??= `escrow:${await this.chainKey()}:${this.client.escrow.toLowerCase()}`
     return this.name
+  }
+
+  private chainKey(): Promise<string> {
+    this.key ??= this.client.publicClient
+      .getBlock({ blockNumber: 0n })
+      .then((genesis) => `${this.client.chain.id}:${genesis.hash}`)
+      .catch((err: unknown) => {
+        this.key = undefined
+        throw err
+      })
+    return this.key
+  }
+
+  /**
+   * The ledger ref of an escrow event: the same for the watcher and for a route that saw the event
+   * first. The genesis hash is in it, since a fresh local chain repeats the same tx hashes.
+   */
+  async ref(txHash: string, logIndex: number): Promise<string> {
+    return `chain:${await this.chainKey()}:${txHash}:${logIndex}`
   }
 
   start(): void {
@@ -93,7 +110,7 @@ export class DepositWatcher {
         a.blockNumber === b.blockNumber ? a.logIndex - b.logIndex : a.blockNumber < b.blockNumber ? -1 : 1,
       )
       for (const log of logs) {
-        const ref = `chain:${this.client.chain.id}:${log.transactionHash}:${log.logIndex}`
+        const ref = await this.ref(log.transactionHash, log.logIndex)
         const txHash = log.transactionHash
         if (log.eventName === 'Deposited') {
           await this.ledger.chainDeposit({ address: log.args.payer, amount: log.args.amount, ref, txHash })
@@ -101,6 +118,8 @@ export class DepositWatcher {
           await this.ledger.chainWithdrawal({ address: log.args.payer, amount: log.args.amount, ref, txHash })
         } else if (log.eventName === 'WithdrawCancelled') {
           await this.ledger.chainWithdrawCancelled({ address: log.args.payer, amount: log.args.amount, ref, txHash })
+        } else if (log.eventName === 'Withdrawn') {
+          await this.ledger.chainWithdrawn({ address: log.args.payer, ref })
         }
       }
       // Only once every event up to `to` is in the ledger: a crash before this re-reads them, and

@@ -156,6 +156,10 @@ export class WalletLinkedError extends LedgerError {
   override name = 'WalletLinkedError'
 }
 
+export class WalletInUseError extends LedgerError {
+  override name = 'WalletInUseError'
+}
+
 export interface Ledger {
   open(): Promise<void>
   close(): Promise<void>
@@ -196,6 +200,10 @@ export interface Ledger {
   // ---- chain ----
   /** Links `address` to the account (idempotent); credits deposits it made before. */
   linkWallet(accountId: string, address: string): Promise<{ link: WalletLink; credited: Transaction[] }>
+  /**
+   * Unlinks a wallet of the account. Refused (WalletInUseError) while its deposits back part of the
+   * balance or a withdrawal of it is under way: the ledger could not follow it any more.
+   */
   unlinkWallet(accountId: string, address: string): Promise<boolean>
   wallets(accountId: string): WalletLink[]
   walletOwner(address: string): WalletLink | undefined
@@ -224,6 +232,8 @@ export interface Ledger {
     ref: string
     txHash: string
   }): Promise<Transaction | undefined>
+  /** An on-chain withdrawal completed: nothing of the wallet is thawing any more. */
+  chainWithdrawn(input: { address: string; ref: string }): Promise<void>
   /** A chain watcher's position (last block fully processed). */
   cursor(name: string): bigint | undefined
   setCursor(name: string, block: bigint): Promise<void>

@@ -20,6 +20,7 @@ import {
   UnknownAccountError,
   UnknownHoldError,
   type UsageRecord,
+  WalletInUseError,
   type WalletLink,
   WalletLinkedError,
 } from './ledger.ts'
@@ -36,7 +37,9 @@ type Batch = Array<{ type: 'put'; key: string; value: string } | { type: 'del'; 
 //   t!<accountId>!<seq:12>      transaction (seq grows per account; newest first = reverse)
 //   r!<ref>                     transaction id that a ref credited
 //   w!<address>                 linked wallet (address lowercased)
-//   pd!<address>!<ref>          deposit of a wallet not linked yet
+//   pd!<address>!<ref>          deposit, withdrawal or cancel of a wallet not linked yet
+//   wt!<address>                what the wallet's withdrawal requests took since its last cancel
+//   rs!<ref>                    an event applied that moved no money (a completed withdrawal)
 //   p!<seq:12>                  payout awaiting (or in) an on-chain settlement batch
 //   b!<seq:12>                  settlement batch
 //   c!<name>                    chain watcher cursor
@@ -49,6 +52,19 @@ interface ParkedDeposit {
   amount: bigint
   ref: string
   txHash: string
+}
+
+/** An event of a wallet not linked yet, applied in order (`n`) when it is. */
+interface ParkedEvent extends ParkedDeposit {
+  /** Absent: a deposit. */
+  kind?: 'withdrawal' | 'cancel'
+  n?: number
+}
+
+/** What a wallet's withdrawal requests took from its account's balance and its funds. */
+interface Taken {
+  balance: bigint
+  funds: bigint
 }
 
 function accountToJson(a: Account & { txSeq: number }): string {
@@ -135,8 +151,12 @@ export class LevelLedger implements Ledger {
   /** lowercased address → link. */
   private readonly walletByAddress = new Map<string, WalletLink>()
   /** lowercased address → deposits waiting for the wallet to be linked. */
-  private readonly parked = new Map<string, ParkedDeposit[]>()
+  private readonly parked = new Map<string, ParkedEvent[]>()
+  /** lowercased address → what its withdrawal requests took since its last cancel. */
+  private readonly taken = new Map<string, Taken>()
   private readonly cursors = new Map<string, bigint>()
+  /** Refs of events that move no money but must be applied once (a completed withdrawal). */
+  private readonly seen = new Set<string>()
   private readonly payoutById = new Map<string, Payout & { txKey: string }>()
   private readonly batchById = new Map<string, SettlementBatch>()
   private instance = ''
@@ -180,15 +200,24 @@ export class LevelLedger implements Ledger {
     }
     for await (const value of this.db.values({ gt: 'pd!', lt: 'pd"' })) {
       const j = JSON.parse(value) as Json
-      const deposit: ParkedDeposit = {
+      const event: ParkedEvent = {
         address: j.address as string,
         amount: BigInt(j.amount as string),
         ref: j.ref as string,
         txHash: j.txHash as string,
+        ...(j.kind === 'withdrawal' || j.kind === 'cancel' ? { kind: j.kind } : {}),
+        n: typeof j.n === 'number' ? j.n : 0,
       }
-      const key = deposit.address.toLowerCase()
-      this.parked.set(key, [...(this.parked.get(key) ?? []), deposit])
+      const key = event.address.toLowerCase()
+      this.parked.set(key, [...(this.parked.get(key) ?? []), event])
     }
+    // Stored by ref: back in the order they happened.
+    for (const events of this.parked.values()) events.sort((a, b) => (a.n ?? 0) - (b.n ?? 0))
+    for await (const [key, value] of this.db.iterator({ gt: 'wt!', lt: 'wt"' })) {
+      const j = JSON.parse(value) as Json
+      this.taken.set(key.slice(3), { balance: BigInt(j.balance as string), funds: BigInt(j.funds as string) })
+    }
+    for await (const key of this.db.keys({ gt: 'rs!', lt: 'rs"' })) this.seen.add(key.slice(3))
     for await (const [key, value] of this.db.iterator({ gt: 'c!', lt: 'c"' })) {
       this.cursors.set(key.slice(2), BigInt(value))
     }
@@ -539,11 +568,18 @@ export class LevelLedger implements Ledger {
     }
     const link: WalletLink = { address, accountId, linkedAt: Date.now(), funds: 0n }
     const ops: Batch = [this.putWallet(link)]
-    // Deposits it made before it was linked are the account's now.
+    // Deposits it made before it was linked are the account's now, less the withdrawals it asked
+    // for meanwhile: applied in the order they happened.
     const credited: Transaction[] = []
-    for (const deposit of this.parked.get(key) ?? []) {
-      const { ops: more, tx } = this.depositOps(this.walletByAddress.get(key) as WalletLink, deposit)
-      ops.push(...more, { type: 'del', key: `pd!${key}!${deposit.ref}` })
+    for (const event of this.parked.get(key) ?? []) {
+      const current = this.walletByAddress.get(key) as WalletLink
+      const { ops: more, tx } =
+        event.kind === 'withdrawal'
+          ? this.withdrawalOps(current, event, { ...this.mirrored(accountId) })
+          : event.kind === 'cancel'
+            ? this.cancelOps(current, event)
+            : this.depositOps(current, event)
+      ops.push(...more, { type: 'del', key: `pd!${key}!${event.ref}` })
       credited.push(tx)
     }
     this.parked.delete(key)
@@ -556,9 +592,10 @@ export class LevelLedger implements Ledger {
     const key = address.toLowerCase()
     const link = this.walletByAddress.get(key)
     if (link == null || link.accountId !== accountId) return false
+    if (link.funds > 0n || this.taken.has(key)) {
+      throw new WalletInUseError('this wallet still backs part of the balance, or a withdrawal of it is under way')
+    }
     this.walletByAddress.delete(key)
-    // Its unspent funds stay in the account's balance; usage they back is paid by the gateway's
-    // own account from now on, since the gateway no longer knows the wallet as this account's.
     await this.commit([{ type: 'del', key: `w!${key}` }])
     return true
   }
@@ -606,15 +643,34 @@ export class LevelLedger implements Ledger {
     const key = input.address.toLowerCase()
     const link = this.walletByAddress.get(key)
     if (link == null) {
-      const parked = this.parked.get(key) ?? []
-      if (parked.some((d) => d.ref === input.ref)) return undefined
-      this.parked.set(key, [...parked, input])
-      await this.commit([{ type: 'put', key: `pd!${key}!${input.ref}`, value: bigJson(input) }])
+      const ops = this.park(key, input)
+      if (ops.length > 0) await this.commit(ops)
       return undefined
     }
     const { ops, tx } = this.depositOps(link, input)
     await this.commit(ops)
     return tx
+  }
+
+  /** Keeps an event of a wallet not linked yet (once per ref), for when it is. */
+  private park(key: string, input: ParkedEvent): Batch {
+    const parked = this.parked.get(key) ?? []
+    if (parked.some((d) => d.ref === input.ref)) return []
+    const event: ParkedEvent = {
+      address: input.address,
+      amount: input.amount,
+      ref: input.ref,
+      txHash: input.txHash,
+      ...(input.kind != null ? { kind: input.kind } : {}),
+      n: parked.reduce((n, d) => Math.max(n, (d.n ?? 0) + 1), 0),
+    }
+    this.parked.set(key, [...parked, event])
+    return [{ type: 'put', key: `pd!${key}!${input.ref}`, value: bigJson(event) }]
+  }
+
+  private putTaken(key: string, taken: Taken): Batch[number] {
+    this.taken.set(key, taken)
+    return { type: 'put', key: `wt!${key}`, value: bigJson(taken) }
   }
 
   async chainWithdrawal(input: {
@@ -634,22 +690,40 @@ export class LevelLedger implements Ledger {
       ops.push({ type: 'del', key: `h!${hold.id}` })
     }
     const done = this.refs.get(input.ref)
-    const link = this.walletByAddress.get(input.address.toLowerCase())
+    const key = input.address.toLowerCase()
+    const link = this.walletByAddress.get(key)
     if (done != null || link == null || input.amount <= 0n) {
-      // Counted already (the watcher saw it first), or not ours: only the hold is left to free.
+      // Counted already (the watcher saw it first), or of a wallet not linked (yet: then it waits
+      // with the wallet's deposits): only the hold is left to free.
+      if (done == null && link == null && input.amount > 0n) {
+        ops.push(...this.park(key, { ...input, kind: 'withdrawal' }))
+      }
       if (hold != null) {
         const account = { ...this.mirrored(hold.accountId) }
         freeHold(account)
         ops.push(this.putAccount(account))
-        await this.commit(ops)
       }
+      if (ops.length > 0) await this.commit(ops)
       return done
     }
     const account = { ...this.mirrored(link.accountId) }
     freeHold(account)
+    const { ops: more, tx } = this.withdrawalOps(link, input, account)
+    ops.push(...more)
+    await this.commit(ops)
+    return tx
+  }
+
+  /** The writes that debit a withdrawal request from `account` (the link's, maybe a hold freed). */
+  private withdrawalOps(
+    link: WalletLink,
+    input: { amount: bigint; ref: string; txHash: string },
+    account: Mirrored,
+  ): { ops: Batch; tx: Transaction } {
     // The escrow lets a thawing amount still be settled, so usage not settled yet is still paid;
     // the account's balance just never goes below zero.
     const debit = minAmount(input.amount, account.balance)
+    const fromFunds = minAmount(input.amount, link.funds)
     account.balance -= debit
     const { op, tx } = this.txRow(account, {
       type: 'withdrawal',
@@ -658,14 +732,17 @@ export class LevelLedger implements Ledger {
       wallet: link.address,
     })
     this.refs.set(input.ref, tx)
-    ops.push(
+    const key = link.address.toLowerCase()
+    const taken = this.taken.get(key) ?? { balance: 0n, funds: 0n }
+    const ops: Batch = [
       this.putAccount(account),
       op,
       { type: 'put', key: `r!${input.ref}`, value: txToJson(tx) },
-      this.putWallet({ ...link, funds: link.funds > input.amount ? link.funds - input.amount : 0n }),
-    )
-    await this.commit(ops)
-    return tx
+      this.putWallet({ ...link, funds: link.funds - fromFunds }),
+      // What a cancel may give back: never more than this took.
+      this.putTaken(key, { balance: taken.balance + debit, funds: taken.funds + fromFunds }),
+    ]
+    return { ops, tx }
   }
 
   async chainWithdrawCancelled(input: {
@@ -676,25 +753,64 @@ export class LevelLedger implements Ledger {
   }): Promise<Transaction | undefined> {
     this.assertWritable()
     const done = this.refs.get(input.ref)
-    const link = this.walletByAddress.get(input.address.toLowerCase())
+    const key = input.address.toLowerCase()
+    const link = this.walletByAddress.get(key)
+    if (done == null && link == null && input.amount > 0n) {
+      const ops = this.park(key, { ...input, kind: 'cancel' })
+      if (ops.length > 0) await this.commit(ops)
+    }
     if (done != null || link == null || input.amount <= 0n) return done
+    const { ops, tx } = this.cancelOps(link, input)
+    await this.commit(ops)
+    return tx
+  }
+
+  /**
+   * The writes that give a cancelled withdrawal back: what the wallet's withdrawal requests took,
+   * at most the amount. Of the thawing amount, a part the gateway settled for usage (or had not
+   * debited, the balance being short) was never the account's to get back.
+   */
+  private cancelOps(
+    link: WalletLink,
+    input: { amount: bigint; ref: string; txHash: string },
+  ): { ops: Batch; tx: Transaction } {
+    const key = link.address.toLowerCase()
+    const taken = this.taken.get(key) ?? { balance: 0n, funds: 0n }
+    const credit = minAmount(input.amount, taken.balance)
     const account = { ...this.mirrored(link.accountId) }
-    account.balance += input.amount
+    account.balance += credit
     const { op, tx } = this.txRow(account, {
       type: 'withdrawal',
-      amount: input.amount,
+      amount: credit,
       txHash: input.txHash,
       wallet: link.address,
       memo: 'withdrawal cancelled',
     })
     this.refs.set(input.ref, tx)
-    await this.commit([
+    // A cancel returns all that was thawing: the next withdrawal starts from nothing taken.
+    this.taken.delete(key)
+    const ops: Batch = [
       this.putAccount(account),
       op,
       { type: 'put', key: `r!${input.ref}`, value: txToJson(tx) },
-      this.putWallet({ ...link, funds: link.funds + input.amount }),
+      this.putWallet({ ...link, funds: link.funds + minAmount(input.amount, taken.funds) }),
+      { type: 'del', key: `wt!${key}` },
+    ]
+    return { ops, tx }
+  }
+
+  async chainWithdrawn(input: { address: string; ref: string }): Promise<void> {
+    this.assertWritable()
+    const key = input.address.toLowerCase()
+    // Once per ref: replayed after a crash, it must not clear what a later request took.
+    if (this.seen.has(input.ref)) return
+    this.seen.add(input.ref)
+    // Whatever was thawing has left: a later cancel can only give back what a later request takes.
+    this.taken.delete(key)
+    await this.commit([
+      { type: 'del', key: `wt!${key}` },
+      { type: 'put', key: `rs!${input.ref}`, value: '1' },
     ])
-    return tx
   }
 
   cursor(name: string): bigint | undefined {
