@@ -12,20 +12,19 @@ import {
   getAbiItem,
   type Hex,
   http,
-  parseEther,
   parseEventLogs,
-  type TransactionReceipt,
   toFunctionSelector,
 } from 'viem'
 import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from 'viem/accounts'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
-import { clusterEscrowAbi, testUsdcAbi } from '../../src/chain/artifacts.ts'
-import { type DevChain, devChainViem, fundWallet, startDevChain, testAccounts } from '../../src/chain/devchain.ts'
+import { clusterEscrowAbi } from '../../src/chain/artifacts.ts'
+import { type DevChain, devChainViem, startDevChain, testAccounts } from '../../src/chain/devchain.ts'
 import { CallRefusedError, EscrowClient } from '../../src/chain/escrow.ts'
 import { Settler, type SettlerOptions } from '../../src/chain/settler.ts'
 import { signAuthorizeGateway } from '../../src/chain/typed-data.ts'
 import type { Account, SettlementBatch, Transaction } from '../../src/ledger/ledger.ts'
 import { LevelLedger } from '../../src/ledger/level-ledger.ts'
+import { escrowActor } from '../helpers/chain.ts'
 import { tempDir } from '../helpers/fixtures.ts'
 
 const UNLIMITED = 2n ** 256n - 1n
@@ -90,57 +89,8 @@ const read = (functionName: 'earnings' | 'balanceOf', who: Address): Promise<big
 const freshAddress = (): Address => privateKeyToAccount(generatePrivateKey()).address
 
 /** A wallet acting on the escrow with its own key (a payer, or the gateway paying into its own account). */
-async function actor(account: PrivateKeyAccount, usdc: bigint) {
-  await fundWallet(chain, account.address, { usdc, eth: parseEther('1') })
-  const wallet = createWalletClient({ chain: viemChain(), transport: http(chain.rpcUrl), account })
-  const mined = async (hash: Hex): Promise<TransactionReceipt> => {
-    const receipt = await publicClient().waitForTransactionReceipt({ hash })
-    if (receipt.status !== 'success') throw new Error(`tx ${hash} reverted`)
-    return receipt
-  }
-  return {
-    account,
-    address: account.address,
-    async deposit(amount: bigint): Promise<TransactionReceipt> {
-      await mined(
-        await wallet.writeContract({
-          address: chain.usdc,
-          abi: testUsdcAbi,
-          functionName: 'approve',
-          args: [chain.escrow, amount],
-        }),
-      )
-      return mined(
-        await wallet.writeContract({
-          address: chain.escrow,
-          abi: clusterEscrowAbi,
-          functionName: 'deposit',
-          args: [amount],
-        }),
-      )
-    },
-    async authorize(cap: bigint): Promise<TransactionReceipt> {
-      return mined(
-        await wallet.writeContract({
-          address: chain.escrow,
-          abi: clusterEscrowAbi,
-          functionName: 'authorizeGateway',
-          args: [client.address, cap],
-        }),
-      )
-    },
-    async requestWithdraw(amount: bigint): Promise<TransactionReceipt> {
-      return mined(
-        await wallet.writeContract({
-          address: chain.escrow,
-          abi: clusterEscrowAbi,
-          functionName: 'requestWithdraw',
-          args: [amount],
-        }),
-      )
-    },
-  }
-}
+const actor = (account: PrivateKeyAccount, usdc: bigint) =>
+  escrowActor(chain, account, { usdc, gateway: client.address })
 
 const newPayer = (usdc = 100_000_000n) => actor(privateKeyToAccount(generatePrivateKey()), usdc)
 

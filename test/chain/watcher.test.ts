@@ -2,16 +2,8 @@
 // ledger, its escrow client and the watcher in-process, payers acting on the escrow with their own
 // keys. Every event moves the ledger exactly once — after confirmations, across crashes that lose
 // the cursor, and for events made while the watcher was down.
-import {
-  createPublicClient,
-  createTestClient,
-  createWalletClient,
-  type Hex,
-  http,
-  parseEther,
-  type TransactionReceipt,
-} from 'viem'
-import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from 'viem/accounts'
+import { createPublicClient, createTestClient, createWalletClient, type Hex, http } from 'viem'
+import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts'
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { clusterEscrowAbi, testUsdcAbi } from '../../src/chain/artifacts.ts'
 import { type DevChain, devChainViem, fundWallet, startDevChain, testAccounts } from '../../src/chain/devchain.ts'
@@ -20,6 +12,7 @@ import { Settler } from '../../src/chain/settler.ts'
 import { DepositWatcher, type WatcherOptions } from '../../src/chain/watcher.ts'
 import type { Account, Ledger, Transaction } from '../../src/ledger/ledger.ts'
 import { LevelLedger } from '../../src/ledger/level-ledger.ts'
+import { escrowActor } from '../helpers/chain.ts'
 import { tempDir, waitFor } from '../helpers/fixtures.ts'
 
 let chain: DevChain
@@ -45,46 +38,8 @@ const publicClient = () =>
 const testClient = () => createTestClient({ chain: viemChain(), transport: http(chain.rpcUrl), mode: 'anvil' })
 
 /** A payer with its own key, test ETH and `usdc` TestUSDC, acting on the escrow directly. */
-async function newPayer(usdc: bigint) {
-  const account: PrivateKeyAccount = privateKeyToAccount(generatePrivateKey())
-  await fundWallet(chain, account.address, { usdc, eth: parseEther('1') })
-  const wallet = createWalletClient({ chain: viemChain(), transport: http(chain.rpcUrl), account })
-  const mined = async (hash: Hex): Promise<TransactionReceipt> => {
-    const receipt = await publicClient().waitForTransactionReceipt({ hash })
-    if (receipt.status !== 'success') throw new Error(`tx ${hash} reverted`)
-    return receipt
-  }
-  const escrow = (functionName: 'deposit' | 'requestWithdraw' | 'cancelWithdraw', args: readonly bigint[] = []) =>
-    wallet
-      // biome-ignore lint/suspicious/noExplicitAny: three escrow functions with bigint args
-      .writeContract({ address: chain.escrow, abi: clusterEscrowAbi, functionName, args } as any)
-      .then(mined)
-  return {
-    address: account.address,
-    async deposit(amount: bigint): Promise<TransactionReceipt> {
-      await mined(
-        await wallet.writeContract({
-          address: chain.usdc,
-          abi: testUsdcAbi,
-          functionName: 'approve',
-          args: [chain.escrow, amount],
-        }),
-      )
-      return escrow('deposit', [amount])
-    },
-    requestWithdraw: (amount: bigint) => escrow('requestWithdraw', [amount]),
-    cancelWithdraw: () => escrow('cancelWithdraw'),
-    authorize: async (cap: bigint) =>
-      mined(
-        await wallet.writeContract({
-          address: chain.escrow,
-          abi: clusterEscrowAbi,
-          functionName: 'authorizeGateway',
-          args: [client.address, cap],
-        }),
-      ),
-  }
-}
+const newPayer = (usdc: bigint) =>
+  escrowActor(chain, privateKeyToAccount(generatePrivateKey()), { usdc, gateway: client.address })
 
 /** A gateway's chain side without HTTP: a ledger in a temp dir, one account, and watchers from `fromBlock`. */
 class GatewaySide {

@@ -5,7 +5,6 @@ import {
   type Address,
   createPublicClient,
   createWalletClient,
-  encodeAbiParameters,
   getAddress,
   type Hex,
   http,
@@ -18,6 +17,12 @@ import { foundry } from 'viem/chains'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type Anvil, startAnvil } from '../../scripts/contracts.ts'
 import { clusterEscrowAbi, clusterEscrowBytecode, testUsdcAbi, testUsdcBytecode } from '../../src/chain/artifacts.ts'
+import {
+  depositNonce,
+  signAuthorizeGateway,
+  signGaslessDeposit,
+  signRequestWithdraw,
+} from '../../src/chain/typed-data.ts'
 
 // anvil's first three accounts from the standard test mnemonic (funded with test ETH on every anvil)
 const deployer = privateKeyToAccount('0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80')
@@ -118,7 +123,7 @@ describe('contracts on anvil', () => {
 
     // EIP-3009 ReceiveWithAuthorization to the escrow; the nonce binds the beneficiary (here the payer itself).
     const salt = keccak256(new TextEncoder().encode('first deposit'))
-    const nonce = keccak256(encodeAbiParameters([{ type: 'address' }, { type: 'bytes32' }], [payer.address, salt]))
+    const nonce = depositNonce(payer.address, salt)
     expect(
       await publicClient.readContract({
         address: escrow,
@@ -128,21 +133,11 @@ describe('contracts on anvil', () => {
       }),
     ).toBe(nonce)
     const validBefore = BigInt(Math.floor(Date.now() / 1000) + 3600)
-    const signature = await payer.signTypedData({
-      domain: { name: 'USD Coin', version: '2', chainId: foundry.id, verifyingContract: usdc },
-      types: {
-        ReceiveWithAuthorization: [
-          { name: 'from', type: 'address' },
-          { name: 'to', type: 'address' },
-          { name: 'value', type: 'uint256' },
-          { name: 'validAfter', type: 'uint256' },
-          { name: 'validBefore', type: 'uint256' },
-          { name: 'nonce', type: 'bytes32' },
-        ],
-      },
-      primaryType: 'ReceiveWithAuthorization',
-      message: { from: payer.address, to: escrow, value: amount, validAfter: 0n, validBefore, nonce },
-    })
+    const signature = await signGaslessDeposit(
+      payer,
+      { chainId: foundry.id, escrow, usdc, usdcDomain: { name: 'USD Coin', version: '2' } },
+      { beneficiary: payer.address, value: amount, validAfter: 0n, validBefore, salt },
+    )
     const r = signature.slice(0, 66) as Hex
     const s = `0x${signature.slice(66, 130)}` as Hex
     const v = Number.parseInt(signature.slice(130, 132), 16)
@@ -159,20 +154,11 @@ describe('contracts on anvil', () => {
     // EIP-712 AuthorizeGateway, submitted by the gateway
     const cap = parseUnits('2', 6)
     const deadline = validBefore
-    const authorization = await payer.signTypedData({
-      domain: { name: 'ClusterEscrow', version: '1', chainId: foundry.id, verifyingContract: escrow },
-      types: {
-        AuthorizeGateway: [
-          { name: 'payer', type: 'address' },
-          { name: 'gateway', type: 'address' },
-          { name: 'cap', type: 'uint256' },
-          { name: 'nonce', type: 'uint256' },
-          { name: 'deadline', type: 'uint256' },
-        ],
-      },
-      primaryType: 'AuthorizeGateway',
-      message: { payer: payer.address, gateway: gateway.address, cap, nonce: 0n, deadline },
-    })
+    const authorization = await signAuthorizeGateway(
+      payer,
+      { chainId: foundry.id, escrow },
+      { gateway: gateway.address, cap, nonce: 0n, deadline },
+    )
     await send(
       await wallet(gateway).writeContract({
         address: escrow,
@@ -259,19 +245,11 @@ describe('contracts on anvil', () => {
     })
     const deadline = BigInt(Math.floor(Date.now() / 1000) + 3600)
     const withdrawAmount = parseUnits('0.75', 6)
-    const signature = await payer.signTypedData({
-      domain: { name: 'ClusterEscrow', version: '1', chainId: foundry.id, verifyingContract: escrow },
-      types: {
-        RequestWithdraw: [
-          { name: 'payer', type: 'address' },
-          { name: 'amount', type: 'uint256' },
-          { name: 'nonce', type: 'uint256' },
-          { name: 'deadline', type: 'uint256' },
-        ],
-      },
-      primaryType: 'RequestWithdraw',
-      message: { payer: payer.address, amount: withdrawAmount, nonce, deadline },
-    })
+    const signature = await signRequestWithdraw(
+      payer,
+      { chainId: foundry.id, escrow },
+      { amount: withdrawAmount, nonce, deadline },
+    )
     const receipt = await send(
       await wallet(gateway).writeContract({
         address: escrow,
