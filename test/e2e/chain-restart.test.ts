@@ -1,7 +1,7 @@
 // Restart safety with real processes: `cluster gateway` (settling on anvil) is killed with SIGKILL
 // while deposits arrive and while settlement runs, and restarted on the same data dir. In the end
 // every deposit is credited exactly once, and the node has been paid exactly what was charged.
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
@@ -82,7 +82,10 @@ describe('restart safety of deposits and settlement (SIGKILL)', () => {
         { CLUSTER_GATEWAY_KEY: gatewayKey },
       )
       await waitFor(
-        async () => (await fetch(`${url}/health`).catch(() => undefined))?.ok === true || gateway?.exitCode != null,
+        async () =>
+          ((await fetch(`${url}/health`).catch(() => undefined))?.ok === true &&
+            existsSync(join(gwDir, 'peer.json'))) ||
+          gateway?.exitCode != null,
         30_000,
         'the gateway',
       )
