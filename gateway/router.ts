@@ -65,8 +65,9 @@ export class MeshRouter {
   private openStream(peerId: string, signal: AbortSignal): Promise<Stream> {
     return this.peer.dialProtocol(peerIdFromString(peerId), INFERENCE_PROTOCOL, {
       signal: AbortSignal.any([signal, AbortSignal.timeout(this.dialTimeoutMs)]),
-      // One protocol: send its name with the request frame instead of waiting a round trip for
-      // the node to agree. A node that does not speak it fails before the first frame → next node.
+      // Meant to send the protocol name with the request frame instead of waiting a round trip,
+      // but libp2p 3.3 ignores it (newStream always runs mss.select): the spare streams below are
+      // what takes the negotiation off the request's path.
       negotiateFully: false,
     })
   }
