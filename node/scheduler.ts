@@ -26,7 +26,7 @@ export interface SchedulerOptions {
    * waits until that prompt has been waiting this share of its own expected prefill time (from
    * the prefill speed measured on earlier steps): a lone request's time to first token grows by
    * at most this share, and prompts arriving meanwhile are prefilled in the same batch.
-   * 0 turns the window off. @default 0.05
+   * 0 turns the window off. @default 0.1
    */
   admissionShare?: number
   /** Upper bound of the admission window in ms. @default 50 */
@@ -48,7 +48,7 @@ interface Job {
 }
 
 export const DEFAULT_MAX_QUEUE = 32
-export const DEFAULT_ADMISSION_SHARE = 0.05
+export const DEFAULT_ADMISSION_SHARE = 0.1
 export const DEFAULT_MAX_ADMISSION_WAIT_MS = 50
 /** Windows shorter than this are not worth a timer (small models prefill in a few ms). */
 const MIN_ADMISSION_WAIT_MS = 1
