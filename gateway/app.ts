@@ -18,6 +18,7 @@ import { type AuthVars, apiRoutes, clientAddress, requireAuth } from './api-rout
 import type { Billing } from './billing.ts'
 import { type ChainDeps, chainRoutes } from './chain-routes.ts'
 import { ApiError, invalidRequest, modelNotFound, rateLimited } from './errors.ts'
+import { clientSignal, readJsonBody } from './node-request.ts'
 import {
   type CompletionMeta,
   chunkBody,
@@ -90,28 +91,33 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
     ),
   )
 
-  const limitBody = (maxSize: number) =>
-    bodyLimit({
-      maxSize,
-      onError: (c) => {
-        const err = new ApiError(
-          413,
-          `The request body exceeds ${maxSize} bytes.`,
-          'invalid_request_error',
-          'body_too_large',
-        )
-        // The rest of the body is never read: the connection cannot carry another request.
-        err.headers.Connection = 'close'
-        return errorResponse(c.req.path, err)
-      },
-    })
+  const tooLarge = (c: { req: { path: string } }, maxSize: number): Response => {
+    const err = new ApiError(
+      413,
+      `The request body exceeds ${maxSize} bytes.`,
+      'invalid_request_error',
+      'body_too_large',
+    )
+    // The rest of the body is never read: the connection cannot carry another request.
+    err.headers.Connection = 'close'
+    return errorResponse(c.req.path, err)
+  }
+  const limitBody = (maxSize: number) => bodyLimit({ maxSize, onError: (c) => tooLarge(c, maxSize) })
   // Prompts can be long; account and admin bodies are small.
-  const inferenceBodies = limitBody(deps.maxBodyBytes ?? 8 * 1024 * 1024)
+  const inferenceMax = deps.maxBodyBytes ?? 8 * 1024 * 1024
+  const inferenceBodies = limitBody(inferenceMax)
   const otherBodies = limitBody(64 * 1024)
-  app.use('*', (c, next) => {
+  app.use('*', async (c, next) => {
     // Only requests that carry a body pay for the check (it materialises the request stream).
-    if (c.req.header('content-length') == null && c.req.header('transfer-encoding') == null) return next()
-    return isV1(c.req.path) ? inferenceBodies(c, next) : otherBodies(c, next)
+    const length = c.req.header('content-length')
+    const chunked = c.req.header('transfer-encoding') != null
+    if (length == null && !chunked) return next()
+    const v1 = isV1(c.req.path)
+    if (chunked) return v1 ? inferenceBodies(c, next) : otherBodies(c, next)
+    // A declared length is checked as bodyLimit does, without materialising the request.
+    const max = v1 ? inferenceMax : 64 * 1024
+    if (Number.parseInt(length ?? '0', 10) > max) return tooLarge(c, max)
+    return next()
   })
 
   // Who is calling: a valid bearer key attaches its account; routes that need one say so.
@@ -186,10 +192,10 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
 
   app.post('/v1/chat/completions', async (c) => {
     const auth = requireAuth(c)
-    const signal = c.req.raw.signal
+    const signal = clientSignal(c)
     let json: unknown
     try {
-      json = await c.req.json()
+      json = await readJsonBody(c)
     } catch {
       throw invalidRequest('The request body is not valid JSON.')
     }
@@ -254,11 +260,17 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
     const includeUsage = req.stream_options?.include_usage === true
     return streamSSE(c, async (sse) => {
       sse.onAbort(() => cancel.abort())
-      const send = (body: unknown): Promise<void> => sse.writeSSE({ data: JSON.stringify(body) })
+      // The role chunk leaves in the same write as the first chunk after it (one write, one
+      // packet for the client's first token). JSON has no raw newline: one `data:` line each.
+      let head = `data: ${JSON.stringify(chunkBody(meta, { role: 'assistant', content: '' }, null, includeUsage))}\n\n`
+      const send = async (body: unknown): Promise<void> => {
+        const event = `${head}data: ${JSON.stringify(body)}\n\n`
+        head = ''
+        await sse.write(event)
+      }
       let finished = false
       let done: DoneFrame | undefined
       try {
-        await send(chunkBody(meta, { role: 'assistant', content: '' }, null, includeUsage))
         let frame: InferenceResponseFrame = call.first
         for (;;) {
           if (cancel.signal.aborted) {

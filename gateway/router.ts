@@ -48,15 +48,17 @@ export interface Attempt {
   outcome: string
 }
 
-/** Spare streams older than this are not used (libp2p's inbound negotiation timeout is 10 s). */
+/** Spare streams older than this are not used (the node drops a stream without a request after 10 s). */
 const SPARE_MAX_AGE_MS = 5_000
+/** At most this many spare streams per node (and never more than its slots). */
+const MAX_SPARES_PER_NODE = 8
 
 /** How long a cancelled call waits for the node's done frame (and receipt) before resetting. */
 const RECEIPT_WAIT_MS = 2_000
 
 export class MeshRouter {
   private readonly inflight = new Map<string, number>()
-  private readonly spares = new Map<string, { stream: Promise<Stream>; at: number }>()
+  private readonly spares = new Map<string, Array<{ stream: Promise<Stream>; at: number }>>()
   private readonly dialTimeoutMs: number
   private readonly firstFrameTimeoutMs: number
 
@@ -72,36 +74,49 @@ export class MeshRouter {
   private openStream(peerId: string, signal: AbortSignal): Promise<Stream> {
     return this.peer.dialProtocol(peerIdFromString(peerId), INFERENCE_PROTOCOL, {
       signal: AbortSignal.any([signal, AbortSignal.timeout(this.dialTimeoutMs)]),
-      // One protocol: send its name with the request frame instead of waiting a round trip for
-      // the node to agree. A node that does not speak it fails before the first frame → next node.
+      // Meant to send the protocol name with the request frame instead of waiting a round trip,
+      // but libp2p 3.3 ignores it (newStream always runs mss.select): the spare streams below are
+      // what takes the negotiation off the request's path.
       negotiateFully: false,
     })
   }
 
   /**
-   * Opening a libp2p stream costs ~2 ms here, most of the mesh's share of time to first token. So
-   * after a call to a node ends, the next stream to it is opened in the background and kept for
-   * the next request. It is lazy (nothing is negotiated until the request is written), and one
-   * older than SPARE_MAX_AGE_MS is dropped: the node gives up on streams left unnegotiated.
+   * Opening a libp2p stream costs ~2 ms here (a round trip to negotiate the protocol), most of the
+   * mesh's share of time to first token. So after a call to a node ends, a stream to it is opened
+   * in the background and kept for the next request: one per call that ended, up to the node's
+   * slots, so a burst of concurrent requests finds one each next time instead of opening them one
+   * round trip apart (which also made the node start their prefills apart). A spare older than
+   * SPARE_MAX_AGE_MS is dropped: the node gives up on streams that carry no request.
    */
   private prepareSpare(peerId: string): void {
-    if (this.spares.has(peerId) || this.peer.status !== 'started') return
-    const stream = this.openStream(peerId, AbortSignal.timeout(this.dialTimeoutMs))
-    stream.catch(() => this.spares.delete(peerId))
-    this.spares.set(peerId, { stream, at: Date.now() })
+    if (this.peer.status !== 'started') return
+    const list = this.spares.get(peerId) ?? []
+    const slots = this.directory.get(peerId)?.heartbeat.load.slots ?? 1
+    if (list.length >= Math.min(MAX_SPARES_PER_NODE, Math.max(1, slots))) return
+    const spare = { stream: this.openStream(peerId, AbortSignal.timeout(this.dialTimeoutMs)), at: Date.now() }
+    spare.stream.catch(() => {
+      const i = list.indexOf(spare)
+      if (i >= 0) list.splice(i, 1)
+      if (list.length === 0 && this.spares.get(peerId) === list) this.spares.delete(peerId)
+    })
+    list.push(spare)
+    this.spares.set(peerId, list)
   }
 
   private async takeSpare(peerId: string): Promise<Stream | undefined> {
-    const spare = this.spares.get(peerId)
-    if (spare == null) return undefined
-    this.spares.delete(peerId)
-    const stream = await spare.stream.catch(() => undefined)
-    if (stream == null) return undefined
-    if (Date.now() - spare.at > SPARE_MAX_AGE_MS || stream.status !== 'open' || stream.writeStatus !== 'writable') {
-      stream.abort(new Error('stale spare stream'))
-      return undefined
+    const list = this.spares.get(peerId)
+    for (let spare = list?.shift(); spare != null; spare = list?.shift()) {
+      const stream = await spare.stream.catch(() => undefined)
+      if (stream == null) continue
+      if (Date.now() - spare.at > SPARE_MAX_AGE_MS || stream.status !== 'open' || stream.writeStatus !== 'writable') {
+        stream.abort(new Error('stale spare stream'))
+        continue
+      }
+      return stream
     }
-    return stream
+    if (list?.length === 0) this.spares.delete(peerId)
+    return undefined
   }
 
   /** Nodes serving `model`, best first: lowest (active + queued + our in-flight) per slot. */

@@ -1,6 +1,7 @@
 // The Scheduler: admits requests into a bounded queue, gives each a sequence of the engine's
 // context when one is free, and advances every active generation in the same tick so the
-// engine decodes them as one batch. Its load (active, queued, slots) goes into heartbeats.
+// engine decodes them as one batch. Prompts that arrive a few ms apart wait a short admission
+// window so they are prefilled together. Its load (active, queued, slots) goes into heartbeats.
 import type { FinishReason, Load, Usage } from '../protocols/index.ts'
 import { type ChatGenerationRequest, type Engine, EngineError, type TokenStream } from './engine.ts'
 
@@ -18,6 +19,18 @@ export interface ScheduleResult {
 export interface SchedulerOptions {
   /** Requests allowed to wait for a free sequence; one more is refused as busy. @default 32 */
   maxQueue?: number
+  /**
+   * The admission window, as a share of a new prompt's expected prefill time. Concurrent requests
+   * reach a node a few ms apart (network, gateway); started at once, the first one's prefill runs
+   * alone and the others wait for all of it before theirs. So a step that would start a prompt
+   * waits until that prompt has been waiting this share of its own expected prefill time (from
+   * the prefill speed measured on earlier steps): a lone request's time to first token grows by
+   * at most this share, and prompts arriving meanwhile are prefilled in the same batch.
+   * 0 turns the window off. @default 0.1
+   */
+  admissionShare?: number
+  /** Upper bound of the admission window in ms. @default 50 */
+  maxAdmissionWaitMs?: number
 }
 
 interface Job {
@@ -28,9 +41,17 @@ interface Job {
   stream?: TokenStream
   completionTokens: number
   aborted: boolean
+  /** performance.now() at submit. */
+  submittedAt: number
+  /** Stepped at least once: its prompt has been evaluated. */
+  started: boolean
 }
 
 export const DEFAULT_MAX_QUEUE = 32
+export const DEFAULT_ADMISSION_SHARE = 0.1
+export const DEFAULT_MAX_ADMISSION_WAIT_MS = 50
+/** Windows shorter than this are not worth a timer (small models prefill in a few ms). */
+const MIN_ADMISSION_WAIT_MS = 1
 
 export class Scheduler {
   private readonly queue: Job[] = []
@@ -40,13 +61,21 @@ export class Scheduler {
   /** Finished jobs whose sequence is being handed back to the engine. */
   private releasing = 0
   private running = false
+  /** Ends an admission wait under way. */
+  private wake: (() => void) | undefined
+  /** Measured prefill cost, ms per prompt token (moving average); undefined until a prefill is seen. */
+  private prefillMsPerToken: number | undefined
   readonly maxQueue: number
+  private readonly admissionShare: number
+  private readonly maxAdmissionWaitMs: number
 
   constructor(
     private readonly engine: Engine,
     options: SchedulerOptions = {},
   ) {
     this.maxQueue = options.maxQueue ?? DEFAULT_MAX_QUEUE
+    this.admissionShare = options.admissionShare ?? DEFAULT_ADMISSION_SHARE
+    this.maxAdmissionWaitMs = options.maxAdmissionWaitMs ?? DEFAULT_MAX_ADMISSION_WAIT_MS
   }
 
   load(): Load {
@@ -84,6 +113,8 @@ export class Scheduler {
         },
         completionTokens: 0,
         aborted: false,
+        submittedAt: performance.now(),
+        started: false,
       }
       signal?.addEventListener('abort', onAbort, { once: true })
       this.queue.push(job)
@@ -98,7 +129,8 @@ export class Scheduler {
       this.queue.splice(queued, 1)
       job.resolve({ finishReason: 'abort', usage: { promptTokens: 0, completionTokens: 0 } })
     }
-    // An active job stops at the next step boundary: within one token.
+    // An active job stops at the next step boundary: within one token (or now, if it is waiting).
+    this.wake?.()
   }
 
   private admit(): void {
@@ -134,11 +166,33 @@ export class Scheduler {
 
   private async loop(): Promise<void> {
     while (this.active.size > 0) {
+      for (const job of [...this.active]) if (job.aborted) await this.finish(job, 'abort')
+      const wait = this.admissionWait()
+      if (wait > 0) {
+        // Requests arriving meanwhile are opened and join this step; an abort ends the wait early.
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, wait)
+          this.wake = () => {
+            clearTimeout(timer)
+            resolve()
+          }
+        })
+        this.wake = undefined
+        continue
+      }
       // In the engine's own order, so the decode sees the batch the way it batches best.
-      const jobs = [...this.active].sort((a, b) => (a.stream?.order ?? 0) - (b.stream?.order ?? 0))
-      for (const job of jobs) if (job.aborted) await this.finish(job, 'abort')
-      const stepping = jobs.filter((j) => !j.aborted)
+      const stepping = [...this.active]
+        .filter((j) => !j.aborted)
+        .sort((a, b) => (a.stream?.order ?? 0) - (b.stream?.order ?? 0))
+      if (stepping.length === 0) continue
+      let promptTokens = 0
+      for (const job of stepping) {
+        if (!job.started) promptTokens += (job.stream as TokenStream).promptTokens
+        job.started = true
+      }
+      const stepStart = performance.now()
       const results = await Promise.allSettled(stepping.map((j) => (j.stream as TokenStream).step()))
+      if (promptTokens > 0) this.measurePrefill((performance.now() - stepStart) / promptTokens)
       for (const [i, job] of stepping.entries()) {
         const result = results[i] as PromiseSettledResult<Awaited<ReturnType<TokenStream['step']>>>
         if (result.status === 'rejected') {
@@ -163,6 +217,28 @@ export class Scheduler {
         if (finish != null) await this.finish(job, finish)
       }
     }
+  }
+
+  /**
+   * How long the next step should wait for more prompts (ms, 0 = go): until the oldest prompt not
+   * yet evaluated has waited its share of its expected prefill time. Later arrivals do not extend it.
+   */
+  private admissionWait(): number {
+    if (this.admissionShare <= 0 || this.prefillMsPerToken == null) return 0
+    let oldest: Job | undefined
+    for (const job of this.active) {
+      if (!job.started && !job.aborted && (oldest == null || job.submittedAt < oldest.submittedAt)) oldest = job
+    }
+    if (oldest == null) return 0
+    const prompt = (oldest.stream as TokenStream).promptTokens
+    const window = Math.min(this.maxAdmissionWaitMs, this.admissionShare * prompt * this.prefillMsPerToken)
+    if (window < MIN_ADMISSION_WAIT_MS) return 0
+    return Math.max(0, oldest.submittedAt + window - performance.now())
+  }
+
+  private measurePrefill(msPerToken: number): void {
+    const prev = this.prefillMsPerToken
+    this.prefillMsPerToken = prev == null ? msPerToken : 0.7 * prev + 0.3 * msPerToken
   }
 
   /** Sequences in use: generating, being opened, or being handed back. */

@@ -13,6 +13,7 @@ import { webSockets } from '@libp2p/websockets'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import { DHT_PROTOCOL, TOPICS } from '../../protocols/index.ts'
+import { withCoalescedWrites } from './coalesce.ts'
 import { BOOTSTRAP_REDIAL_MS, DEFAULT_LISTEN } from './constants.ts'
 import { loadOrCreatePeerKey } from './peer-key.ts'
 
@@ -70,7 +71,8 @@ export async function createMeshPeer(config: MeshConfig): Promise<MeshPeer> {
     privateKey,
     addresses: { listen: config.listen ?? DEFAULT_LISTEN },
     transports: [tcp(), webSockets()],
-    connectionEncrypters: [noise()],
+    // One socket write per tick rather than one per buffer of each frame (see coalesce.ts).
+    connectionEncrypters: [withCoalescedWrites(noise())],
     streamMuxers: [yamux()],
     connectionManager: {
       // Every peer of a local mesh is 127.0.0.1: without this, libp2p refuses the 6th

@@ -25,11 +25,14 @@ interface Script {
   openTicks?: number
   /** The step (0-based) that throws. */
   failAt?: number
+  /** The first step (the prompt's prefill) takes this long in ms, as a real prefill would. */
+  prefillMs?: number
 }
 
 const ENDLESS_CAP = 5_000
 
 const macrotask = (): Promise<void> => new Promise((r) => setImmediate(r))
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
 class FakeStream implements TokenStream {
   steps = 0
@@ -51,7 +54,8 @@ class FakeStream implements TokenStream {
     this.engine.log.push(`step:${this.id}`)
     this.engine.joinBatch(this.id)
     // The decode happens on a later macrotask, as a real batched decode would.
-    await macrotask()
+    if (index === 0 && this.script.prefillMs != null) await sleep(this.script.prefillMs)
+    else await macrotask()
     if (this.script.failAt === index) throw new Error(`boom in ${this.id}`)
     this.completedSteps++
     const tokens = this.script.tokens ?? []
@@ -277,6 +281,76 @@ describe('Scheduler batching', () => {
     expect(withC).toHaveLength(2)
     // B is still running whenever C is stepped, so C never gets a batch of its own.
     for (const batch of withC) expect([...batch].sort()).toEqual(['B', 'C'])
+  })
+})
+
+describe('Scheduler admission window', () => {
+  // Prompts of 10 tokens whose prefill takes 40 ms: 4 ms per prompt token once measured.
+  const slow = (tokens = ['1', '2']): Script => ({ tokens, promptTokens: 10, prefillMs: 40 })
+  const scripts = { W: slow(['w']), A: slow(), B: slow(), C: slow() }
+
+  /** Submits at the given ms offsets, after a warm-up request that lets the scheduler measure a prefill. */
+  async function burst(scheduler: Scheduler, at: Record<string, number>): Promise<void> {
+    await scheduler.submit(req('W'))
+    const t0 = performance.now()
+    const runs: Array<Promise<unknown>> = []
+    for (const [id, ms] of Object.entries(at).sort((a, b) => a[1] - b[1])) {
+      await sleep(ms - (performance.now() - t0))
+      runs.push(scheduler.submit(req(id)))
+    }
+    await Promise.all(runs)
+  }
+
+  it('prompts arriving a few ms apart at an idle node are prefilled in one batch', async () => {
+    const engine = new FakeEngine(4, scripts)
+    // Window: 1 × 10 tokens × ≥ 4 ms = ≥ 40 ms from A's arrival.
+    await burst(new Scheduler(engine, { admissionShare: 1 }), { A: 0, B: 3, C: 6 })
+    const first = engine.batches.find((b) => b.includes('A'))
+    expect([...(first ?? [])].sort()).toEqual(['A', 'B', 'C'])
+    // And they stay together to the end.
+    expect(engine.batches.filter((b) => b.includes('A')).map((b) => [...b].sort().join(''))).toEqual(['ABC', 'ABC'])
+  })
+
+  it('without the window the first prompt is prefilled alone and the others wait for all of it', async () => {
+    const engine = new FakeEngine(4, scripts)
+    await burst(new Scheduler(engine, { admissionShare: 0 }), { A: 0, B: 3, C: 6 })
+    expect(engine.batches.find((b) => b.includes('A'))).toEqual(['A'])
+  })
+
+  it('a lone request waits at most maxAdmissionWaitMs, and the first one, with nothing measured yet, not at all', async () => {
+    const engine = new FakeEngine(4, scripts)
+    // An uncapped window would be 10 × 10 × 4 = 400 ms.
+    const scheduler = new Scheduler(engine, { admissionShare: 10, maxAdmissionWaitMs: 30 })
+    const firstToken = async (id: string): Promise<number> => {
+      const t0 = performance.now()
+      let at = -1
+      await scheduler.submit(req(id), {
+        onDelta: () => {
+          if (at < 0) at = performance.now() - t0
+        },
+      })
+      return at
+    }
+    const fresh = await firstToken('W')
+    expect(fresh).toBeLessThan(40 + 25)
+    const lone = await firstToken('A')
+    expect(lone).toBeGreaterThanOrEqual(40 + 25)
+    expect(lone).toBeLessThan(40 + 30 + 150)
+  })
+
+  it('aborting a request during its admission wait ends it at once, never stepped', async () => {
+    const engine = new FakeEngine(4, scripts)
+    const scheduler = new Scheduler(engine, { admissionShare: 10, maxAdmissionWaitMs: 5_000 })
+    await scheduler.submit(req('W'))
+    const ctrl = controller()
+    const t0 = performance.now()
+    const a = scheduler.submit(req('A'), { signal: ctrl.signal })
+    await sleep(10)
+    ctrl.abort()
+    await expect(a).resolves.toMatchObject({ finishReason: 'abort', usage: { completionTokens: 0 } })
+    expect(performance.now() - t0).toBeLessThan(1_000)
+    expect(engine.stepsOf('A')).toBe(0)
+    expect(engine.streams.get('A')?.releases).toBe(1)
   })
 })
 

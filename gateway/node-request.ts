@@ -1,0 +1,43 @@
+// The chat route's request, read from Node's own objects when the app runs on @hono/node-server.
+// Touching `c.req.raw.body`, `.signal` or `c.req.json()` there turns its lightweight request into a
+// full WHATWG Request (headers copied, an AbortController, the body piped through web streams):
+// ~0.3–0.4 ms per request on the path to the first token. These read the same things directly;
+// anywhere else (app.request() in tests, other runtimes) they fall back to the standard API.
+import { IncomingMessage, ServerResponse } from 'node:http'
+import type { Context } from 'hono'
+
+interface NodeBindings {
+  incoming?: unknown
+  outgoing?: unknown
+}
+
+function nodeBindings(c: Context): { incoming: IncomingMessage; outgoing: ServerResponse } | undefined {
+  const env = c.env as NodeBindings | undefined
+  if (env?.incoming instanceof IncomingMessage && env.outgoing instanceof ServerResponse) {
+    return { incoming: env.incoming, outgoing: env.outgoing }
+  }
+  return undefined
+}
+
+/** The request body parsed as JSON (throws on invalid JSON, as c.req.json() does). */
+export async function readJsonBody(c: Context): Promise<unknown> {
+  const node = nodeBindings(c)
+  // Only a body nobody has started reading (hono's bodyLimit reads chunked bodies itself).
+  if (node == null || node.incoming.readableDidRead || node.incoming.readableEnded) return c.req.json()
+  const chunks: Buffer[] = []
+  for await (const chunk of node.incoming) chunks.push(chunk as Buffer)
+  return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+}
+
+/** Aborted when the client goes away before the response is complete (as c.req.raw.signal is). */
+export function clientSignal(c: Context): AbortSignal {
+  const node = nodeBindings(c)
+  if (node == null) return c.req.raw.signal
+  const { incoming, outgoing } = node
+  const controller = new AbortController()
+  outgoing.once('close', () => {
+    if (incoming.errored) controller.abort(String(incoming.errored))
+    else if (!outgoing.writableFinished) controller.abort('Client connection prematurely closed.')
+  })
+  return controller.signal
+}

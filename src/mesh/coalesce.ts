@@ -1,0 +1,54 @@
+// One TCP write per event-loop turn instead of one per buffer. A libp2p frame on our connections
+// reaches the socket as several small buffers (noise: 2-byte length, encrypted yamux header,
+// encrypted data, tag), and @libp2p/tcp writes each with its own socket.write: four syscalls and
+// four TCP segments per streamed token, each of which may wake the peer's process on its own, plus
+// the same again for the window update yamux sends back for every data frame it receives. Corking
+// the socket until the end of the current turn (setImmediate) sends all of it as one writev: the
+// same bytes, in the same order. It also moves that window update, written while a frame is being
+// received, behind the handling of the frame instead of in front of it.
+import { Socket } from 'node:net'
+import type { ConnectionEncrypter, MessageStream } from '@libp2p/interface'
+
+interface SocketConnection {
+  socket?: unknown
+  sendData?: (data: unknown) => unknown
+}
+
+/**
+ * Makes a raw TCP connection (libp2p's socket-backed MultiaddrConnection) flush what it is given
+ * during one event-loop turn in a single write. Any other kind of connection is left as it is.
+ */
+export function coalesceSocketWrites<T extends MessageStream>(connection: T): T {
+  const conn = connection as unknown as SocketConnection
+  const socket = conn.socket
+  const sendData = conn.sendData
+  if (!(socket instanceof Socket) || typeof sendData !== 'function') return connection
+  let corked = false
+  const uncork = (): void => {
+    corked = false
+    socket.uncork()
+  }
+  conn.sendData = (data: unknown): unknown => {
+    if (!corked && !socket.destroyed) {
+      corked = true
+      socket.cork()
+      setImmediate(uncork)
+    }
+    return sendData.call(connection, data)
+  }
+  return connection
+}
+
+/** Wraps a connection encrypter factory (e.g. noise()) so every connection it secures coalesces its writes. */
+export function withCoalescedWrites<A extends unknown[], E extends ConnectionEncrypter>(
+  factory: (...args: A) => E,
+): (...args: A) => E {
+  return (...args: A): E => {
+    const encrypter = factory(...args)
+    const secureInbound = encrypter.secureInbound.bind(encrypter)
+    const secureOutbound = encrypter.secureOutbound.bind(encrypter)
+    encrypter.secureInbound = (connection, options) => secureInbound(coalesceSocketWrites(connection), options)
+    encrypter.secureOutbound = (connection, options) => secureOutbound(coalesceSocketWrites(connection), options)
+    return encrypter
+  }
+}
