@@ -255,6 +255,7 @@ export function apiRoutes(deps: ApiDeps): Hono<AuthVars> {
       nodes: deps.nodeCount(),
       inferences: accounts.ledger.totalCalls(),
       users: accounts.ledger.countAccounts(),
+      x402Payments: accounts.ledger.countX402Payments(),
     }),
   )
 

@@ -32,6 +32,7 @@ import {
 import type { Pricing } from './pricing.ts'
 import type { TokenBuckets } from './rate-limit.ts'
 import type { InferenceCall, MeshRouter } from './router.ts'
+import { PaymentRequiredError, type SettlementOutcome, type X402Gate } from './x402.ts'
 
 export interface CompletedInference {
   requestId: string
@@ -59,11 +60,14 @@ export interface AppDeps {
   onComplete?: (info: CompletedInference) => void
   /** Wallets, deposits and withdrawals on chain; absent when settlement is off. */
   chain?: ChainDeps
+  /** Pay per request with x402 on paid endpoints called without an API key; absent: off. */
+  x402?: X402Gate
 }
 
 const isV1 = (path: string): boolean => path === '/v1' || path.startsWith('/v1/')
 
 function errorResponse(path: string, err: ApiError): Response {
+  if (err instanceof PaymentRequiredError) return Response.json(err.body, { status: 402, headers: err.headers })
   return Response.json(isV1(path) ? err.toOpenAI() : err.toDocs(), { status: err.status, headers: err.headers })
 }
 
@@ -146,6 +150,15 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
   })
 
   app.use('/v1/*', async (c, next) => {
+    // No key at all on a paid endpoint: x402. A key that is wrong stays a 401.
+    const price = deps.x402?.price(c.req.path)
+    if (c.get('auth') == null && c.req.header('authorization') == null && price != null && deps.x402 != null) {
+      if (c.req.header('payment-signature') == null && c.req.header('x-payment') == null) {
+        throw deps.x402.required(c, c.req.path)
+      }
+      // The route verifies the payment once it has checked the request.
+      return next()
+    }
     requireAuth(c)
     await next()
   })
@@ -191,7 +204,9 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
   })
 
   app.post('/v1/chat/completions', async (c) => {
-    const auth = requireAuth(c)
+    const auth = c.get('auth')
+    const paying = auth == null && deps.x402 != null
+    if (!paying) requireAuth(c)
     const signal = clientSignal(c)
     let json: unknown
     try {
@@ -212,8 +227,10 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
     if (deps.directory.nodesServing(req.model).length === 0 && !deps.directory.knowsModel(req.model)) {
       throw modelNotFound(req.model)
     }
-    const meter = new Meter(deps.billing, auth.account.id, req.model, meta.id)
-    await meter.reserve(frame, contextSizeOf(deps.directory, req.model))
+    // x402: the payment is verified before any work; API key: the maximum cost is reserved.
+    const payment = paying ? await (deps.x402 as X402Gate).verify(c, '/v1/chat/completions') : undefined
+    let meter = new Meter(deps.billing, auth?.account.id ?? '', req.model, meta.id)
+    if (auth != null) await meter.reserve(frame, contextSizeOf(deps.directory, req.model))
 
     const started = performance.now()
     const cancel = new AbortController()
@@ -225,7 +242,17 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
     } catch (err) {
       signal.removeEventListener('abort', onClientGone)
       await meter.cancel()
+      // Nothing was served: the payment was not used and may be sent again.
+      if (payment != null) deps.x402?.release(payment)
       throw err
+    }
+    // A node answered: the payment is used now, and settles alongside the answer.
+    let settlement: Promise<SettlementOutcome> | undefined
+    if (payment != null) {
+      const used = await (deps.x402 as X402Gate).use(payment, meta.id)
+      settlement = used.settlement
+      meter = new Meter(deps.billing, used.account.id, req.model, meta.id, payment.amount - payment.debtPaid)
+      await meter.reserveFlat()
     }
     const ttftMs = performance.now() - started
     const complete = (finishReason: FinishReason, usage: Usage): void =>
@@ -249,6 +276,11 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
           throw new ApiError(400, 'The client closed the request.', 'invalid_request_error', 'client_closed')
         await meter.finish(call.nodePeerId, done, false)
         complete(done.finishReason, done.usage)
+        const settled = await settlement
+        if (settled?.status === 'failed') {
+          throw (deps.x402 as X402Gate).required(c, '/v1/chat/completions', `settlement_failed: ${settled.reason}`)
+        }
+        if (settled?.status === 'settled') c.header(settled.header.name, settled.header.value)
         return c.json(completionBody(meta, text, done.finishReason, done.usage))
       } finally {
         signal.removeEventListener('abort', onClientGone)
@@ -270,11 +302,28 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
       }
       let finished = false
       let done: DoneFrame | undefined
+      // A settlement that fails ends the stream with an error event; the request stays unpaid.
+      let unpaid: string | undefined
+      void settlement?.then((o) => {
+        if (o.status === 'failed') unpaid = o.reason
+      })
+      const paymentError = (reason: string) => ({
+        error: {
+          message: `The x402 payment failed to settle (${reason}); this request is recorded as unpaid and the payer is not served again until it pays for it.`,
+          type: 'payment_error',
+          code: 'payment_failed',
+          param: null,
+        },
+      })
       try {
         let frame: InferenceResponseFrame = call.first
         for (;;) {
           if (cancel.signal.aborted) {
             if (frame.type === 'done') done = frame
+            break
+          }
+          if (unpaid != null) {
+            await send(paymentError(unpaid))
             break
           }
           if (frame.type === 'delta') {
@@ -286,6 +335,9 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
             await meter.finish(call.nodePeerId, frame, false)
             await send(chunkBody(meta, {}, frame.finishReason, includeUsage))
             if (includeUsage) await send(usageChunkBody(meta, frame.usage))
+            // The answer is out; its payment is told before [DONE] (it did not hold the stream).
+            const settled = await settlement
+            if (settled?.status === 'failed') await send(paymentError(settled.reason))
             await sse.writeSSE({ data: '[DONE]' })
             complete(frame.finishReason, frame.usage)
             finished = true
@@ -381,7 +433,15 @@ class Meter {
     private readonly accountId: string,
     private readonly model: string,
     private readonly requestId: string,
+    /** x402: the price paid for the request, charged whatever the tokens. */
+    private readonly flat?: bigint,
   ) {}
+
+  /** Reserves the flat price (x402: the payment just credited). */
+  async reserveFlat(): Promise<void> {
+    if (this.billing == null || this.flat == null) return
+    this.hold = await this.billing.reserve(this.accountId, this.flat, this.requestId)
+  }
 
   async reserve(frame: InferenceRequestFrame, contextSize: number | undefined): Promise<void> {
     if (this.billing == null) return
@@ -414,6 +474,13 @@ class Meter {
           completionTokens: Math.min(done.usage.completionTokens, this.completionTokens),
         }
       : done.usage
-    await this.billing.settle(this.hold, { model: this.model, requestId: this.requestId, node, done, usage })
+    await this.billing.settle(this.hold, {
+      model: this.model,
+      requestId: this.requestId,
+      node,
+      done,
+      usage,
+      ...(this.flat != null ? { flat: this.flat } : {}),
+    })
   }
 }

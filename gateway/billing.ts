@@ -71,7 +71,7 @@ export class Billing {
    */
   async settle(
     hold: Hold,
-    call: { model: string; requestId: string; node: string; done: DoneFrame; usage: Usage },
+    call: { model: string; requestId: string; node: string; done: DoneFrame; usage: Usage; flat?: bigint },
   ): Promise<SettleOutcome> {
     const { done } = call
     const check = await verifyReceipt(done.receipt, {
@@ -92,7 +92,7 @@ export class Billing {
       await this.ledger.release(hold.id)
       return { charged: 0n }
     }
-    const cost = costOf(usage, this.pricing.priceOf(call.model))
+    const cost = call.flat ?? costOf(usage, this.pricing.priceOf(call.model))
     const tx = await this.ledger.settle(hold.id, cost, {
       model: call.model,
       requestId: call.requestId,

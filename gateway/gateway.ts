@@ -17,6 +17,7 @@ import { Directory } from '../src/mesh/directory.ts'
 import { GossipBus } from '../src/mesh/gossip.ts'
 import { createMeshPeer, type MeshPeer } from '../src/mesh/peer.ts'
 import { fetchCapabilities } from '../src/mesh/streams.ts'
+import type { Facilitator, X402Settings } from '../src/payments/x402.ts'
 import { Accounts } from './accounts.ts'
 import { type CompletedInference, createApp } from './app.ts'
 import { Billing } from './billing.ts'
@@ -24,6 +25,7 @@ import type { ChainDeps } from './chain-routes.ts'
 import { Pricing, type PricingConfig } from './pricing.ts'
 import { type RateLimitConfig, TokenBuckets } from './rate-limit.ts'
 import { MeshRouter, type RouterOptions } from './router.ts'
+import { X402Gate } from './x402.ts'
 
 export interface GatewayConfig {
   dataDir: string
@@ -46,6 +48,18 @@ export interface GatewayConfig {
   log?: (line: string) => void
   /** On-chain settlement against the escrow; off when absent. */
   chain?: GatewayChainConfig
+  /** Pay per request with x402 (no account needed); off when absent. */
+  x402?: GatewayX402Config
+}
+
+export interface GatewayX402Config {
+  settings: X402Settings
+  facilitator: Facilitator
+  /** The payment chain's RPC, to reconcile settlements by nonce. */
+  rpcUrl: string
+  settleTimeoutMs?: number
+  /** How often pending settlements are reconciled. @default 15000 */
+  reconcileIntervalMs?: number
 }
 
 export interface GatewayChainConfig {
@@ -135,8 +149,28 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
       throw err
     }
   }
+  const x402 =
+    config.x402 != null
+      ? new X402Gate({
+          settings: config.x402.settings,
+          facilitator: config.x402.facilitator,
+          ledger,
+          prices: pricing.x402,
+          rpcUrl: config.x402.rpcUrl,
+          ...(config.x402.settleTimeoutMs != null ? { settleTimeoutMs: config.x402.settleTimeoutMs } : {}),
+          log,
+        })
+      : undefined
+  // Payments a previous run left pending (a crash mid-settlement) are reconciled by their nonce.
+  const reconcile = (): void => {
+    void x402?.reconcile().catch((err: unknown) => log(`x402 reconcile: ${(err as Error).message.split('\n')[0]}`))
+  }
+  reconcile()
+  const reconciler = x402 != null ? setInterval(reconcile, config.x402?.reconcileIntervalMs ?? 15_000) : undefined
+  reconciler?.unref()
   const app = createApp({
     ...(chain ? { chain: chain.deps } : {}),
+    ...(x402 ? { x402 } : {}),
     directory,
     router,
     onComplete,
@@ -197,6 +231,7 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
           // Open keep-alive and streaming connections would hold close() back.
           ;(server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.()
         })
+        clearInterval(reconciler)
         await chain?.watcher.stop()
         await chain?.settler.stop()
         directory.stop()

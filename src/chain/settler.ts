@@ -5,7 +5,7 @@
 import { type Address, getAddress, type Hex, parseEventLogs } from 'viem'
 import type { Ledger, Payout, SettlementBatch } from '../ledger/ledger.ts'
 import { minAmount } from '../payments/money.ts'
-import { clusterEscrowAbi } from './artifacts.ts'
+import { clusterEscrowAbi, testUsdcAbi } from './artifacts.ts'
 import { CallRefusedError, type EscrowClient } from './escrow.ts'
 
 export interface SettlerOptions {
@@ -99,6 +99,12 @@ export class Settler {
   private async covered(payouts: Payout[]): Promise<Payout[]> {
     const left = new Map<Address, bigint>()
     for (const payer of new Set(payouts.map((p) => this.payer(p)))) {
+      if (payer === this.client.address) {
+        const needed = payouts.filter((p) => this.payer(p) === payer).reduce((s, p) => s + p.amount, 0n)
+        await this.topUpHouse(needed).catch((err: unknown) =>
+          this.options.log?.(`settlement: could not top up the gateway's escrow account: ${(err as Error).message}`),
+        )
+      }
       const { balance, cap } = await this.client.capacity(payer)
       left.set(payer, minAmount(balance, cap))
     }
@@ -110,6 +116,37 @@ export class Settler {
       left.set(payer, room - p.amount)
       return true
     })
+  }
+
+  /**
+   * The gateway's own escrow account pays for usage not backed by a user's deposit (x402 payments,
+   * which arrive as USDC in the gateway's wallet, and admin credit). Before settling such usage it
+   * moves what it needs from the wallet into that account, and authorizes itself once.
+   */
+  private async topUpHouse(needed: bigint): Promise<void> {
+    const house = this.client.address
+    const { balance, cap } = await this.client.capacity(house)
+    if (cap < needed) {
+      await this.client.send({ functionName: 'authorizeGateway', args: [house, 2n ** 256n - 1n] })
+    }
+    if (balance >= needed) return
+    const inWallet = await this.client.publicClient.readContract({
+      address: this.client.usdc,
+      abi: testUsdcAbi,
+      functionName: 'balanceOf',
+      args: [house],
+    })
+    const amount = minAmount(needed - balance, inWallet)
+    if (amount <= 0n) return
+    const approve = await this.client.wallet.writeContract({
+      address: this.client.usdc,
+      abi: testUsdcAbi,
+      functionName: 'approve',
+      args: [this.client.escrow, amount],
+    })
+    await this.client.publicClient.waitForTransactionReceipt({ hash: approve })
+    await this.client.send({ functionName: 'deposit', args: [amount] })
+    this.options.log?.(`settlement: moved ${amount} USDC units from the gateway's wallet into its escrow account`)
   }
 
   /** Sends an open batch (or finds it settled already) and records the outcome. */

@@ -12,6 +12,7 @@ import { type DevChain, devChainViem, fundWallet, startDevChain, testAccounts } 
 import { type Config, gatewayExtras } from '../config/config.ts'
 import { synthesizeGguf } from '../models/synth.ts'
 import { formatUsd } from '../payments/money.ts'
+import { embeddedFacilitator } from '../payments/x402.ts'
 
 /** The id of the demo model: its name says what it is. */
 export const DEMO_MODEL_ID = 'cluster-demo-tiny-random'
@@ -67,7 +68,25 @@ async function startOnChain(
   chain: DevChain,
   modelPath: string | undefined,
 ): Promise<LocalSystem> {
-  const [, gatewayAccount, demoWallet, nodePayout] = testAccounts() as [DevAccount, DevAccount, DevAccount, DevAccount]
+  const [, gatewayAccount, demoWallet, nodePayout, , facilitatorAccount, x402Payer] =
+    testAccounts() as DevAccount[] as [
+      DevAccount,
+      DevAccount,
+      DevAccount,
+      DevAccount,
+      DevAccount,
+      DevAccount,
+      DevAccount,
+    ]
+  // x402 on the local chain: the embedded facilitator (its own key pays the gas), paid to the
+  // gateway's address; a demo payer with test USDC and no account.
+  const x402 = {
+    network: `eip155:${chain.chainId}` as const,
+    asset: chain.usdc,
+    assetDomain: { name: 'USD Coin', version: '2' },
+    payTo: gatewayAccount.address,
+    maxTimeoutSeconds: 60,
+  }
   let model: { path: string; id?: string }
   if (modelPath) {
     model = { path: resolve(modelPath) }
@@ -97,6 +116,16 @@ async function startOnChain(
       confirmations: 0,
       pollIntervalMs: 500,
       settleIntervalMs: 10_000,
+    },
+    x402: {
+      settings: x402,
+      facilitator: embeddedFacilitator({
+        rpcUrl: chain.rpcUrl,
+        chainId: chain.chainId,
+        privateKey: facilitatorAccount.privateKey,
+        multicall3: chain.multicall3,
+      }),
+      rpcUrl: chain.rpcUrl,
     },
   })
   let node: Awaited<ReturnType<typeof startNode>>
@@ -140,7 +169,10 @@ async function startOnChain(
   const demo =
     (await gateway.ledger.findAccountByEmail(DEMO_EMAIL)) ?? (await gateway.accounts.register(DEMO_EMAIL, null)).account
   await gateway.ledger.linkWallet(demo.id, demoWallet.address)
-  if (chain.deployed) await fundDemoWallet(chain, demoWallet, gatewayAccount.address)
+  if (chain.deployed) {
+    await fundDemoWallet(chain, demoWallet, gatewayAccount.address)
+    await fundWallet(chain, x402Payer.address, { usdc: DEMO_WALLET_USDC })
+  }
   await gateway.chain?.watcher.poll()
   const demoApiKey = await gateway.accounts.loginKey(demo.id)
 
@@ -163,6 +195,14 @@ async function startOnChain(
       demoWalletAddress: demoWallet.address,
       // anvil's public test key #2: worthless anywhere but this local chain
       demoWalletPrivateKey: demoWallet.privateKey,
+    },
+    x402: {
+      network: x402.network,
+      asset: x402.asset,
+      payTo: x402.payTo,
+      payerAddress: x402Payer.address,
+      // anvil's public test key #6: a payer with test USDC and no account, for x402 clients
+      payerPrivateKey: x402Payer.privateKey,
     },
     peers: [
       { role: 'gateway', peerId: gateway.peerId, multiaddrs: gateway.multiaddrs() },

@@ -39,7 +39,7 @@ export interface Hold {
 }
 
 /** credit: by an admin; deposit: on chain; usage: a call; withdrawal: on chain (negative, or positive when cancelled). */
-export type TransactionType = 'credit' | 'deposit' | 'usage' | 'withdrawal'
+export type TransactionType = 'credit' | 'deposit' | 'usage' | 'withdrawal' | 'x402'
 
 export interface Transaction {
   id: string
@@ -103,6 +103,27 @@ export interface Payout {
   createdAt: number
   /** The batch it is in, while one is open or after it settled. */
   batch?: string
+}
+
+/**
+ * A request paid with x402: credited to the payer's x402 account when verified, then settled on
+ * chain by the facilitator. A settlement that fails leaves the payer owing `amount` (a debt its
+ * next payment must cover); one that times out stays pending until reconciled by its nonce.
+ */
+export interface X402Payment {
+  /** The EIP-3009 authorization nonce (unique per payer and token). */
+  nonce: string
+  payer: string
+  accountId: string
+  amount: bigint
+  requestId: string
+  network: string
+  /** Unix seconds after which the authorization can no longer be settled. */
+  validBefore: number
+  status: 'pending' | 'settled' | 'failed'
+  txHash?: string
+  error?: string
+  createdAt: number
 }
 
 export type BatchStatus = 'pending' | 'settled' | 'failed'
@@ -234,6 +255,25 @@ export interface Ledger {
   }): Promise<Transaction | undefined>
   /** An on-chain withdrawal completed: nothing of the wallet is thawing any more. */
   chainWithdrawn(input: { address: string; ref: string }): Promise<void>
+  // ---- x402 ----
+  /** The account of an x402 payer (created on first use). */
+  x402Account(payer: string): Promise<Account>
+  /**
+   * Records a verified payment (pending) and credits `amount - debtPaid` to the payer's account,
+   * `debtPaid` going to what it owed. Refuses (returns false) a nonce seen before.
+   */
+  recordX402Payment(
+    payment: Omit<X402Payment, 'status' | 'createdAt' | 'accountId'>,
+    debtPaid: bigint,
+  ): Promise<boolean>
+  x402Settled(payer: string, nonce: string, txHash: string): Promise<void>
+  /** The payment will never settle: the payer owes its amount. */
+  x402Failed(payer: string, nonce: string, error: string): Promise<void>
+  x402Payments(status?: X402Payment['status']): X402Payment[]
+  /** What a payer owes for payments that failed to settle. */
+  x402Debt(payer: string): bigint
+  /** Payments settled (or pending) across all payers. */
+  countX402Payments(): number
   /** A chain watcher's position (last block fully processed). */
   cursor(name: string): bigint | undefined
   setCursor(name: string, block: bigint): Promise<void>

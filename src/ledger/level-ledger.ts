@@ -23,6 +23,7 @@ import {
   WalletInUseError,
   type WalletLink,
   WalletLinkedError,
+  type X402Payment,
 } from './ledger.ts'
 
 type Json = Record<string, unknown>
@@ -40,6 +41,8 @@ type Batch = Array<{ type: 'put'; key: string; value: string } | { type: 'del'; 
 //   pd!<address>!<ref>          deposit, withdrawal or cancel of a wallet not linked yet
 //   wt!<address>                what the wallet's withdrawal requests took since its last cancel
 //   rs!<ref>                    an event applied that moved no money (a completed withdrawal)
+//   x!<payer>!<nonce>           x402 payment (lowercased)
+//   xd!<payer>                  what an x402 payer owes for payments that failed to settle
 //   p!<seq:12>                  payout awaiting (or in) an on-chain settlement batch
 //   b!<seq:12>                  settlement batch
 //   c!<name>                    chain watcher cursor
@@ -155,6 +158,10 @@ export class LevelLedger implements Ledger {
   /** lowercased address → what its withdrawal requests took since its last cancel. */
   private readonly taken = new Map<string, Taken>()
   private readonly cursors = new Map<string, bigint>()
+  /** payer!nonce (lowercased) → x402 payment. */
+  private readonly x402ById = new Map<string, X402Payment & { txKey?: string }>()
+  /** payer (lowercased) → what it owes for payments that failed to settle. */
+  private readonly debts = new Map<string, bigint>()
   /** Refs of events that move no money but must be applied once (a completed withdrawal). */
   private readonly seen = new Set<string>()
   private readonly payoutById = new Map<string, Payout & { txKey: string }>()
@@ -218,6 +225,12 @@ export class LevelLedger implements Ledger {
       this.taken.set(key.slice(3), { balance: BigInt(j.balance as string), funds: BigInt(j.funds as string) })
     }
     for await (const key of this.db.keys({ gt: 'rs!', lt: 'rs"' })) this.seen.add(key.slice(3))
+    for await (const [key, value] of this.db.iterator({ gt: 'x!', lt: 'x"' })) {
+      const j = JSON.parse(value) as Json
+      this.x402ById.set(key.slice(2), { ...(j as unknown as X402Payment), amount: BigInt(j.amount as string) })
+    }
+    for await (const [key, value] of this.db.iterator({ gt: 'xd!', lt: 'xd"' }))
+      this.debts.set(key.slice(3), BigInt(value))
     for await (const [key, value] of this.db.iterator({ gt: 'c!', lt: 'c"' })) {
       this.cursors.set(key.slice(2), BigInt(value))
     }
@@ -811,6 +824,137 @@ export class LevelLedger implements Ledger {
       { type: 'del', key: `wt!${key}` },
       { type: 'put', key: `rs!${input.ref}`, value: '1' },
     ])
+  }
+
+  // -------------------------------------------------------------------------------------- x402
+
+  private x402Email = (payer: string): string => `x402:${payer.toLowerCase()}`
+
+  /** The payer's x402 account, created in the mirror (and its writes returned) if new. */
+  private ensureX402Account(payer: string): { account: Mirrored; ops: Batch } {
+    const email = this.x402Email(payer)
+    const id = this.accountByEmail.get(email)
+    if (id != null) return { account: this.mirrored(id), ops: [] }
+    const account: Mirrored = {
+      id: newId('usr'),
+      email,
+      role: 'user',
+      passwordHash: '',
+      createdAt: Date.now(),
+      balance: 0n,
+      held: 0n,
+      totalSpent: 0n,
+      totalCalls: 0,
+      txSeq: 0,
+    }
+    this.accountByEmail.set(email, account.id)
+    return { account, ops: [this.putAccount(account), { type: 'put', key: `e!${email}`, value: account.id }] }
+  }
+
+  async x402Account(payer: string): Promise<Account> {
+    this.assertWritable()
+    const { account, ops } = this.ensureX402Account(payer)
+    if (ops.length > 0) await this.commit(ops)
+    return this.publicAccount(account)
+  }
+
+  private x402Key = (payer: string, nonce: string): string => `${payer.toLowerCase()}!${nonce.toLowerCase()}`
+
+  async recordX402Payment(
+    input: Omit<X402Payment, 'status' | 'createdAt' | 'accountId'>,
+    debtPaid: bigint,
+  ): Promise<boolean> {
+    this.assertWritable()
+    const key = this.x402Key(input.payer, input.nonce)
+    if (this.x402ById.has(key)) return false
+    const owed = this.x402Debt(input.payer)
+    if (debtPaid < 0n || debtPaid > owed || debtPaid > input.amount) throw new LedgerError('bad debt payment')
+    const { account: existing, ops } = this.ensureX402Account(input.payer)
+    const account = { ...existing }
+    const payment: X402Payment & { txKey?: string } = {
+      ...input,
+      accountId: account.id,
+      status: 'pending',
+      createdAt: Date.now(),
+    }
+    const credit = input.amount - debtPaid
+    if (credit > 0n) {
+      account.balance += credit
+      const { op, tx } = this.txRow(account, {
+        type: 'x402',
+        amount: credit,
+        wallet: input.payer,
+        requestId: input.requestId,
+        memo: debtPaid > 0n ? `x402 payment (of which ${debtPaid} paid what was owed)` : 'x402 payment',
+      })
+      payment.txKey = op.key
+      ops.push(this.putAccount(account), op)
+      void tx
+    }
+    if (debtPaid > 0n) ops.push(this.putDebt(input.payer, owed - debtPaid))
+    this.x402ById.set(key, payment)
+    ops.push({ type: 'put', key: `x!${key}`, value: bigJson(payment) })
+    await this.commit(ops)
+    return true
+  }
+
+  private putDebt(payer: string, amount: bigint): Batch[number] {
+    const key = payer.toLowerCase()
+    if (amount === 0n) {
+      this.debts.delete(key)
+      return { type: 'del', key: `xd!${key}` }
+    }
+    this.debts.set(key, amount)
+    return { type: 'put', key: `xd!${key}`, value: amount.toString() }
+  }
+
+  private pendingX402(payer: string, nonce: string): X402Payment & { txKey?: string } {
+    const payment = this.x402ById.get(this.x402Key(payer, nonce))
+    if (payment == null) throw new LedgerError(`no x402 payment ${nonce} of ${payer}`)
+    return payment
+  }
+
+  async x402Settled(payer: string, nonce: string, txHash: string): Promise<void> {
+    this.assertWritable()
+    const payment = this.pendingX402(payer, nonce)
+    if (payment.status !== 'pending') return
+    const next = { ...payment, status: 'settled' as const, txHash }
+    this.x402ById.set(this.x402Key(payer, nonce), next)
+    const ops: Batch = [{ type: 'put', key: `x!${this.x402Key(payer, nonce)}`, value: bigJson(next) }]
+    if (payment.txKey != null) {
+      await this.flushing
+      const row = txFromJson(await this.db.get(payment.txKey))
+      ops.push({ type: 'put', key: payment.txKey, value: txToJson({ ...row, txHash }) })
+    }
+    await this.commit(ops)
+  }
+
+  async x402Failed(payer: string, nonce: string, error: string): Promise<void> {
+    this.assertWritable()
+    const payment = this.pendingX402(payer, nonce)
+    if (payment.status !== 'pending') return
+    const next = { ...payment, status: 'failed' as const, error: error.slice(0, 300) }
+    this.x402ById.set(this.x402Key(payer, nonce), next)
+    await this.commit([
+      { type: 'put', key: `x!${this.x402Key(payer, nonce)}`, value: bigJson(next) },
+      this.putDebt(payer, this.x402Debt(payer) + payment.amount),
+    ])
+  }
+
+  x402Payments(status?: X402Payment['status']): X402Payment[] {
+    return [...this.x402ById.values()]
+      .filter((p) => status == null || p.status === status)
+      .map(({ txKey: _k, ...p }: X402Payment & { txKey?: string }) => p)
+  }
+
+  x402Debt(payer: string): bigint {
+    return this.debts.get(payer.toLowerCase()) ?? 0n
+  }
+
+  countX402Payments(): number {
+    let n = 0
+    for (const p of this.x402ById.values()) if (p.status !== 'failed') n++
+    return n
   }
 
   cursor(name: string): bigint | undefined {
