@@ -1,0 +1,405 @@
+// x402 through the whole system: anvil with test USDC, the embedded facilitator, a gateway and a real
+// node. A wallet with no account pays per request with the official @x402/fetch client (plain and
+// streamed), or by hand with X-PAYMENT (v1) and PAYMENT-SIGNATURE (v2); exactly the price moves once;
+// replays, duplicates sent at once and bad payments get their 402 reason and start no work on the node;
+// a stream starts before its payment settles; the node is paid for x402 work through settlement.
+import { randomBytes } from 'node:crypto'
+import { decodePaymentRequiredHeader, encodePaymentSignatureHeader } from '@x402/core/http'
+import type { PaymentPayload, PaymentRequired, PaymentRequirements } from '@x402/core/types'
+import { authorizationTypes } from '@x402/evm'
+import { ExactEvmScheme } from '@x402/evm/exact/client'
+import { wrapFetchWithPayment, x402Client } from '@x402/fetch'
+import { type Address, createPublicClient, createTestClient, type Hex, http, toHex } from 'viem'
+import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from 'viem/accounts'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
+import { type RunningNode, startNode } from '../../node/node.ts'
+import { clusterEscrowAbi, testUsdcAbi } from '../../src/chain/artifacts.ts'
+import { type DevChain, devChainViem, fundWallet, startDevChain, testAccounts } from '../../src/chain/devchain.ts'
+import { embeddedFacilitator, type Network, X402_REASONS } from '../../src/payments/x402.ts'
+import { tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
+
+const MODEL = 'tiny-x402'
+const PATH = '/v1/chat/completions'
+const PRICE = 3000n // $0.003, the docs' price
+const accounts = testAccounts()
+const gatewayKey = (accounts[1] as { privateKey: Hex }).privateKey
+const payTo = privateKeyToAccount(gatewayKey).address
+const nodePayout = (accounts[3] as { address: Address }).address
+
+describe('x402: pay per request, no account', () => {
+  let chain: DevChain
+  let gw: RunningGateway
+  let node: RunningNode
+  const cleanups: Array<() => Promise<void>> = []
+  let network: Network
+  let submits = 0
+  let publicClient: ReturnType<typeof createPublicClient>
+
+  const usdcOf = (address: Address): Promise<bigint> =>
+    publicClient.readContract({ address: chain.usdc, abi: testUsdcAbi, functionName: 'balanceOf', args: [address] })
+
+  const newPayer = async (usdc = 1_000_000n): Promise<PrivateKeyAccount> => {
+    const account = privateKeyToAccount(generatePrivateKey())
+    if (usdc > 0n) await fundWallet(chain, account.address, { usdc })
+    return account
+  }
+
+  const client = (payer: PrivateKeyAccount) =>
+    new x402Client()
+      .register(network, new ExactEvmScheme(payer))
+      .setSpendControls({ allowedAssets: [{ network, asset: chain.usdc }] })
+
+  const chatBody = (stream = false) =>
+    JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'hi' }], max_tokens: 4, stream })
+
+  const post = (headers: Record<string, string> = {}, stream = false) =>
+    fetch(`${gw.url}${PATH}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...headers },
+      body: chatBody(stream),
+    })
+
+  /** The requirements of a fresh 402, decoded from its header as the docs describe. */
+  const requirements = async (): Promise<PaymentRequirements> => {
+    const res = await post()
+    expect(res.status).toBe(402)
+    const required = decodePaymentRequiredHeader(res.headers.get('payment-required') as string)
+    return required.accepts[0] as PaymentRequirements
+  }
+
+  const payV2 = (payer: PrivateKeyAccount, accepted: PaymentRequirements): Promise<PaymentPayload> =>
+    client(payer).createPaymentPayload({
+      x402Version: 2,
+      resource: { url: `${gw.url}${PATH}` },
+      accepts: [accepted],
+    } as PaymentRequired)
+
+  /** A payment signed with viem directly, with fields the official client would not produce. */
+  const signedByHand = async (
+    payer: PrivateKeyAccount,
+    accepted: PaymentRequirements,
+    over: { value?: bigint; validBefore?: bigint; x402Version?: 1 | 2 } = {},
+  ) => {
+    const now = BigInt(Math.floor(Date.now() / 1000))
+    const message = {
+      from: payer.address,
+      to: accepted.payTo as Address,
+      value: over.value ?? BigInt(accepted.amount),
+      validAfter: 0n,
+      validBefore: over.validBefore ?? now + 60n,
+      nonce: toHex(randomBytes(32)),
+    }
+    const signature = await payer.signTypedData({
+      domain: {
+        name: (accepted.extra as { name: string }).name,
+        version: (accepted.extra as { version: string }).version,
+        chainId: chain.chainId,
+        verifyingContract: accepted.asset as Address,
+      },
+      types: authorizationTypes,
+      primaryType: 'TransferWithAuthorization',
+      message,
+    })
+    const authorization = {
+      ...message,
+      value: message.value.toString(),
+      validAfter: '0',
+      validBefore: message.validBefore.toString(),
+    }
+    return { authorization, signature }
+  }
+
+  const reasonOf = (res: Response): string => {
+    const header = res.headers.get('payment-required')
+    return header ? (decodePaymentRequiredHeader(header).error ?? '') : ''
+  }
+
+  beforeAll(async () => {
+    chain = await startDevChain()
+    cleanups.push(() => chain.stop())
+    network = `eip155:${chain.chainId}`
+    publicClient = createPublicClient({ chain: devChainViem(chain), transport: http(chain.rpcUrl) })
+    const dir = await tempDir('cluster-x402-')
+    cleanups.push(dir.remove)
+    gw = await startGateway({
+      dataDir: `${dir.path}/gateway`,
+      port: 0,
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      rateLimit: { capacity: 10_000, refillPerSecond: 1_000 },
+      log: () => undefined,
+      chain: {
+        rpcUrl: chain.rpcUrl,
+        chainId: chain.chainId,
+        usdc: chain.usdc,
+        escrow: chain.escrow,
+        signerKey: gatewayKey,
+        confirmations: 0,
+        pollIntervalMs: 200,
+        settleIntervalMs: 3_600_000,
+      },
+      x402: {
+        settings: {
+          network,
+          asset: chain.usdc,
+          assetDomain: { name: 'USD Coin', version: '2' },
+          payTo,
+          maxTimeoutSeconds: 60,
+        },
+        facilitator: embeddedFacilitator({
+          rpcUrl: chain.rpcUrl,
+          chainId: chain.chainId,
+          privateKey: (accounts[5] as { privateKey: Hex }).privateKey,
+          multicall3: chain.multicall3,
+        }),
+        rpcUrl: chain.rpcUrl,
+      },
+    })
+    cleanups.unshift(() => gw.stop())
+    node = await startNode({
+      dataDir: `${dir.path}/node`,
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      bootstrap: gw.multiaddrs(),
+      models: [{ path: await tinyModelPath(), id: MODEL }],
+      threads: 1,
+      slots: 2,
+      gpu: false,
+      heartbeatIntervalMs: 200,
+      payoutAddress: nodePayout,
+    })
+    cleanups.unshift(() => node.stop())
+    // Count the work the node takes on (its scheduler is the only way in to the engine).
+    const scheduler = node.schedulers.get(MODEL)
+    if (scheduler == null) throw new Error('no scheduler')
+    const submit = scheduler.submit.bind(scheduler)
+    scheduler.submit = (...args: Parameters<typeof submit>) => {
+      submits++
+      return submit(...args)
+    }
+    await waitFor(
+      () => gw.directory.get(node.peerId)?.capabilities?.payoutAddress === nodePayout,
+      15_000,
+      'the node in the directory',
+    )
+  }, 120_000)
+
+  afterAll(async () => {
+    for (const c of cleanups) await c().catch(() => undefined)
+  })
+
+  it('no Authorization header → 402 with the payment-required header as the docs describe; a wrong key is 401', async () => {
+    const res = await post()
+    expect(res.status).toBe(402)
+    const required = decodePaymentRequiredHeader(res.headers.get('payment-required') as string)
+    expect(required.x402Version).toBe(2)
+    expect(required.accepts).toHaveLength(1)
+    expect(required.accepts[0]).toMatchObject({
+      scheme: 'exact',
+      network,
+      amount: PRICE.toString(),
+      asset: chain.usdc,
+      payTo,
+      maxTimeoutSeconds: 60,
+      extra: { name: 'USD Coin', version: '2' },
+    })
+    expect(required.resource?.url).toContain(PATH)
+    const body = (await res.json()) as { message?: string; x402Version?: number; accepts?: unknown[] }
+    expect(body.message).toMatch(/X-PAYMENT|PAYMENT-SIGNATURE/)
+    expect(body.x402Version).toBe(1)
+    expect(body.accepts?.length).toBe(1)
+    const wrong = await post({ authorization: 'Bearer sk-cluster-wrong' })
+    expect(wrong.status).toBe(401)
+    expect(submits).toBe(0)
+  })
+
+  it('@x402/fetch pays for a plain and a streamed completion: exactly the price moves, each time', async () => {
+    const payer = await newPayer()
+    const pay = wrapFetchWithPayment(fetch, client(payer))
+    const [payerBefore, payToBefore] = [await usdcOf(payer.address), await usdcOf(payTo)]
+    const plain = await pay(`${gw.url}${PATH}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: chatBody(),
+    })
+    expect(plain.status).toBe(200)
+    const answer = (await plain.json()) as { choices: Array<{ message: { role: string } }> }
+    expect(answer.choices[0]?.message.role).toBe('assistant')
+    expect(plain.headers.get('payment-response')).toBeTruthy()
+    expect(await usdcOf(payer.address)).toBe(payerBefore - PRICE)
+    expect(await usdcOf(payTo)).toBe(payToBefore + PRICE)
+
+    const streamed = await pay(`${gw.url}${PATH}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: chatBody(true),
+    })
+    expect(streamed.status).toBe(200)
+    const text = await streamed.text()
+    expect(text).toContain('data: [DONE]')
+    expect(text).not.toContain('payment_failed')
+    expect(await usdcOf(payer.address)).toBe(payerBefore - 2n * PRICE)
+    expect(await usdcOf(payTo)).toBe(payToBefore + 2n * PRICE)
+  })
+
+  it('a raw client: decodes the 402, signs with viem, retries with X-PAYMENT (v1) and PAYMENT-SIGNATURE (v2)', async () => {
+    const payer = await newPayer()
+    const accepted = await requirements()
+    const before = await usdcOf(payer.address)
+    // v2
+    const v2 = await payV2(payer, accepted)
+    const r2 = await post({ 'payment-signature': encodePaymentSignatureHeader(v2) })
+    expect(r2.status).toBe(200)
+    expect(r2.headers.get('payment-response')).toBeTruthy()
+    // v1, as the docs show it: X-PAYMENT with the payload in base64 JSON
+    const signed = await signedByHand(payer, accepted)
+    const v1 = { x402Version: 1, scheme: 'exact', network, payload: signed }
+    const r1 = await post({ 'x-payment': Buffer.from(JSON.stringify(v1)).toString('base64') })
+    expect(r1.status, await r1.clone().text()).toBe(200)
+    expect(r1.headers.get('x-payment-response')).toBeTruthy()
+    expect(await usdcOf(payer.address)).toBe(before - 2n * PRICE)
+  })
+
+  it('a replay, and the same payment three times at once: served exactly once, no work for the copies', async () => {
+    const payer = await newPayer()
+    const accepted = await requirements()
+    const header = encodePaymentSignatureHeader(await payV2(payer, accepted))
+    const before = submits
+    const served = await post({ 'payment-signature': header })
+    expect(served.status).toBe(200)
+    const replay = await post({ 'payment-signature': header })
+    expect(replay.status).toBe(402)
+    expect(reasonOf(replay)).toBe(X402_REASONS.nonceUsed)
+
+    const fresh = encodePaymentSignatureHeader(await payV2(payer, accepted))
+    const copies = await Promise.all([1, 2, 3].map(() => post({ 'payment-signature': fresh })))
+    expect(copies.map((r) => r.status).sort()).toEqual([200, 402, 402])
+    for (const r of copies.filter((x) => x.status === 402)) expect(reasonOf(r)).toBe(X402_REASONS.nonceUsed)
+    expect(submits - before).toBe(2)
+    expect(await usdcOf(payer.address)).toBe(1_000_000n - 2n * PRICE)
+  })
+
+  it('tampered amount, expired authorization, unfunded payer, wrong network: each its 402 reason, no work', async () => {
+    const payer = await newPayer()
+    const accepted = await requirements()
+    const before = submits
+    const cases: Array<[string, PaymentPayload, string]> = []
+    // The amount changed after signing: the signature no longer matches.
+    const tampered = await payV2(payer, accepted)
+    const auth = (tampered.payload as { authorization: { value: string } }).authorization
+    auth.value = '1'
+    cases.push(['tampered', tampered, X402_REASONS.invalidSignature])
+    // Signed for less than the price.
+    cases.push([
+      'underpaid',
+      {
+        x402Version: 2,
+        accepted,
+        payload: await signedByHand(payer, accepted, { value: PRICE - 1n }),
+      } as PaymentPayload,
+      X402_REASONS.amountMismatch,
+    ])
+    const expired = await signedByHand(payer, accepted, { validBefore: BigInt(Math.floor(Date.now() / 1000) - 10) })
+    cases.push(['expired', { x402Version: 2, accepted, payload: expired } as PaymentPayload, X402_REASONS.expired])
+    const broke = await newPayer(0n)
+    cases.push(['unfunded', await payV2(broke, accepted), X402_REASONS.insufficientFunds])
+    const elsewhere = { ...accepted, network: 'eip155:8453' }
+    cases.push([
+      'wrong network',
+      { x402Version: 2, accepted: elsewhere, payload: await signedByHand(payer, accepted) } as PaymentPayload,
+      X402_REASONS.networkMismatch,
+    ])
+    for (const [name, payload, reason] of cases) {
+      const res = await post({ 'payment-signature': encodePaymentSignatureHeader(payload) })
+      expect([name, res.status]).toEqual([name, 402])
+      expect([name, reasonOf(res)]).toEqual([name, reason])
+    }
+    expect(submits).toBe(before)
+    expect(await usdcOf(payer.address)).toBe(1_000_000n)
+  })
+
+  it('streaming: the first chunk arrives while the settlement is still unmined; [DONE] follows it', async () => {
+    const payer = await newPayer()
+    const accepted = await requirements()
+    const payload = await payV2(payer, accepted)
+    const nonce = (payload.payload as { authorization: { nonce: Hex } }).authorization.nonce
+    const testClient = createTestClient({ chain: devChainViem(chain), transport: http(chain.rpcUrl), mode: 'anvil' })
+    await testClient.setAutomine(false)
+    try {
+      const res = await post({ 'payment-signature': encodePaymentSignatureHeader(payload) }, true)
+      expect(res.status).toBe(200)
+      const reader = (res.body as ReadableStream<Uint8Array>).getReader()
+      const first = await reader.read()
+      expect(new TextDecoder().decode(first.value)).toContain('chat.completion.chunk')
+      // Not settled yet: the authorization is unused on chain.
+      const used = await publicClient.readContract({
+        address: chain.usdc,
+        abi: [
+          {
+            type: 'function',
+            name: 'authorizationState',
+            stateMutability: 'view',
+            inputs: [
+              { name: 'authorizer', type: 'address' },
+              { name: 'nonce', type: 'bytes32' },
+            ],
+            outputs: [{ type: 'bool' }],
+          },
+        ] as const,
+        functionName: 'authorizationState',
+        args: [payer.address, nonce],
+      })
+      expect(used).toBe(false)
+      // Now let the chain go on: blocks until the transfer is in one.
+      await waitFor(
+        async () => {
+          await testClient.mine({ blocks: 1 })
+          return (await usdcOf(payer.address)) === 1_000_000n - PRICE
+        },
+        10_000,
+        'the settlement mined',
+      )
+      let rest = ''
+      for (;;) {
+        const { value, done } = await reader.read()
+        if (done) break
+        rest += new TextDecoder().decode(value)
+      }
+      expect(rest).toContain('data: [DONE]')
+      expect(rest).not.toContain('payment_failed')
+    } finally {
+      await testClient.setAutomine(true)
+    }
+    expect(await usdcOf(payer.address)).toBe(1_000_000n - PRICE)
+  })
+
+  it('x402 payments are recorded and counted; the node is paid for x402 work through settlement', async () => {
+    const payments = gw.ledger.x402Payments()
+    const settled = payments.filter((p) => p.status === 'settled')
+    expect(settled.length).toBe(payments.length)
+    for (const p of settled) {
+      expect(p.txHash).toMatch(/^0x[0-9a-f]{64}$/)
+      expect(p.amount).toBe(PRICE)
+      expect(p.requestId).toMatch(/^chatcmpl-/)
+    }
+    const stats = (await (await fetch(`${gw.url}/api/stats`)).json()) as { x402Payments: number }
+    expect(stats.x402Payments).toBe(settled.length)
+    // Each served x402 call is a payout to the node, paid from the gateway's escrow account, which
+    // the settler fills from the USDC the payments brought to payTo.
+    const owed = gw.ledger
+      .pendingPayouts(1_000)
+      .filter((p) => p.payer === '')
+      .reduce((s, p) => s + p.amount, 0n)
+    expect(owed).toBe(BigInt(settled.length) * PRICE)
+    const earnings = (): Promise<bigint> =>
+      publicClient.readContract({
+        address: chain.escrow,
+        abi: clusterEscrowAbi,
+        functionName: 'earnings',
+        args: [nodePayout],
+      })
+    const before = await earnings()
+    const result = await gw.chain?.settler.run()
+    expect(result?.failed).toEqual([])
+    expect((await earnings()) - before).toBe(owed)
+  })
+})
