@@ -3,7 +3,7 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { Command, Option } from 'commander'
-import type { GatewayChainConfig } from '../../gateway/gateway.ts'
+import type { GatewayChainConfig, GatewayX402Config } from '../../gateway/gateway.ts'
 import { type Config, ConfigError, gatewayExtras, resolveConfig } from '../config/config.ts'
 import { type SynthPresetName, synthesizeGguf } from '../models/synth.ts'
 import { SOFTWARE } from '../version.ts'
@@ -131,6 +131,50 @@ async function adminCall(opts: AdminOpts, path: string, payload: unknown): Promi
 
 const gpuOption = (c: Config): 'auto' | false => (c.node.gpu === 'off' ? false : 'auto')
 
+/** x402: its settings from the chain section, and the facilitator (remote, or embedded with its own key). */
+async function gatewayX402(config: Config, signerAddress: string): Promise<GatewayX402Config | undefined> {
+  const x402 = config.x402
+  if (x402 == null) return undefined
+  const chain = config.chain
+  if (chain == null) {
+    process.stderr.write('cluster gateway: x402 needs the chain section (its network and USDC)\n')
+    process.exit(2)
+  }
+  const { embeddedFacilitator, remoteFacilitator } = await import('../payments/x402.ts')
+  const { loadSignerKey, SignerKeyError } = await import('../chain/escrow.ts')
+  let facilitator: GatewayX402Config['facilitator']
+  if (x402.facilitatorUrl != null) facilitator = remoteFacilitator(x402.facilitatorUrl)
+  else {
+    try {
+      const privateKey = await loadSignerKey({
+        env: process.env,
+        file: x402.facilitatorKeyFile,
+        envVar: 'CLUSTER_FACILITATOR_KEY',
+        purpose: 'the embedded x402 facilitator needs a key to pay gas (or set x402.facilitatorUrl)',
+      })
+      facilitator = embeddedFacilitator({ rpcUrl: chain.rpcUrl, chainId: chain.chainId, privateKey })
+    } catch (err) {
+      if (err instanceof SignerKeyError) {
+        process.stderr.write(`cluster gateway: ${err.message}\n`)
+        process.exit(2)
+      }
+      throw err
+    }
+  }
+  return {
+    settings: {
+      network: `eip155:${chain.chainId}`,
+      asset: chain.usdc as `0x${string}`,
+      assetDomain: { name: x402.assetName, version: x402.assetVersion },
+      payTo: (x402.payTo ?? chain.payoutAddress ?? signerAddress) as `0x${string}`,
+      maxTimeoutSeconds: x402.maxTimeoutSeconds,
+    },
+    facilitator,
+    rpcUrl: chain.rpcUrl,
+    settleTimeoutMs: x402.settleTimeoutMs,
+  }
+}
+
 /** The gateway's on-chain settings, with its signing key from CLUSTER_GATEWAY_KEY or the key file. */
 async function gatewayChain(config: Config): Promise<GatewayChainConfig | undefined> {
   const chain = config.chain
@@ -203,8 +247,11 @@ export async function main(argv: string[]): Promise<void> {
       })
       const { startGateway } = await import('../../gateway/gateway.ts')
       const chain = await gatewayChain(config)
+      const { privateKeyToAccount } = await import('viem/accounts')
+      const x402 = await gatewayX402(config, chain ? privateKeyToAccount(chain.signerKey).address : '')
       const gw = await startGateway({
         ...(chain ? { chain } : {}),
+        ...(x402 ? { x402 } : {}),
         dataDir: resolve(config.dataDir),
         ...(config.listen ? { listen: config.listen } : {}),
         bootstrap: config.bootstrap,

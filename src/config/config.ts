@@ -88,6 +88,23 @@ export const ChainSectionSchema = z
   })
 export type ChainSection = z.output<typeof ChainSectionSchema>
 
+/**
+ * x402 on the gateway (needs the chain section: the network is its chain, the asset its USDC). The
+ * facilitator is a remote one (`facilitatorUrl`), or embedded: in-process, paying gas with the key
+ * in CLUSTER_FACILITATOR_KEY or `facilitatorKeyFile`.
+ */
+export const X402SectionSchema = z.object({
+  facilitatorUrl: z.url({ protocol: /^https?$/ }).optional(),
+  facilitatorKeyFile: z.string().min(1).optional(),
+  /** Receives the payments. @default the chain section's payoutAddress, else the gateway's address */
+  payTo: EvmAddress.optional(),
+  /** The token's EIP-712 domain. @default USD Coin / 2 (USDC on Base) */
+  assetName: z.string().min(1).default('USD Coin'),
+  assetVersion: z.string().min(1).default('2'),
+  maxTimeoutSeconds: z.coerce.number().int().min(10).max(3600).default(60),
+  settleTimeoutMs: z.coerce.number().int().min(100).max(600_000).default(30_000),
+})
+
 export const ConfigSchema = z.object({
   dataDir: z.string().min(1).default('.cluster'),
   listen: z.array(Multiaddr).optional(),
@@ -97,6 +114,8 @@ export const ConfigSchema = z.object({
   node: NodeSectionSchema.default({ models: [], slots: 4, maxQueue: 32, gpu: 'auto', payoutAddress: '' }),
   /** On-chain settlement (the gateway): off when absent. */
   chain: ChainSectionSchema.optional(),
+  /** Pay per request with x402 (the gateway): off when absent. */
+  x402: X402SectionSchema.optional(),
 })
 export type Config = z.infer<typeof ConfigSchema>
 export type ConfigInput = z.input<typeof ConfigSchema>

@@ -9,7 +9,7 @@ import type { PaymentPayload, PaymentRequired, PaymentRequirements } from '@x402
 import { authorizationTypes } from '@x402/evm'
 import { ExactEvmScheme } from '@x402/evm/exact/client'
 import { wrapFetchWithPayment, x402Client } from '@x402/fetch'
-import { type Address, createPublicClient, createTestClient, type Hex, http, toHex } from 'viem'
+import { type Address, createPublicClient, createTestClient, createWalletClient, type Hex, http, toHex } from 'viem'
 import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from 'viem/accounts'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
@@ -153,6 +153,9 @@ describe('x402: pay per request, no account', () => {
           multicall3: chain.multicall3,
         }),
         rpcUrl: chain.rpcUrl,
+        // Short, so that the tests can show a settlement left pending and then reconciled.
+        settleTimeoutMs: 2_000,
+        reconcileIntervalMs: 300,
       },
     })
     cleanups.unshift(() => gw.stop())
@@ -372,13 +375,94 @@ describe('x402: pay per request, no account', () => {
     expect(await usdcOf(payer.address)).toBe(1_000_000n - PRICE)
   })
 
+  it('a settlement not mined in time is pending, not failed, and is reconciled by its nonce', async () => {
+    const payer = await newPayer()
+    const accepted = await requirements()
+    const payload = await payV2(payer, accepted)
+    const nonce = (payload.payload as { authorization: { nonce: Hex } }).authorization.nonce
+    const testClient = createTestClient({ chain: devChainViem(chain), transport: http(chain.rpcUrl), mode: 'anvil' })
+    await testClient.setAutomine(false)
+    let res: Response
+    try {
+      res = await post({ 'payment-signature': encodePaymentSignatureHeader(payload) })
+    } finally {
+      await testClient.setAutomine(true)
+    }
+    // Served (the payment was verified), its settlement still open when the answer went out.
+    expect(res.status).toBe(200)
+    expect(res.headers.get('payment-response')).toBeNull()
+    const record = () => gw.ledger.x402Payments().find((p) => p.nonce.toLowerCase() === nonce.toLowerCase())
+    expect(record()?.status).toBe('pending')
+    await testClient.mine({ blocks: 1 })
+    await waitFor(() => record()?.status === 'settled', 10_000, 'the pending settlement reconciled')
+    expect(await usdcOf(payer.address)).toBe(1_000_000n - PRICE)
+    expect(gw.ledger.x402Debt(payer.address)).toBe(0n)
+  })
+
+  it('a payment that fails to settle: the stream ends with an error event, the payer owes it before it is served again', async () => {
+    const payer = await newPayer()
+    const accepted = await requirements()
+    const payload = await payV2(payer, accepted)
+    const testClient = createTestClient({ chain: devChainViem(chain), transport: http(chain.rpcUrl), mode: 'anvil' })
+    const wallet = createWalletClient({ chain: devChainViem(chain), transport: http(chain.rpcUrl), account: payer })
+    await fundWallet(chain, payer.address, { eth: 10n ** 18n })
+    await testClient.setAutomine(false)
+    let text = ''
+    try {
+      const res = await post({ 'payment-signature': encodePaymentSignatureHeader(payload) }, true)
+      expect(res.status).toBe(200)
+      const reader = (res.body as ReadableStream<Uint8Array>).getReader()
+      const first = await reader.read()
+      text += new TextDecoder().decode(first.value)
+      // Verified, serving — and the payer empties its wallet ahead of the settlement (a higher tip).
+      const balance = await usdcOf(payer.address)
+      await wallet.writeContract({
+        address: chain.usdc,
+        abi: testUsdcAbi,
+        functionName: 'transfer',
+        args: [privateKeyToAccount(generatePrivateKey()).address, balance],
+        maxPriorityFeePerGas: 10n ** 11n,
+        maxFeePerGas: 10n ** 12n,
+      })
+      await testClient.mine({ blocks: 1 })
+      for (;;) {
+        const { value, done } = await reader.read()
+        if (done) break
+        text += new TextDecoder().decode(value)
+      }
+    } finally {
+      await testClient.setAutomine(true)
+    }
+    expect(text).toContain('payment_failed')
+    expect(gw.ledger.x402Debt(payer.address)).toBe(PRICE)
+    // Its next payment at the plain price is refused: it must cover what it owes too.
+    await fundWallet(chain, payer.address, { usdc: 1_000_000n })
+    const before = submits
+    const again = await post({ 'payment-signature': encodePaymentSignatureHeader(await payV2(payer, accepted)) })
+    expect(again.status).toBe(402)
+    expect(reasonOf(again)).toMatch(/^unpaid_previous_request/)
+    const owed = decodePaymentRequiredHeader(again.headers.get('payment-required') as string).accepts[0]
+    expect(owed?.amount).toBe((2n * PRICE).toString())
+    expect(submits).toBe(before)
+    // Paying both: served, and nothing is owed any more.
+    const both = await post({
+      'payment-signature': encodePaymentSignatureHeader(await payV2(payer, owed as PaymentRequirements)),
+    })
+    expect(both.status).toBe(200)
+    expect(gw.ledger.x402Debt(payer.address)).toBe(0n)
+    expect(await usdcOf(payer.address)).toBe(1_000_000n - 2n * PRICE)
+  })
+
   it('x402 payments are recorded and counted; the node is paid for x402 work through settlement', async () => {
     const payments = gw.ledger.x402Payments()
     const settled = payments.filter((p) => p.status === 'settled')
-    expect(settled.length).toBe(payments.length)
+    // All settled but the one whose payer emptied its wallet.
+    expect(payments.filter((p) => p.status === 'failed')).toHaveLength(1)
+    expect(settled.length).toBe(payments.length - 1)
     for (const p of settled) {
-      expect(p.txHash).toMatch(/^0x[0-9a-f]{64}$/)
-      expect(p.amount).toBe(PRICE)
+      // (one was reconciled by its nonce: its tx hash is not known)
+      if (p.txHash !== '') expect(p.txHash).toMatch(/^0x[0-9a-f]{64}$/)
+      expect([PRICE, 2n * PRICE]).toContain(p.amount)
       expect(p.requestId).toMatch(/^chatcmpl-/)
     }
     const stats = (await (await fetch(`${gw.url}/api/stats`)).json()) as { x402Payments: number }
@@ -389,7 +473,9 @@ describe('x402: pay per request, no account', () => {
       .pendingPayouts(1_000)
       .filter((p) => p.payer === '')
       .reduce((s, p) => s + p.amount, 0n)
-    expect(owed).toBe(BigInt(settled.length) * PRICE)
+    // One payout per served call, the price each (the failed payment's call too: the gateway pays
+    // its node and the payer owes it — the debt was paid by the double payment).
+    expect(owed).toBe(BigInt(payments.length) * PRICE)
     const earnings = (): Promise<bigint> =>
       publicClient.readContract({
         address: chain.escrow,
