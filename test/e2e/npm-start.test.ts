@@ -3,6 +3,8 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { ExactEvmScheme } from '@x402/evm/exact/client'
+import { wrapFetchWithPayment, x402Client } from '@x402/fetch'
 import OpenAI from 'openai'
 import { type Address, createPublicClient, createWalletClient, type Hex, http, parseUnits } from 'viem'
 import { privateKeyToAccount } from 'viem/accounts'
@@ -25,6 +27,7 @@ interface DevJson {
     demoWalletAddress: Address
     demoWalletPrivateKey: Hex
   }
+  x402: { network: `eip155:${number}`; asset: Address; payTo: Address; payerPrivateKey: Hex }
 }
 
 const exited = (child: ChildProcess): Promise<number | null> =>
@@ -134,6 +137,33 @@ describe('npm start', () => {
     }
     const expected = (Number(before) + 1.5).toFixed(6)
     await waitFor(async () => Number(await spendable()).toFixed(6) === expected, 10_000, 'the deposit credited')
+
+    // No account: the x402 payer from dev.json pays per request with the official client.
+    expect(output).not.toContain(dev.x402.payerPrivateKey)
+    const payer = privateKeyToAccount(dev.x402.payerPrivateKey)
+    const pay = wrapFetchWithPayment(
+      fetch,
+      new x402Client()
+        .register(dev.x402.network, new ExactEvmScheme(payer))
+        .setSpendControls({ allowedAssets: [{ network: dev.x402.network, asset: dev.x402.asset }] }),
+    )
+    const usdc = (who: Address) =>
+      publicClient.readContract({ address: dev.x402.asset, abi: testUsdcAbi, functionName: 'balanceOf', args: [who] })
+    const paid = await usdc(payer.address)
+    const unpaid = await fetch(`${dev.gatewayUrl}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: dev.models[0], messages: [{ role: 'user', content: 'Hello' }], max_tokens: 4 }),
+    })
+    expect(unpaid.status).toBe(402)
+    expect(unpaid.headers.get('payment-required')).toBeTruthy()
+    const x402Res = await pay(`${dev.gatewayUrl}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: dev.models[0], messages: [{ role: 'user', content: 'Hello' }], max_tokens: 4 }),
+    })
+    expect(x402Res.status).toBe(200)
+    expect(paid - (await usdc(payer.address))).toBe(3000n)
 
     const t0 = Date.now()
     process.kill(-(child.pid as number), 'SIGINT')
