@@ -75,9 +75,17 @@ const embedded = embeddedFacilitator({
 })
 const facilitator: Facilitator = {
   verify: (payment, requirements) =>
-    timed('verify', () => embedded.verify(payment, requirements), (r) => r.isValid),
+    timed(
+      'verify',
+      () => embedded.verify(payment, requirements),
+      (r) => r.isValid,
+    ),
   settle: (payment, requirements) =>
-    timed('settle', () => embedded.settle(payment, requirements), (r) => r.success),
+    timed(
+      'settle',
+      () => embedded.settle(payment, requirements),
+      (r) => r.success,
+    ),
 }
 
 const gw = await startGateway({

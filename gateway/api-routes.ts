@@ -9,6 +9,7 @@ import type { Accounts, Authenticated } from './accounts.ts'
 import { ApiError, conflict, forbidden, invalidRequest, notFound, rateLimited, unauthorized } from './errors.ts'
 import type { Pricing } from './pricing.ts'
 import type { TokenBuckets } from './rate-limit.ts'
+import type { VerifiedPayment } from './x402.ts'
 
 export interface ApiDeps {
   accounts: Accounts
@@ -20,7 +21,8 @@ export interface ApiDeps {
   nodeCount: () => number
 }
 
-export type AuthVars = { Variables: { auth?: Authenticated } }
+/** Who pays for a request: an API key's account, or (no key, paid endpoint) a verified x402 payment. */
+export type AuthVars = { Variables: { auth?: Authenticated; x402?: VerifiedPayment } }
 
 const Email = z.string().max(254).pipe(z.email('must be a valid email address'))
 const Password = z.string().min(8, 'must be at least 8 characters').max(1024, 'must be at most 1024 characters')

@@ -156,8 +156,15 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
       if (c.req.header('payment-signature') == null && c.req.header('x-payment') == null) {
         throw deps.x402.required(c, c.req.path)
       }
-      // The route verifies the payment once it has checked the request.
-      return next()
+      // Verified before any work. The route uses it (gate.use) when its work starts; if it never
+      // does (a bad request, no node), the payment was not used and may be sent again.
+      const payment = await deps.x402.verify(c, c.req.path)
+      c.set('x402', payment)
+      try {
+        return await next()
+      } finally {
+        if (!payment.used) deps.x402.release(payment)
+      }
     }
     requireAuth(c)
     await next()
@@ -205,8 +212,8 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
 
   app.post('/v1/chat/completions', async (c) => {
     const auth = c.get('auth')
-    const paying = auth == null && deps.x402 != null
-    if (!paying) requireAuth(c)
+    const payment = c.get('x402')
+    if (payment == null) requireAuth(c)
     const signal = clientSignal(c)
     let json: unknown
     try {
@@ -227,8 +234,7 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
     if (deps.directory.nodesServing(req.model).length === 0 && !deps.directory.knowsModel(req.model)) {
       throw modelNotFound(req.model)
     }
-    // x402: the payment is verified before any work; API key: the maximum cost is reserved.
-    const payment = paying ? await (deps.x402 as X402Gate).verify(c, '/v1/chat/completions') : undefined
+    // API key: the maximum cost is reserved (x402: the payment was verified by the middleware).
     let meter = new Meter(deps.billing, auth?.account.id ?? '', req.model, meta.id)
     if (auth != null) await meter.reserve(frame, contextSizeOf(deps.directory, req.model))
 
@@ -242,8 +248,6 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
     } catch (err) {
       signal.removeEventListener('abort', onClientGone)
       await meter.cancel()
-      // Nothing was served: the payment was not used and may be sent again.
-      if (payment != null) deps.x402?.release(payment)
       throw err
     }
     // A node answered: the payment is used now, and settles alongside the answer.

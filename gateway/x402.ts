@@ -60,6 +60,8 @@ export interface VerifiedPayment {
   debtPaid: bigint
   payload: PaymentPayload | PaymentPayloadV1
   requirements: PaymentRequirements | PaymentRequirementsV1
+  /** Set by use(): the work started and the payment is being settled. */
+  used: boolean
 }
 
 export type SettlementOutcome =
@@ -141,6 +143,7 @@ export class X402Gate {
         debtPaid: debt,
         payload: decoded.payload,
         requirements,
+        used: false,
       }
     } catch (err) {
       this.inflight.delete(key)
@@ -161,7 +164,7 @@ export class X402Gate {
 
   /** Gives up a verified payment that was not used (no node could serve): it may be sent again. */
   release(payment: VerifiedPayment): void {
-    this.inflight.delete(this.keyOf(payment))
+    if (!payment.used) this.inflight.delete(this.keyOf(payment))
   }
 
   /**
@@ -173,6 +176,7 @@ export class X402Gate {
     requestId: string,
   ): Promise<{ account: Account; settlement: Promise<SettlementOutcome> }> {
     const { ledger } = this.options
+    payment.used = true
     const account = await ledger.x402Account(payment.payer)
     await ledger.recordX402Payment(
       {

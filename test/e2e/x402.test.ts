@@ -281,6 +281,28 @@ describe('x402: pay per request, no account', () => {
     expect(await usdcOf(payer.address)).toBe(1_000_000n - 2n * PRICE)
   })
 
+  it('a verified payment with a bad request or an unknown model is not used: 400/404, nothing moves, it works after', async () => {
+    const payer = await newPayer()
+    const accepted = await requirements()
+    const header = encodePaymentSignatureHeader(await payV2(payer, accepted))
+    const bad = await fetch(`${gw.url}${PATH}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'payment-signature': header },
+      body: JSON.stringify({ model: MODEL, messages: 'not a list' }),
+    })
+    expect(bad.status).toBe(400)
+    const unknown = await fetch(`${gw.url}${PATH}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'payment-signature': header },
+      body: JSON.stringify({ model: 'no-such-model', messages: [{ role: 'user', content: 'hi' }] }),
+    })
+    expect(unknown.status).toBe(404)
+    expect(await usdcOf(payer.address)).toBe(1_000_000n)
+    const good = await post({ 'payment-signature': header })
+    expect(good.status).toBe(200)
+    expect(await usdcOf(payer.address)).toBe(1_000_000n - PRICE)
+  })
+
   it('tampered amount, expired authorization, unfunded payer, wrong network: each its 402 reason, no work', async () => {
     const payer = await newPayer()
     const accepted = await requirements()
