@@ -3,7 +3,6 @@
 import { Hono } from 'hono'
 import { bodyLimit } from 'hono/body-limit'
 import { HTTPException } from 'hono/http-exception'
-import { streamSSE } from 'hono/streaming'
 import type {
   DoneFrame,
   FinishReason,
@@ -32,6 +31,7 @@ import {
 import type { Pricing } from './pricing.ts'
 import type { TokenBuckets } from './rate-limit.ts'
 import type { InferenceCall, MeshRouter } from './router.ts'
+import { streamEvents } from './sse.ts'
 import { PaymentRequiredError, type SettlementOutcome, type X402Gate } from './x402.ts'
 
 export interface CompletedInference {
@@ -139,13 +139,25 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
   app.use('*', async (c, next) => {
     const auth = c.get('auth')
     const take = deps.limits.take(auth != null ? `key:${auth.key.id}` : `ip:${clientAddress(c)}`)
+    const limit = String(take.limit)
+    const remaining = String(take.remaining)
+    const reset = String(take.reset)
+    // Set before the route runs: a response built from the context carries them, and a stream
+    // written straight to the socket (sse.ts) sends them with its first event.
+    c.header('X-RateLimit-Limit', limit)
+    c.header('X-RateLimit-Remaining', remaining)
+    c.header('X-RateLimit-Reset', reset)
     try {
       if (!take.allowed) throw rateLimited(take.retryAfter)
       await next()
     } finally {
-      c.res.headers.set('X-RateLimit-Limit', String(take.limit))
-      c.res.headers.set('X-RateLimit-Remaining', String(take.remaining))
-      c.res.headers.set('X-RateLimit-Reset', String(take.reset))
+      // Error and not-found responses are built without the context's headers.
+      const headers = c.res.headers
+      if (!headers.has('X-RateLimit-Limit')) {
+        headers.set('X-RateLimit-Limit', limit)
+        headers.set('X-RateLimit-Remaining', remaining)
+        headers.set('X-RateLimit-Reset', reset)
+      }
     }
   })
 
@@ -294,8 +306,7 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
     }
 
     const includeUsage = req.stream_options?.include_usage === true
-    return streamSSE(c, async (sse) => {
-      sse.onAbort(() => cancel.abort())
+    return streamEvents(c, cancel, async (sse) => {
       // The role chunk leaves in the same write as the first chunk after it (one write, one
       // packet for the client's first token). JSON has no raw newline: one `data:` line each.
       let head = `data: ${JSON.stringify(chunkBody(meta, { role: 'assistant', content: '' }, null, includeUsage))}\n\n`
@@ -342,7 +353,7 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
             // The answer is out; its payment is told before [DONE] (it did not hold the stream).
             const settled = await settlement
             if (settled?.status === 'failed') await send(paymentError(settled.reason))
-            await sse.writeSSE({ data: '[DONE]' })
+            await sse.write('data: [DONE]\n\n')
             complete(frame.finishReason, frame.usage)
             finished = true
             break

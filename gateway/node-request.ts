@@ -11,7 +11,7 @@ interface NodeBindings {
   outgoing?: unknown
 }
 
-function nodeBindings(c: Context): { incoming: IncomingMessage; outgoing: ServerResponse } | undefined {
+export function nodeBindings(c: Context): { incoming: IncomingMessage; outgoing: ServerResponse } | undefined {
   const env = c.env as NodeBindings | undefined
   if (env?.incoming instanceof IncomingMessage && env.outgoing instanceof ServerResponse) {
     return { incoming: env.incoming, outgoing: env.outgoing }

@@ -132,15 +132,23 @@ describe('gateway + two nodes over libp2p', () => {
   })
 
   it('streams: role first, content deltas, finish_reason, usage when asked, then [DONE]', async () => {
-    const stream = await client.chat.completions.create({
-      model: MODEL,
-      messages: [{ role: 'user', content: 'Write a haiku about AI' }],
-      max_tokens: 10,
-      temperature: 0,
-      seed: 5,
-      stream: true,
-      stream_options: { include_usage: true },
-    })
+    const { data: stream, response } = await client.chat.completions
+      .create({
+        model: MODEL,
+        messages: [{ role: 'user', content: 'Write a haiku about AI' }],
+        max_tokens: 10,
+        temperature: 0,
+        seed: 5,
+        stream: true,
+        stream_options: { include_usage: true },
+      })
+      .withResponse()
+    // The stream is written straight to the socket: the headers it carries are the ones set before.
+    expect(response.headers.get('content-type')).toBe('text/event-stream')
+    expect([nodeA.peerId, nodeB.peerId]).toContain(response.headers.get('x-cluster-node'))
+    expect(Number(response.headers.get('x-ratelimit-limit'))).toBeGreaterThan(0)
+    expect(response.headers.get('x-ratelimit-remaining')).not.toBeNull()
+    expect(response.headers.get('x-ratelimit-reset')).not.toBeNull()
     const chunks = []
     for await (const chunk of stream) chunks.push(chunk)
     expect(chunks[0]?.choices[0]?.delta.role).toBe('assistant')
