@@ -3,6 +3,7 @@
 import type { Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import {
+  checkDeltaFrame,
   type DeltaFrame,
   type DoneFrame,
   decodeFrames,
@@ -11,6 +12,7 @@ import {
   type InferenceRequestFrame,
   type InferenceResponseFrame,
   InferenceResponseFrameSchema,
+  MAX_FRAME_BYTES,
 } from '../protocols/index.ts'
 import type { Directory, NodeEntry } from '../src/mesh/directory.ts'
 import type { MeshPeer } from '../src/mesh/peer.ts'
@@ -185,7 +187,8 @@ export class MeshRouter {
       stream.abort(new Error(outcome))
       return fatal ? { outcome, fatal } : { outcome }
     }
-    const frames = decodeFrames(stream, InferenceResponseFrameSchema)
+    // Deltas (one per token) are checked by hand, exactly as the schema would; the rest by zod.
+    const frames = decodeFrames(stream, InferenceResponseFrameSchema, MAX_FRAME_BYTES, checkDeltaFrame)
     const timer = setTimeout(() => stream.abort(new Error('first frame timeout')), this.firstFrameTimeoutMs)
     let answered = false
     const onAbort = (): void => {
