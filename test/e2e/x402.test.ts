@@ -436,6 +436,9 @@ describe('x402: pay per request, no account', () => {
       const reader = (res.body as ReadableStream<Uint8Array>).getReader()
       const first = await reader.read()
       text += new TextDecoder().decode(first.value)
+      // The settlement leaves alongside the answer, and the first chunk can reach us before it is
+      // in the pool: wait for it there, so the transfer below can overtake it.
+      await waitFor(async () => (await testClient.getTxpoolStatus()).pending > 0, 10_000, 'the settlement in the pool')
       // Verified, serving — and the payer empties its wallet ahead of the settlement (a higher tip).
       const balance = await usdcOf(payer.address)
       await wallet.writeContract({
@@ -445,6 +448,8 @@ describe('x402: pay per request, no account', () => {
         args: [privateKeyToAccount(generatePrivateKey()).address, balance],
         maxPriorityFeePerGas: 10n ** 11n,
         maxFeePerGas: 10n ** 12n,
+        // Not estimated: on the pending state (settlement included) this transfer cannot succeed.
+        gas: 100_000n,
       })
       await testClient.mine({ blocks: 1 })
       for (;;) {
