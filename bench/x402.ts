@@ -194,9 +194,13 @@ interface Gateway {
 }
 
 async function startX402Gateway(dir: string, chain: X402ChildChain): Promise<Gateway> {
-  const child = spawnNode('gateway', ['bin/run-ts.js', 'bench/x402-gateway-child.ts', dir, JSON.stringify(chain)], {
-    ipc: true,
-  })
+  // BENCH_X402_CPU_PROF=<dir>: the gateway writes a V8 CPU profile there when it stops.
+  const prof = process.env.BENCH_X402_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_X402_CPU_PROF] : []
+  const child = spawnNode(
+    'gateway',
+    [...prof, 'bin/run-ts.js', 'bench/x402-gateway-child.ts', dir, JSON.stringify(chain)],
+    { ipc: true },
+  )
   const m = await child.waitFor(/^ready (.*)$/m)
   const ready = JSON.parse(m[1] as string) as Omit<Gateway, 'child' | 'take' | 'probe'>
   if (!ready.apiKey) throw new Error('gateway: no admin API key (the data dir was not fresh)')
