@@ -8,7 +8,7 @@ import { decodePaymentRequiredHeader, encodePaymentSignatureHeader } from '@x402
 import type { PaymentPayload, PaymentRequired, PaymentRequirements } from '@x402/core/types'
 import { authorizationTypes } from '@x402/evm'
 import { ExactEvmScheme } from '@x402/evm/exact/client'
-import { wrapFetchWithPayment, x402Client } from '@x402/fetch'
+import { decodePaymentResponseHeader, wrapFetchWithPayment, x402Client } from '@x402/fetch'
 import { type Address, createPublicClient, createTestClient, createWalletClient, type Hex, http, toHex } from 'viem'
 import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from 'viem/accounts'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -240,6 +240,10 @@ describe('x402: pay per request, no account', () => {
     const text = await streamed.text()
     expect(text).toContain('data: [DONE]')
     expect(text).not.toContain('payment_failed')
+    // A stream's settlement result, as a comment before [DONE]: the PAYMENT-RESPONSE it could not
+    // carry in its headers.
+    const comment = /\n?: payment-response: (\S+)\n\ndata: \[DONE\]/.exec(text)?.[1]
+    expect(decodePaymentResponseHeader(comment as string)).toMatchObject({ success: true })
     expect(await usdcOf(payer.address)).toBe(payerBefore - 2n * PRICE)
     expect(await usdcOf(payTo)).toBe(payToBefore + 2n * PRICE)
   })
