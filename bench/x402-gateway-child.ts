@@ -7,8 +7,8 @@
 // Measurement only, no behaviour changed: the facilitator handed to the gateway is the embedded one
 // wrapped to time each verify and settle, and the ledger instance the gateway (and its X402Gate) uses
 // gets timing wrappers on the x402 calls made on a request's path (x402Payments, x402Account,
-// recordX402Payment). The bench collects those timings over IPC: {type: 'take'} → {type: 'timings', …}
-// (and clears them); {type: 'probe'} → how long one x402Payments() takes with the payments recorded so far.
+// recordX402Payment), and the global fetch is wrapped to count the JSON-RPC requests sent to the chain.
+// The bench collects those over IPC: {type: 'take'} → {type: 'timings', …} (and clears them); {type: 'probe'} → how long one x402Payments() takes with the payments recorded so far.
 //
 // Prints `ready {"url", "multiaddrs", "apiKey", "payTo", "facilitator"}`.
 // Usage: node bin/run-ts.js bench/x402-gateway-child.ts DATA_DIR '{"rpcUrl","chainId","usdc","escrow","multicall3"}'
@@ -35,8 +35,11 @@ export interface TimedCall {
   ok: boolean
 }
 
+/** JSON-RPC calls the gateway process made to the chain, per method: how many, and their wall time. */
+export type RpcCounts = Record<string, { n: number; ms: number }>
+
 export type X402ChildMessage =
-  | { type: 'timings'; calls: TimedCall[] }
+  | { type: 'timings'; calls: TimedCall[]; rpc: RpcCounts }
   | { type: 'probe'; payments: number; scanMs: number }
 
 const [dataDir, chainJson] = process.argv.slice(2)
@@ -67,6 +70,29 @@ async function timed<T>(what: TimedCall['what'], run: () => Promise<T>, okOf?: (
   }
 }
 
+// Counts the JSON-RPC requests this process sends to the chain (viem's http transport calls the global
+// fetch on each request): the facilitator's, the x402 gate's and the deposit watcher's alike.
+let rpc: RpcCounts = {}
+const originalFetch = globalThis.fetch
+globalThis.fetch = async (input, init) => {
+  const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url
+  if (!url.startsWith(chain.rpcUrl) || typeof init?.body !== 'string') return originalFetch(input, init)
+  const body = JSON.parse(init.body) as { method?: string } | Array<{ method?: string }>
+  const methods = Array.isArray(body) ? body.map((b) => b.method ?? '?') : [body.method ?? '?']
+  const t0 = performance.now()
+  try {
+    return await originalFetch(input, init)
+  } finally {
+    const ms = performance.now() - t0
+    for (const m of methods) {
+      const c = rpc[m] ?? { n: 0, ms: 0 }
+      c.n++
+      c.ms += ms / methods.length
+      rpc[m] = c
+    }
+  }
+}
+
 const embedded = embeddedFacilitator({
   rpcUrl: chain.rpcUrl,
   chainId: chain.chainId,
@@ -80,12 +106,11 @@ const facilitator: Facilitator = {
       () => embedded.verify(payment, requirements),
       (r) => r.isValid,
     ),
-  settle: (payment, requirements) =>
-    timed(
-      'settle',
-      () => embedded.settle(payment, requirements),
-      (r) => r.success,
-    ),
+  settle: async (payment, requirements) => {
+    const d = Number(process.env.SCRATCH_SETTLE_DELAY_MS ?? 0)
+    if (d > 0) await new Promise((r) => setTimeout(r, d))
+    return timed('settle', () => embedded.settle(payment, requirements), (r) => r.success)
+  },
 }
 
 const gw = await startGateway({
@@ -135,7 +160,8 @@ ledger.x402Payments = (...args: unknown[]) => {
 
 process.on('message', (msg: { type: string }) => {
   if (msg.type === 'take') {
-    const out: X402ChildMessage = { type: 'timings', calls: calls.splice(0) }
+    const out: X402ChildMessage = { type: 'timings', calls: calls.splice(0), rpc }
+    rpc = {}
     process.send?.(out)
   } else if (msg.type === 'probe') {
     const times: number[] = []

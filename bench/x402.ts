@@ -46,7 +46,7 @@ import {
   waitQuiet,
   withScope,
 } from './lib.ts'
-import type { TimedCall, X402ChildChain, X402ChildMessage } from './x402-gateway-child.ts'
+import type { RpcCounts, TimedCall, X402ChildChain, X402ChildMessage } from './x402-gateway-child.ts'
 
 const MODEL = 'bench-tiny'
 const PATH = '/v1/chat/completions'
@@ -188,8 +188,8 @@ interface Gateway {
   apiKey: string
   payTo: Address
   facilitator: Address
-  /** The gateway's timed calls since the last take. */
-  take(): Promise<TimedCall[]>
+  /** The gateway's timed calls and chain RPCs since the last take. */
+  take(): Promise<{ calls: TimedCall[]; rpc: RpcCounts }>
   probe(): Promise<{ payments: number; scanMs: number }>
 }
 
@@ -217,7 +217,10 @@ async function startX402Gateway(dir: string, chain: X402ChildChain): Promise<Gat
   return {
     child,
     ...ready,
-    take: async () => (await ask('take', 'timings')).calls,
+    take: async () => {
+      const t = await ask('take', 'timings')
+      return { calls: t.calls, rpc: t.rpc }
+    },
     probe: async () => {
       const p = await ask('probe', 'probe')
       return { payments: p.payments, scanMs: p.scanMs }
@@ -300,6 +303,25 @@ interface TtftSample {
   foreign: number
 }
 
+function addRpc(into: RpcCounts, from: RpcCounts): void {
+  for (const [m, c] of Object.entries(from)) {
+    const t = into[m] ?? { n: 0, ms: 0 }
+    t.n += c.n
+    t.ms += c.ms
+    into[m] = t
+  }
+}
+
+/** JSON-RPC requests to the chain per paid request, by method: `eth_getCode ×2.00 (0.61 ms)`, most first. */
+function rpcLine(rpc: RpcCounts, requests: number): string {
+  const all = Object.entries(rpc).sort((a, b) => b[1].n - a[1].n)
+  const n = all.reduce((s, [, c]) => s + c.n, 0)
+  return (
+    `${fmt(n / requests)} per paid request: ` +
+    all.map(([m, c]) => `${m} ×${fmt(c.n / requests)} (${fmt(c.ms / c.n)} ms)`).join(', ')
+  )
+}
+
 const byWhat = (calls: TimedCall[], what: TimedCall['what']): number[] =>
   calls.filter((c) => c.what === what).map((c) => c.ms)
 
@@ -315,6 +337,7 @@ async function ttftBench(
   const key: TtftSample[] = []
   const x402: TtftSample[] = []
   const calls: TimedCall[] = []
+  const rpc: RpcCounts = {}
   const cpu = { key: { gateway: 0, anvil: 0, node: 0 }, x402: { gateway: 0, anvil: 0, node: 0 } }
   let settledHeaders = 0
 
@@ -331,7 +354,9 @@ async function ttftBench(
     ;(side === 'key' ? key : x402).push({ ttftMs: r.ttftMs, doneMs: r.doneMs, foreign })
     if (side === 'x402') {
       if (r.headers['payment-response'] != null) settledHeaders++
-      calls.push(...(await gw.take()))
+      const t = await gw.take()
+      calls.push(...t.calls)
+      addRpc(rpc, t.rpc)
     }
   }
 
@@ -414,6 +439,7 @@ async function ttftBench(
     `gateway ${fmt(cpu[side].gateway / n)}, node ${fmt(cpu[side].node / n)}, anvil ${fmt(cpu[side].anvil / n)}`
   console.log(
     `  CPU per request (ms, whole answer incl. settlement): key: ${per('key')}; x402: ${per('x402')}` +
+      `\n  chain RPCs from the gateway (incl. the deposit watcher's polling): ${rpcLine(rpc, n)}` +
       `\n  ${settledHeaders}/${n} x402 streams carried a payment-response header (none expected: a stream's headers ` +
       `leave before its settlement; the settlement is awaited before [DONE]); load avg ${loadavg()}`,
   )
@@ -442,6 +468,7 @@ interface TputSample {
   foreign: number
   cpu: { gateway: number; node: number; anvil: number }
   calls: TimedCall[]
+  rpc: RpcCounts
 }
 
 async function throughputBench(
@@ -493,7 +520,7 @@ async function throughputBench(
         node: (cpuMs(procs.node) - c0.node) / done,
         anvil: (cpuMs(procs.anvil) - c0.anvil) / done,
       },
-      calls: await gw.take(),
+      ...(await gw.take()),
     }
   }
 
@@ -571,6 +598,11 @@ async function throughputBench(
   console.log(
     `  in the gateway under this load, ms p50: verify ${q('verify')}, settle ${q('settle')}, ` +
       `recordX402Payment ${q('recordX402Payment')}, x402Payments scan ${q('x402Payments')}`,
+  )
+  const rpc: RpcCounts = {}
+  for (const s of x402) addRpc(rpc, s.rpc)
+  console.log(
+    `  chain RPCs from the gateway during the x402 samples: ${rpcLine(rpc, calls.filter((c) => c.what === 'verify').length)}`,
   )
   console.log(
     `  per-round ratios x402/key: ${ratios.map((x, i) => `${fmt(x, 3)}${quietRound[i] ? '' : '*'}`).join(' ')}` +
