@@ -8,7 +8,8 @@
 // wrapped to time each verify and settle, and the ledger instance the gateway (and its X402Gate) uses
 // gets timing wrappers on the x402 calls made on a request's path (x402Payments, x402Account,
 // recordX402Payment), and the global fetch is wrapped to count the JSON-RPC requests sent to the chain.
-// The bench collects those over IPC: {type: 'take'} → {type: 'timings', …} (and clears them); {type: 'probe'} → how long one x402Payments() takes with the payments recorded so far.
+// The bench collects those over IPC: {type: 'take'} → {type: 'timings', …} (and clears them);
+// {type: 'probe'} → how long one x402Payments() takes with the payments recorded so far.
 //
 // Prints `ready {"url", "multiaddrs", "apiKey", "payTo", "facilitator"}`.
 // Usage: node bin/run-ts.js bench/x402-gateway-child.ts DATA_DIR '{"rpcUrl","chainId","usdc","escrow","multicall3"}'
@@ -27,10 +28,9 @@ export interface X402ChildChain {
   multicall3: Address
 }
 
-/** One timed call in the gateway process: what, when it started (performance.timeOrigin-based ms), how long. */
+/** One timed call in the gateway process: what, and how long it took (ms). */
 export interface TimedCall {
   what: 'verify' | 'settle' | 'x402Payments' | 'x402Account' | 'recordX402Payment'
-  at: number
   ms: number
   ok: boolean
 }
@@ -55,17 +55,15 @@ const facilitatorKey = (accounts[5] as { privateKey: Hex }).privateKey
 const payTo = privateKeyToAccount(gatewayKey).address
 
 const calls: TimedCall[] = []
-const now = (): number => performance.timeOrigin + performance.now()
 
 async function timed<T>(what: TimedCall['what'], run: () => Promise<T>, okOf?: (r: T) => boolean): Promise<T> {
-  const at = now()
   const t0 = performance.now()
   try {
     const result = await run()
-    calls.push({ what, at, ms: performance.now() - t0, ok: okOf?.(result) ?? true })
+    calls.push({ what, ms: performance.now() - t0, ok: okOf?.(result) ?? true })
     return result
   } catch (err) {
-    calls.push({ what, at, ms: performance.now() - t0, ok: false })
+    calls.push({ what, ms: performance.now() - t0, ok: false })
     throw err
   }
 }
@@ -106,11 +104,12 @@ const facilitator: Facilitator = {
       () => embedded.verify(payment, requirements),
       (r) => r.isValid,
     ),
-  settle: async (payment, requirements) => {
-    const d = Number(process.env.SCRATCH_SETTLE_DELAY_MS ?? 0)
-    if (d > 0) await new Promise((r) => setTimeout(r, d))
-    return timed('settle', () => embedded.settle(payment, requirements), (r) => r.success)
-  },
+  settle: (payment, requirements) =>
+    timed(
+      'settle',
+      () => embedded.settle(payment, requirements),
+      (r) => r.success,
+    ),
 }
 
 const gw = await startGateway({
@@ -151,10 +150,9 @@ for (const what of ['x402Account', 'recordX402Payment'] as const) {
 }
 const originalScan = gw.ledger.x402Payments.bind(gw.ledger)
 ledger.x402Payments = (...args: unknown[]) => {
-  const at = now()
   const t0 = performance.now()
   const result = originalScan(...(args as Parameters<typeof originalScan>))
-  calls.push({ what: 'x402Payments', at, ms: performance.now() - t0, ok: true })
+  calls.push({ what: 'x402Payments', ms: performance.now() - t0, ok: true })
   return result
 }
 

@@ -443,13 +443,12 @@ async function ttftBench(
       `\n  ${settledHeaders}/${n} x402 streams carried a payment-response header (none expected: a stream's headers ` +
       `leave before its settlement; the settlement is awaited before [DONE]); load avg ${loadavg()}`,
   )
-  if (nQuiet >= n / 2 && nQuiet < n) {
+  if (nQuiet >= 10 && nQuiet < n) {
     const qk = kt.filter((_, i) => quiet[i])
     const qx = xt.filter((_, i) => quiet[i])
-    console.log(`  quiet pairs only: added p50 ${fmt(median(qx) - median(qk))} ms`)
-  } else if (nQuiet < n / 2) {
-    console.log('  fewer than half the pairs were quiet: read the figures as noisy')
+    console.log(`  the ${nQuiet} quiet pairs only: added p50 ${fmt(median(qx) - median(qk))} ms`)
   }
+  if (nQuiet < n / 2) console.log('  fewer than half the pairs were quiet: read the figures as noisy')
   const added = median(xt) - median(kt)
   const v = median(verify)
   const goal = v + GOAL_SLACK_MS
@@ -525,8 +524,8 @@ async function throughputBench(
   }
 
   // Warm-up, which also sizes the samples to about TPUT_SECONDS each.
-  await sample('key', CONCURRENCY * 8, false)
-  await sample('x402', CONCURRENCY * 4, false)
+  await sample('key', CONCURRENCY * 50, false)
+  await sample('x402', CONCURRENCY * 8, false)
   const calib = {
     key: (await sample('key', CONCURRENCY * 16, false)).rps,
     x402: (await sample('x402', CONCURRENCY * 8, false)).rps,
@@ -539,6 +538,8 @@ async function throughputBench(
   const x402: TputSample[] = []
   const ratios: number[] = []
   const quietRound: boolean[] = []
+  /** "x402 rps/key rps" of each round (means of its two samples each). */
+  const perRound: string[] = []
   for (let r = 0; r < TPUT_ROUNDS; r++) {
     const order: Array<'key' | 'x402'> = r % 2 === 0 ? ['x402', 'key', 'key', 'x402'] : ['key', 'x402', 'x402', 'key']
     const got: Record<'key' | 'x402', TputSample[]> = { key: [], x402: [] }
@@ -547,6 +548,7 @@ async function throughputBench(
     x402.push(...got.x402)
     const sum = (s: TputSample[]): number => s.reduce((a, b) => a + b.rps, 0)
     ratios.push(sum(got.x402) / sum(got.key))
+    perRound.push(`${fmt(sum(got.x402) / 2, 0)}/${fmt(sum(got.key) / 2, 0)}`)
     quietRound.push([...got.key, ...got.x402].every((s) => s.foreign < QUIET_CORES))
   }
 
@@ -605,7 +607,7 @@ async function throughputBench(
     `  chain RPCs from the gateway during the x402 samples: ${rpcLine(rpc, calls.filter((c) => c.what === 'verify').length)}`,
   )
   console.log(
-    `  per-round ratios x402/key: ${ratios.map((x, i) => `${fmt(x, 3)}${quietRound[i] ? '' : '*'}`).join(' ')}` +
+    `  per-round ratios x402/key: ${ratios.map((x, i) => `${fmt(x, 3)}${quietRound[i] ? '' : '*'} (${perRound[i]})`).join(' ')}` +
       `  (* = others used ≥ ${QUIET_CORES} cores during a sample of the round); load avg ${loadavg()}`,
   )
   const quietRatios = ratios.filter((_, i) => quietRound[i])
