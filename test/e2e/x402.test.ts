@@ -302,7 +302,17 @@ describe('x402: pay per request, no account', () => {
     })
     expect(unknown.status).toBe(404)
     expect(await usdcOf(payer.address)).toBe(1_000_000n)
-    const good = await post({ 'payment-signature': header })
+    // (with provider pinning, as the docs' x402 examples send it)
+    const good = await fetch(`${gw.url}${PATH}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'payment-signature': header },
+      body: JSON.stringify({
+        model: MODEL,
+        provider: 'cluster',
+        messages: [{ role: 'user', content: 'hi' }],
+        max_tokens: 4,
+      }),
+    })
     expect(good.status).toBe(200)
     expect(await usdcOf(payer.address)).toBe(1_000_000n - PRICE)
   })
