@@ -13,11 +13,11 @@ import { type Address, createPublicClient, createTestClient, createWalletClient,
 import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from 'viem/accounts'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
-import { type RunningNode, startNode } from '../../node/node.ts'
+import type { RunningNode } from '../../node/node.ts'
 import { clusterEscrowAbi, testUsdcAbi } from '../../src/chain/artifacts.ts'
 import { type DevChain, devChainViem, fundWallet, startDevChain, testAccounts } from '../../src/chain/devchain.ts'
 import { embeddedFacilitator, type Network, X402_REASONS } from '../../src/payments/x402.ts'
-import { tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
+import { startTinyNode, tempDir, waitFor } from '../helpers/fixtures.ts'
 
 const MODEL = 'tiny-x402'
 const PATH = '/v1/chat/completions'
@@ -159,15 +159,10 @@ describe('x402: pay per request, no account', () => {
       },
     })
     cleanups.unshift(() => gw.stop())
-    node = await startNode({
+    node = await startTinyNode({
       dataDir: `${dir.path}/node`,
-      listen: ['/ip4/127.0.0.1/tcp/0'],
       bootstrap: gw.multiaddrs(),
-      models: [{ path: await tinyModelPath(), id: MODEL }],
-      threads: 1,
-      slots: 2,
-      gpu: false,
-      heartbeatIntervalMs: 200,
+      model: MODEL,
       payoutAddress: nodePayout,
     })
     cleanups.unshift(() => node.stop())
