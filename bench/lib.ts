@@ -358,34 +358,26 @@ export function streamChat(ep: Endpoint, p: ChatParams): Promise<StreamTiming> {
         resp.setEncoding('utf8')
         resp.on('data', (d: string) => {
           const now = performance.now()
-          buf += d
-          let i = buf.indexOf('\n\n')
-          while (i >= 0) {
-            const event = buf.slice(0, i)
-            buf = buf.slice(i + 2)
-            i = buf.indexOf('\n\n')
-            for (const line of event.split('\n')) {
-              if (!line.startsWith('data:')) continue
-              const data = line.slice(5).trim()
-              if (data === '[DONE]') continue
-              const chunk = JSON.parse(data) as {
-                choices: Array<{ delta: { content?: string }; finish_reason: string | null }>
-                usage?: { prompt_tokens: number; completion_tokens: number } | null
-                error?: { message: string }
-              }
-              if (chunk.error) return rej(new Error(`stream error: ${chunk.error.message}`))
-              const choice = chunk.choices[0]
-              const content = choice?.delta.content ?? ''
-              if (content.length > 0) {
-                if (first < 0) first = now - start
-                text += content
-              }
-              if (choice?.finish_reason) {
-                finishReason = choice.finish_reason
-                done = now - start
-              }
-              if (chunk.usage) usage = chunk.usage
+          const events = takeSseData(buf + d)
+          buf = events.rest
+          for (const data of events.data) {
+            const chunk = JSON.parse(data) as {
+              choices: Array<{ delta: { content?: string }; finish_reason: string | null }>
+              usage?: { prompt_tokens: number; completion_tokens: number } | null
+              error?: { message: string }
             }
+            if (chunk.error) return rej(new Error(`stream error: ${chunk.error.message}`))
+            const choice = chunk.choices[0]
+            const content = choice?.delta.content ?? ''
+            if (content.length > 0) {
+              if (first < 0) first = now - start
+              text += content
+            }
+            if (choice?.finish_reason) {
+              finishReason = choice.finish_reason
+              done = now - start
+            }
+            if (chunk.usage) usage = chunk.usage
           }
         })
         resp.on('end', () => {
@@ -500,4 +492,22 @@ export function loadavg(): string {
   } catch {
     return 'n/a'
   }
+}
+
+/** The `data:` payloads of the complete SSE events in `buf` (without [DONE]), and what is left over. */
+export function takeSseData(buf: string): { data: string[]; rest: string } {
+  const data: string[] = []
+  let rest = buf
+  let i = rest.indexOf('\n\n')
+  while (i >= 0) {
+    const event = rest.slice(0, i)
+    rest = rest.slice(i + 2)
+    i = rest.indexOf('\n\n')
+    for (const line of event.split('\n')) {
+      if (!line.startsWith('data:')) continue
+      const payload = line.slice(5).trim()
+      if (payload !== '[DONE]') data.push(payload)
+    }
+  }
+  return { data, rest }
 }

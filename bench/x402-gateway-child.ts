@@ -6,9 +6,10 @@
 //
 // Measurement only, no behaviour changed: the facilitator handed to the gateway is the embedded one
 // wrapped to time each verify and settle, and the ledger instance the gateway (and its X402Gate) uses
-// gets timing wrappers on the x402 calls made on a request's path (x402Payments, x402Account,
-// recordX402Payment). The bench collects those timings over IPC: {type: 'take'} → {type: 'timings', …}
-// (and clears them); {type: 'probe'} → how long one x402Payments() takes with the payments recorded so far.
+// gets timing wrappers on the x402 calls made on a request's path (hasX402Payment, x402Account,
+// recordX402Payment), and the global fetch is wrapped to count the JSON-RPC requests sent to the chain.
+// The bench collects those over IPC: {type: 'take'} → {type: 'timings', …} (and clears them);
+// {type: 'probe'} → how long one hasX402Payment() (the replay check) takes with the payments recorded so far.
 //
 // Prints `ready {"url", "multiaddrs", "apiKey", "payTo", "facilitator"}`.
 // Usage: node bin/run-ts.js bench/x402-gateway-child.ts DATA_DIR '{"rpcUrl","chainId","usdc","escrow","multicall3"}'
@@ -27,16 +28,18 @@ export interface X402ChildChain {
   multicall3: Address
 }
 
-/** One timed call in the gateway process: what, when it started (performance.timeOrigin-based ms), how long. */
+/** One timed call in the gateway process: what, and how long it took (ms). */
 export interface TimedCall {
-  what: 'verify' | 'settle' | 'x402Payments' | 'x402Account' | 'recordX402Payment'
-  at: number
+  what: 'verify' | 'settle' | 'hasX402Payment' | 'x402Account' | 'recordX402Payment'
   ms: number
   ok: boolean
 }
 
+/** JSON-RPC calls the gateway process made to the chain, per method: how many, and their wall time. */
+export type RpcCounts = Record<string, { n: number; ms: number }>
+
 export type X402ChildMessage =
-  | { type: 'timings'; calls: TimedCall[] }
+  | { type: 'timings'; calls: TimedCall[]; rpc: RpcCounts }
   | { type: 'probe'; payments: number; scanMs: number }
 
 const [dataDir, chainJson] = process.argv.slice(2)
@@ -52,18 +55,39 @@ const facilitatorKey = (accounts[5] as { privateKey: Hex }).privateKey
 const payTo = privateKeyToAccount(gatewayKey).address
 
 const calls: TimedCall[] = []
-const now = (): number => performance.timeOrigin + performance.now()
 
 async function timed<T>(what: TimedCall['what'], run: () => Promise<T>, okOf?: (r: T) => boolean): Promise<T> {
-  const at = now()
   const t0 = performance.now()
   try {
     const result = await run()
-    calls.push({ what, at, ms: performance.now() - t0, ok: okOf?.(result) ?? true })
+    calls.push({ what, ms: performance.now() - t0, ok: okOf?.(result) ?? true })
     return result
   } catch (err) {
-    calls.push({ what, at, ms: performance.now() - t0, ok: false })
+    calls.push({ what, ms: performance.now() - t0, ok: false })
     throw err
+  }
+}
+
+// Counts the JSON-RPC requests this process sends to the chain (viem's http transport calls the global
+// fetch on each request): the facilitator's, the x402 gate's and the deposit watcher's alike.
+let rpc: RpcCounts = {}
+const originalFetch = globalThis.fetch
+globalThis.fetch = async (input, init) => {
+  const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url
+  if (!url.startsWith(chain.rpcUrl) || typeof init?.body !== 'string') return originalFetch(input, init)
+  const body = JSON.parse(init.body) as { method?: string } | Array<{ method?: string }>
+  const methods = Array.isArray(body) ? body.map((b) => b.method ?? '?') : [body.method ?? '?']
+  const t0 = performance.now()
+  try {
+    return await originalFetch(input, init)
+  } finally {
+    const ms = performance.now() - t0
+    for (const m of methods) {
+      const c = rpc[m] ?? { n: 0, ms: 0 }
+      c.n++
+      c.ms += ms / methods.length
+      rpc[m] = c
+    }
   }
 }
 
@@ -124,27 +148,27 @@ for (const what of ['x402Account', 'recordX402Payment'] as const) {
   const original = (ledger[what] as (...args: unknown[]) => Promise<unknown>).bind(gw.ledger)
   ledger[what] = (...args: unknown[]) => timed(what, () => original(...args))
 }
-const originalScan = gw.ledger.x402Payments.bind(gw.ledger)
-ledger.x402Payments = (...args: unknown[]) => {
-  const at = now()
+const originalLookup = gw.ledger.hasX402Payment.bind(gw.ledger)
+ledger.hasX402Payment = (...args: unknown[]) => {
   const t0 = performance.now()
-  const result = originalScan(...(args as Parameters<typeof originalScan>))
-  calls.push({ what: 'x402Payments', at, ms: performance.now() - t0, ok: true })
+  const result = originalLookup(...(args as Parameters<typeof originalLookup>))
+  calls.push({ what: 'hasX402Payment', ms: performance.now() - t0, ok: true })
   return result
 }
 
 process.on('message', (msg: { type: string }) => {
   if (msg.type === 'take') {
-    const out: X402ChildMessage = { type: 'timings', calls: calls.splice(0) }
+    const out: X402ChildMessage = { type: 'timings', calls: calls.splice(0), rpc }
+    rpc = {}
     process.send?.(out)
   } else if (msg.type === 'probe') {
     const times: number[] = []
-    let payments = 0
     for (let i = 0; i < 5; i++) {
       const t0 = performance.now()
-      payments = originalScan().length
+      originalLookup(gw.chain?.client.address ?? '0x', `0x${'00'.repeat(32)}`)
       times.push(performance.now() - t0)
     }
+    const payments = gw.ledger.x402Payments().length
     times.sort((a, b) => a - b)
     const out: X402ChildMessage = { type: 'probe', payments, scanMs: times[2] as number }
     process.send?.(out)

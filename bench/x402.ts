@@ -42,11 +42,12 @@ import {
   spawnNode,
   stopAll,
   table,
+  takeSseData,
   waitForModel,
   waitQuiet,
   withScope,
 } from './lib.ts'
-import type { TimedCall, X402ChildChain, X402ChildMessage } from './x402-gateway-child.ts'
+import type { RpcCounts, TimedCall, X402ChildChain, X402ChildMessage } from './x402-gateway-child.ts'
 
 const MODEL = 'bench-tiny'
 const PATH = '/v1/chat/completions'
@@ -106,23 +107,15 @@ function post(base: string, headers: Record<string, string>, body: string, strea
           const now = performance.now()
           all += d
           if (!stream || resp.statusCode !== 200) return
-          buf += d
-          let i = buf.indexOf('\n\n')
-          while (i >= 0) {
-            const event = buf.slice(0, i)
-            buf = buf.slice(i + 2)
-            i = buf.indexOf('\n\n')
-            for (const line of event.split('\n')) {
-              if (!line.startsWith('data:')) continue
-              const data = line.slice(5).trim()
-              if (data === '[DONE]') continue
-              const chunk = JSON.parse(data) as {
-                choices?: Array<{ delta: { content?: string } }>
-                error?: { message: string }
-              }
-              if (chunk.error) return reject(new Error(`stream error: ${chunk.error.message}`))
-              if (first < 0 && (chunk.choices?.[0]?.delta.content ?? '').length > 0) first = now - start
+          const events = takeSseData(buf + d)
+          buf = events.rest
+          for (const data of events.data) {
+            const chunk = JSON.parse(data) as {
+              choices?: Array<{ delta: { content?: string } }>
+              error?: { message: string }
             }
+            if (chunk.error) return reject(new Error(`stream error: ${chunk.error.message}`))
+            if (first < 0 && (chunk.choices?.[0]?.delta.content ?? '').length > 0) first = now - start
           }
         })
         resp.on('end', () => {
@@ -188,15 +181,19 @@ interface Gateway {
   apiKey: string
   payTo: Address
   facilitator: Address
-  /** The gateway's timed calls since the last take. */
-  take(): Promise<TimedCall[]>
+  /** The gateway's timed calls and chain RPCs since the last take. */
+  take(): Promise<{ calls: TimedCall[]; rpc: RpcCounts }>
   probe(): Promise<{ payments: number; scanMs: number }>
 }
 
 async function startX402Gateway(dir: string, chain: X402ChildChain): Promise<Gateway> {
-  const child = spawnNode('gateway', ['bin/run-ts.js', 'bench/x402-gateway-child.ts', dir, JSON.stringify(chain)], {
-    ipc: true,
-  })
+  // BENCH_X402_CPU_PROF=<dir>: the gateway writes a V8 CPU profile there when it stops.
+  const prof = process.env.BENCH_X402_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_X402_CPU_PROF] : []
+  const child = spawnNode(
+    'gateway',
+    [...prof, 'bin/run-ts.js', 'bench/x402-gateway-child.ts', dir, JSON.stringify(chain)],
+    { ipc: true },
+  )
   const m = await child.waitFor(/^ready (.*)$/m)
   const ready = JSON.parse(m[1] as string) as Omit<Gateway, 'child' | 'take' | 'probe'>
   if (!ready.apiKey) throw new Error('gateway: no admin API key (the data dir was not fresh)')
@@ -213,7 +210,10 @@ async function startX402Gateway(dir: string, chain: X402ChildChain): Promise<Gat
   return {
     child,
     ...ready,
-    take: async () => (await ask('take', 'timings')).calls,
+    take: async () => {
+      const t = await ask('take', 'timings')
+      return { calls: t.calls, rpc: t.rpc }
+    },
     probe: async () => {
       const p = await ask('probe', 'probe')
       return { payments: p.payments, scanMs: p.scanMs }
@@ -296,6 +296,25 @@ interface TtftSample {
   foreign: number
 }
 
+function addRpc(into: RpcCounts, from: RpcCounts): void {
+  for (const [m, c] of Object.entries(from)) {
+    const t = into[m] ?? { n: 0, ms: 0 }
+    t.n += c.n
+    t.ms += c.ms
+    into[m] = t
+  }
+}
+
+/** JSON-RPC requests to the chain per paid request, by method: `eth_getCode ×2.00 (0.61 ms)`, most first. */
+function rpcLine(rpc: RpcCounts, requests: number): string {
+  const all = Object.entries(rpc).sort((a, b) => b[1].n - a[1].n)
+  const n = all.reduce((s, [, c]) => s + c.n, 0)
+  return (
+    `${fmt(n / requests)} per paid request: ` +
+    all.map(([m, c]) => `${m} ×${fmt(c.n / requests)} (${fmt(c.ms / c.n)} ms)`).join(', ')
+  )
+}
+
 const byWhat = (calls: TimedCall[], what: TimedCall['what']): number[] =>
   calls.filter((c) => c.what === what).map((c) => c.ms)
 
@@ -311,6 +330,7 @@ async function ttftBench(
   const key: TtftSample[] = []
   const x402: TtftSample[] = []
   const calls: TimedCall[] = []
+  const rpc: RpcCounts = {}
   const cpu = { key: { gateway: 0, anvil: 0, node: 0 }, x402: { gateway: 0, anvil: 0, node: 0 } }
   let settledHeaders = 0
 
@@ -327,7 +347,9 @@ async function ttftBench(
     ;(side === 'key' ? key : x402).push({ ttftMs: r.ttftMs, doneMs: r.doneMs, foreign })
     if (side === 'x402') {
       if (r.headers['payment-response'] != null) settledHeaders++
-      calls.push(...(await gw.take()))
+      const t = await gw.take()
+      calls.push(...t.calls)
+      addRpc(rpc, t.rpc)
     }
   }
 
@@ -368,7 +390,7 @@ async function ttftBench(
   const diffs = xt.map((x, i) => x - (kt[i] ?? Number.NaN))
   const verify = byWhat(calls, 'verify')
   const record = byWhat(calls, 'recordX402Payment')
-  const scan = byWhat(calls, 'x402Payments')
+  const scan = byWhat(calls, 'hasX402Payment')
   const settle = byWhat(calls, 'settle')
   const n = key.length
   const quiet = key.map((s, i) => s.foreign < QUIET_CORES && (x402[i]?.foreign ?? 1) < QUIET_CORES)
@@ -392,7 +414,7 @@ async function ttftBench(
       row('paired difference x402 − key', diffs),
       row('  in the gateway: facilitator.verify', verify),
       row('  in the gateway: ledger.recordX402Payment', record),
-      row('  in the gateway: ledger.x402Payments scan', scan),
+      row('  in the gateway: ledger.hasX402Payment (replay check)', scan),
       row(
         'stream end (done), API key',
         key.map((s) => s.doneMs),
@@ -410,16 +432,16 @@ async function ttftBench(
     `gateway ${fmt(cpu[side].gateway / n)}, node ${fmt(cpu[side].node / n)}, anvil ${fmt(cpu[side].anvil / n)}`
   console.log(
     `  CPU per request (ms, whole answer incl. settlement): key: ${per('key')}; x402: ${per('x402')}` +
+      `\n  chain RPCs from the gateway (incl. the deposit watcher's polling): ${rpcLine(rpc, n)}` +
       `\n  ${settledHeaders}/${n} x402 streams carried a payment-response header (none expected: a stream's headers ` +
       `leave before its settlement; the settlement is awaited before [DONE]); load avg ${loadavg()}`,
   )
-  if (nQuiet >= n / 2 && nQuiet < n) {
+  if (nQuiet >= 10 && nQuiet < n) {
     const qk = kt.filter((_, i) => quiet[i])
     const qx = xt.filter((_, i) => quiet[i])
-    console.log(`  quiet pairs only: added p50 ${fmt(median(qx) - median(qk))} ms`)
-  } else if (nQuiet < n / 2) {
-    console.log('  fewer than half the pairs were quiet: read the figures as noisy')
+    console.log(`  the ${nQuiet} quiet pairs only: added p50 ${fmt(median(qx) - median(qk))} ms`)
   }
+  if (nQuiet < n / 2) console.log('  fewer than half the pairs were quiet: read the figures as noisy')
   const added = median(xt) - median(kt)
   const v = median(verify)
   const goal = v + GOAL_SLACK_MS
@@ -438,6 +460,7 @@ interface TputSample {
   foreign: number
   cpu: { gateway: number; node: number; anvil: number }
   calls: TimedCall[]
+  rpc: RpcCounts
 }
 
 async function throughputBench(
@@ -489,13 +512,13 @@ async function throughputBench(
         node: (cpuMs(procs.node) - c0.node) / done,
         anvil: (cpuMs(procs.anvil) - c0.anvil) / done,
       },
-      calls: await gw.take(),
+      ...(await gw.take()),
     }
   }
 
   // Warm-up, which also sizes the samples to about TPUT_SECONDS each.
-  await sample('key', CONCURRENCY * 8, false)
-  await sample('x402', CONCURRENCY * 4, false)
+  await sample('key', CONCURRENCY * 50, false)
+  await sample('x402', CONCURRENCY * 8, false)
   const calib = {
     key: (await sample('key', CONCURRENCY * 16, false)).rps,
     x402: (await sample('x402', CONCURRENCY * 8, false)).rps,
@@ -508,6 +531,8 @@ async function throughputBench(
   const x402: TputSample[] = []
   const ratios: number[] = []
   const quietRound: boolean[] = []
+  /** "x402 rps/key rps" of each round (means of its two samples each). */
+  const perRound: string[] = []
   for (let r = 0; r < TPUT_ROUNDS; r++) {
     const order: Array<'key' | 'x402'> = r % 2 === 0 ? ['x402', 'key', 'key', 'x402'] : ['key', 'x402', 'x402', 'key']
     const got: Record<'key' | 'x402', TputSample[]> = { key: [], x402: [] }
@@ -516,6 +541,7 @@ async function throughputBench(
     x402.push(...got.x402)
     const sum = (s: TputSample[]): number => s.reduce((a, b) => a + b.rps, 0)
     ratios.push(sum(got.x402) / sum(got.key))
+    perRound.push(`${fmt(sum(got.x402) / 2, 0)}/${fmt(sum(got.key) / 2, 0)}`)
     quietRound.push([...got.key, ...got.x402].every((s) => s.foreign < QUIET_CORES))
   }
 
@@ -566,10 +592,15 @@ async function throughputBench(
   }
   console.log(
     `  in the gateway under this load, ms p50: verify ${q('verify')}, settle ${q('settle')}, ` +
-      `recordX402Payment ${q('recordX402Payment')}, x402Payments scan ${q('x402Payments')}`,
+      `recordX402Payment ${q('recordX402Payment')}, replay check ${q('hasX402Payment')}`,
+  )
+  const rpc: RpcCounts = {}
+  for (const s of x402) addRpc(rpc, s.rpc)
+  console.log(
+    `  chain RPCs from the gateway during the x402 samples: ${rpcLine(rpc, calls.filter((c) => c.what === 'verify').length)}`,
   )
   console.log(
-    `  per-round ratios x402/key: ${ratios.map((x, i) => `${fmt(x, 3)}${quietRound[i] ? '' : '*'}`).join(' ')}` +
+    `  per-round ratios x402/key: ${ratios.map((x, i) => `${fmt(x, 3)}${quietRound[i] ? '' : '*'} (${perRound[i]})`).join(' ')}` +
       `  (* = others used ≥ ${QUIET_CORES} cores during a sample of the round); load avg ${loadavg()}`,
   )
   const quietRatios = ratios.filter((_, i) => quietRound[i])
@@ -627,7 +658,7 @@ export async function x402Bench(): Promise<void> {
       await throughputBench(gw, user.apiKey, payments, procs)
       const probe = await gw.probe()
       console.log(
-        `  after the run: ledger.x402Payments() (called by X402Gate.verify on every paid request) takes ` +
+        `  after the run: the replay check (ledger.hasX402Payment, on every paid request) takes ` +
           `${fmt(probe.scanMs, 3)} ms with ${probe.payments} payments recorded`,
       )
     } finally {

@@ -353,6 +353,9 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
             // The answer is out; its payment is told before [DONE] (it did not hold the stream).
             const settled = await settlement
             if (settled?.status === 'failed') await send(paymentError(settled.reason))
+            // The headers left before the settlement ended: its PAYMENT-RESPONSE comes as an SSE
+            // comment (ignored by SSE parsers, readable by whoever wants the receipt).
+            if (settled?.status === 'settled') await sse.write(`: ${settled.header.name}: ${settled.header.value}\n\n`)
             await sse.write('data: [DONE]\n\n')
             complete(frame.finishReason, frame.usage)
             finished = true

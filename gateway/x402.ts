@@ -116,7 +116,7 @@ export class X402Gate {
     const nonce = authorization.nonce
     const key = `${payer.toLowerCase()}!${nonce.toLowerCase()}`
     // Checked and taken in one step (no await in between): of copies sent at once, one goes on.
-    if (this.inflight.has(key) || this.options.ledger.x402Payments().some((p) => this.keyOf(p) === key)) {
+    if (this.inflight.has(key) || this.options.ledger.hasX402Payment(payer, nonce)) {
       throw this.required(c, path, X402_REASONS.nonceUsed)
     }
     const debt = this.options.ledger.x402Debt(payer)

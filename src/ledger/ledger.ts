@@ -270,6 +270,8 @@ export interface Ledger {
   /** The payment will never settle: the payer owes its amount. */
   x402Failed(payer: string, nonce: string, error: string): Promise<void>
   x402Payments(status?: X402Payment['status']): X402Payment[]
+  /** Whether a payment with this payer and nonce was ever recorded (constant time). */
+  hasX402Payment(payer: string, nonce: string): boolean
   /** What a payer owes for payments that failed to settle. */
   x402Debt(payer: string): bigint
   /** Payments settled (or pending) across all payers. */

@@ -947,6 +947,10 @@ export class LevelLedger implements Ledger {
       .map(({ txKey: _k, ...p }: X402Payment & { txKey?: string }) => p)
   }
 
+  hasX402Payment(payer: string, nonce: string): boolean {
+    return this.x402ById.has(this.x402Key(payer, nonce))
+  }
+
   x402Debt(payer: string): bigint {
     return this.debts.get(payer.toLowerCase()) ?? 0n
   }

@@ -5,6 +5,8 @@ import { existsSync, readFileSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
+import { ExactEvmScheme } from '@x402/evm/exact/client'
+import { wrapFetchWithPayment, x402Client } from '@x402/fetch'
 import { type Address, createPublicClient, createWalletClient, type Hex, http, maxUint256, parseUnits } from 'viem'
 import { privateKeyToAccount } from 'viem/accounts'
 import { afterAll, describe, expect, it } from 'vitest'
@@ -19,6 +21,7 @@ const accounts = testAccounts()
 const gatewayKey = (accounts[1] as { privateKey: Hex }).privateKey
 const payout = (accounts[6] as { address: Address }).address
 const wallet = privateKeyToAccount((accounts[7] as { privateKey: Hex }).privateKey)
+const facilitatorKey = (accounts[5] as { privateKey: Hex }).privateKey
 
 const freePort = (): Promise<number> =>
   new Promise((resolve, reject) => {
@@ -63,6 +66,8 @@ describe('restart safety of deposits and settlement (SIGKILL)', () => {
           pollIntervalMs: 50,
           settleIntervalMs: 150,
         },
+        // x402 with the embedded facilitator, its key from the environment.
+        x402: {},
       }),
     )
     let gateway: ClusterProcess | undefined
@@ -79,7 +84,7 @@ describe('restart safety of deposits and settlement (SIGKILL)', () => {
           '--port',
           String(httpPort),
         ],
-        { CLUSTER_GATEWAY_KEY: gatewayKey },
+        { CLUSTER_GATEWAY_KEY: gatewayKey, CLUSTER_FACILITATOR_KEY: facilitatorKey },
       )
       await waitFor(
         async () =>
@@ -239,5 +244,30 @@ describe('restart safety of deposits and settlement (SIGKILL)', () => {
     })
     expect(escrowBalance).toBe(deposited - charged)
     expect(await balance()).toBe(deposited - charged)
+
+    // The same process, configured from the file, takes x402 payments too.
+    const x402Payer = privateKeyToAccount((accounts[8] as { privateKey: Hex }).privateKey)
+    await fundWallet(chain, x402Payer.address, { usdc: 10_000n })
+    const network = `eip155:${chain.chainId}` as const
+    const pay = wrapFetchWithPayment(
+      fetch,
+      new x402Client()
+        .register(network, new ExactEvmScheme(x402Payer))
+        .setSpendControls({ allowedAssets: [{ network, asset: chain.usdc }] }),
+    )
+    const paid = await pay(`${url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 }),
+    })
+    expect(paid.status).toBe(200)
+    expect(
+      await publicClient.readContract({
+        address: chain.usdc,
+        abi: testUsdcAbi,
+        functionName: 'balanceOf',
+        args: [x402Payer.address],
+      }),
+    ).toBe(7_000n)
   }, 180_000)
 })

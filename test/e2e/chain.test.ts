@@ -20,7 +20,7 @@ import { type PrivateKeyAccount, privateKeyToAccount } from 'viem/accounts'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
 import { HeartbeatPublisher } from '../../node/heartbeat.ts'
-import { type RunningNode, startNode } from '../../node/node.ts'
+import type { RunningNode } from '../../node/node.ts'
 import {
   type Capabilities,
   decodeFrames,
@@ -38,7 +38,7 @@ import { createMeshPeer, type MeshPeer } from '../../src/mesh/peer.ts'
 import { signReceipt } from '../../src/mesh/receipts.ts'
 import { serveCapabilities } from '../../src/mesh/streams.ts'
 import { parseUsd } from '../../src/payments/money.ts'
-import { tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
+import { startTinyNode, tempDir, waitFor } from '../helpers/fixtures.ts'
 import { cluster, exited, killAll } from '../helpers/processes.ts'
 
 const MODEL = 'tiny-chain'
@@ -193,15 +193,10 @@ describe('USDC escrow on a real chain', () => {
       },
     })
     cleanups.unshift(() => gw.stop())
-    node = await startNode({
+    node = await startTinyNode({
       dataDir: `${dir.path}/node`,
-      listen: ['/ip4/127.0.0.1/tcp/0'],
       bootstrap: gw.multiaddrs(),
-      models: [{ path: await tinyModelPath(), id: MODEL }],
-      threads: 1,
-      slots: 2,
-      gpu: false,
-      heartbeatIntervalMs: 200,
+      model: MODEL,
       payoutAddress: payout.address,
     })
     cleanups.unshift(() => node.stop())

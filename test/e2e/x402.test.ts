@@ -8,16 +8,16 @@ import { decodePaymentRequiredHeader, encodePaymentSignatureHeader } from '@x402
 import type { PaymentPayload, PaymentRequired, PaymentRequirements } from '@x402/core/types'
 import { authorizationTypes } from '@x402/evm'
 import { ExactEvmScheme } from '@x402/evm/exact/client'
-import { wrapFetchWithPayment, x402Client } from '@x402/fetch'
+import { decodePaymentResponseHeader, wrapFetchWithPayment, x402Client } from '@x402/fetch'
 import { type Address, createPublicClient, createTestClient, createWalletClient, type Hex, http, toHex } from 'viem'
 import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from 'viem/accounts'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
-import { type RunningNode, startNode } from '../../node/node.ts'
+import type { RunningNode } from '../../node/node.ts'
 import { clusterEscrowAbi, testUsdcAbi } from '../../src/chain/artifacts.ts'
 import { type DevChain, devChainViem, fundWallet, startDevChain, testAccounts } from '../../src/chain/devchain.ts'
 import { embeddedFacilitator, type Network, X402_REASONS } from '../../src/payments/x402.ts'
-import { tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
+import { startTinyNode, tempDir, waitFor } from '../helpers/fixtures.ts'
 
 const MODEL = 'tiny-x402'
 const PATH = '/v1/chat/completions'
@@ -159,15 +159,10 @@ describe('x402: pay per request, no account', () => {
       },
     })
     cleanups.unshift(() => gw.stop())
-    node = await startNode({
+    node = await startTinyNode({
       dataDir: `${dir.path}/node`,
-      listen: ['/ip4/127.0.0.1/tcp/0'],
       bootstrap: gw.multiaddrs(),
-      models: [{ path: await tinyModelPath(), id: MODEL }],
-      threads: 1,
-      slots: 2,
-      gpu: false,
-      heartbeatIntervalMs: 200,
+      model: MODEL,
       payoutAddress: nodePayout,
     })
     cleanups.unshift(() => node.stop())
@@ -240,6 +235,10 @@ describe('x402: pay per request, no account', () => {
     const text = await streamed.text()
     expect(text).toContain('data: [DONE]')
     expect(text).not.toContain('payment_failed')
+    // A stream's settlement result, as a comment before [DONE]: the PAYMENT-RESPONSE it could not
+    // carry in its headers.
+    const comment = /\n?: payment-response: (\S+)\n\ndata: \[DONE\]/.exec(text)?.[1]
+    expect(decodePaymentResponseHeader(comment as string)).toMatchObject({ success: true })
     expect(await usdcOf(payer.address)).toBe(payerBefore - 2n * PRICE)
     expect(await usdcOf(payTo)).toBe(payToBefore + 2n * PRICE)
   })
@@ -298,7 +297,17 @@ describe('x402: pay per request, no account', () => {
     })
     expect(unknown.status).toBe(404)
     expect(await usdcOf(payer.address)).toBe(1_000_000n)
-    const good = await post({ 'payment-signature': header })
+    // (with provider pinning, as the docs' x402 examples send it)
+    const good = await fetch(`${gw.url}${PATH}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'payment-signature': header },
+      body: JSON.stringify({
+        model: MODEL,
+        provider: 'cluster',
+        messages: [{ role: 'user', content: 'hi' }],
+        max_tokens: 4,
+      }),
+    })
     expect(good.status).toBe(200)
     expect(await usdcOf(payer.address)).toBe(1_000_000n - PRICE)
   })

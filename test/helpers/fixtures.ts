@@ -79,3 +79,24 @@ export function rng(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296
   }
 }
+
+/** A real node serving the tiny test model to a gateway, tuned for tests (1 thread, fast heartbeats). */
+export async function startTinyNode(options: {
+  dataDir: string
+  bootstrap: string[]
+  model: string
+  payoutAddress?: string
+}): Promise<import('../../node/node.ts').RunningNode> {
+  const { startNode } = await import('../../node/node.ts')
+  return startNode({
+    dataDir: options.dataDir,
+    listen: ['/ip4/127.0.0.1/tcp/0'],
+    bootstrap: options.bootstrap,
+    models: [{ path: await tinyModelPath(), id: options.model }],
+    threads: 1,
+    slots: 2,
+    gpu: false,
+    heartbeatIntervalMs: 200,
+    ...(options.payoutAddress ? { payoutAddress: options.payoutAddress } : {}),
+  })
+}
