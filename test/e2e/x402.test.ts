@@ -35,6 +35,7 @@ describe('x402: pay per request, no account', () => {
   let network: Network
   let submits = 0
   let publicClient: ReturnType<typeof createPublicClient>
+  let gatewayDir: string
 
   const usdcOf = (address: Address): Promise<bigint> =>
     publicClient.readContract({ address: chain.usdc, abi: testUsdcAbi, functionName: 'balanceOf', args: [address] })
@@ -115,6 +116,43 @@ describe('x402: pay per request, no account', () => {
     return header ? (decodePaymentRequiredHeader(header).error ?? '') : ''
   }
 
+  const gatewayOptions = (reconcileIntervalMs: number): Parameters<typeof startGateway>[0] => ({
+    dataDir: gatewayDir,
+    port: 0,
+    listen: ['/ip4/127.0.0.1/tcp/0'],
+    rateLimit: { capacity: 10_000, refillPerSecond: 1_000 },
+    log: () => undefined,
+    chain: {
+      rpcUrl: chain.rpcUrl,
+      chainId: chain.chainId,
+      usdc: chain.usdc,
+      escrow: chain.escrow,
+      signerKey: gatewayKey,
+      confirmations: 0,
+      pollIntervalMs: 200,
+      settleIntervalMs: 3_600_000,
+    },
+    x402: {
+      settings: {
+        network,
+        asset: chain.usdc,
+        assetDomain: { name: 'USD Coin', version: '2' },
+        payTo,
+        maxTimeoutSeconds: 60,
+      },
+      facilitator: embeddedFacilitator({
+        rpcUrl: chain.rpcUrl,
+        chainId: chain.chainId,
+        privateKey: (accounts[5] as { privateKey: Hex }).privateKey,
+        multicall3: chain.multicall3,
+      }),
+      rpcUrl: chain.rpcUrl,
+      // Short, so that the tests can show a settlement left pending and then reconciled.
+      settleTimeoutMs: 2_000,
+      reconcileIntervalMs,
+    },
+  })
+
   beforeAll(async () => {
     chain = await startDevChain()
     cleanups.push(() => chain.stop())
@@ -122,42 +160,8 @@ describe('x402: pay per request, no account', () => {
     publicClient = createPublicClient({ chain: devChainViem(chain), transport: http(chain.rpcUrl) })
     const dir = await tempDir('cluster-x402-')
     cleanups.push(dir.remove)
-    gw = await startGateway({
-      dataDir: `${dir.path}/gateway`,
-      port: 0,
-      listen: ['/ip4/127.0.0.1/tcp/0'],
-      rateLimit: { capacity: 10_000, refillPerSecond: 1_000 },
-      log: () => undefined,
-      chain: {
-        rpcUrl: chain.rpcUrl,
-        chainId: chain.chainId,
-        usdc: chain.usdc,
-        escrow: chain.escrow,
-        signerKey: gatewayKey,
-        confirmations: 0,
-        pollIntervalMs: 200,
-        settleIntervalMs: 3_600_000,
-      },
-      x402: {
-        settings: {
-          network,
-          asset: chain.usdc,
-          assetDomain: { name: 'USD Coin', version: '2' },
-          payTo,
-          maxTimeoutSeconds: 60,
-        },
-        facilitator: embeddedFacilitator({
-          rpcUrl: chain.rpcUrl,
-          chainId: chain.chainId,
-          privateKey: (accounts[5] as { privateKey: Hex }).privateKey,
-          multicall3: chain.multicall3,
-        }),
-        rpcUrl: chain.rpcUrl,
-        // Short, so that the tests can show a settlement left pending and then reconciled.
-        settleTimeoutMs: 2_000,
-        reconcileIntervalMs: 300,
-      },
-    })
+    gatewayDir = `${dir.path}/gateway`
+    gw = await startGateway(gatewayOptions(300))
     cleanups.unshift(() => gw.stop())
     node = await startTinyNode({
       dataDir: `${dir.path}/node`,
@@ -523,5 +527,30 @@ describe('x402: pay per request, no account', () => {
     const result = await gw.chain?.settler.run()
     expect(result?.failed).toEqual([])
     expect((await earnings()) - before).toBe(owed)
+  })
+
+  it('a settlement pending when the gateway stops is reconciled by its nonce when it starts again', async () => {
+    const payer = await newPayer()
+    const accepted = await requirements()
+    const payload = await payV2(payer, accepted)
+    const nonce = (payload.payload as { authorization: { nonce: Hex } }).authorization.nonce
+    const testClient = createTestClient({ chain: devChainViem(chain), transport: http(chain.rpcUrl), mode: 'anvil' })
+    await testClient.setAutomine(false)
+    try {
+      const res = await post({ 'payment-signature': encodePaymentSignatureHeader(payload) })
+      expect(res.status).toBe(200)
+      const pending = gw.ledger.x402Payments('pending').find((p) => p.nonce.toLowerCase() === nonce.toLowerCase())
+      expect(pending).toBeDefined()
+      await gw.stop()
+    } finally {
+      await testClient.setAutomine(true)
+    }
+    await testClient.mine({ blocks: 1 })
+    expect(await usdcOf(payer.address)).toBe(1_000_000n - PRICE)
+    // Started again on the same data dir, with no periodic reconcile: the start-up one settles it.
+    gw = await startGateway(gatewayOptions(3_600_000))
+    const record = () => gw.ledger.x402Payments().find((p) => p.nonce.toLowerCase() === nonce.toLowerCase())
+    await waitFor(() => record()?.status === 'settled', 10_000, 'reconciled at start')
+    expect(gw.ledger.x402Debt(payer.address)).toBe(0n)
   })
 })
