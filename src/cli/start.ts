@@ -124,6 +124,9 @@ async function startOnChain(
         chainId: chain.chainId,
         privateKey: facilitatorAccount.privateKey,
         multicall3: chain.multicall3,
+        // anvil mines each transaction at once: a receipt poll every 200 ms (the default, for real
+        // block times) would add up to that to every paid plain answer.
+        pollingIntervalMs: 25,
       }),
       rpcUrl: chain.rpcUrl,
     },
