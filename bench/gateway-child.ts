@@ -8,6 +8,7 @@
 // (a fresh data dir creates it). Usage: node bin/run-ts.js bench/gateway-child.ts DATA_DIR
 import { readFile } from 'node:fs/promises'
 import { startGateway } from '../gateway/gateway.ts'
+import { exitOnSignals } from './child-exit.ts'
 
 const dataDir = process.argv[2]
 if (!dataDir) {
@@ -25,16 +26,4 @@ const gw = await startGateway({
 const apiKey = gw.adminKeyFile ? (await readFile(gw.adminKeyFile, 'utf8')).trim() : ''
 process.stdout.write(`ready ${JSON.stringify({ url: gw.url, multiaddrs: gw.multiaddrs(), apiKey })}\n`)
 
-let stopping = false
-const stop = (): void => {
-  if (stopping) return
-  stopping = true
-  setTimeout(() => process.exit(1), 5_000).unref()
-  gw.stop().then(
-    () => process.exit(0),
-    () => process.exit(1),
-  )
-}
-process.on('SIGTERM', stop)
-process.on('SIGINT', stop)
-process.on('disconnect', stop)
+exitOnSignals(() => gw.stop())

@@ -247,7 +247,19 @@ export async function startMesh(dir: string, node: NodeProcOptions): Promise<Mes
   const gw = await startGatewayProc(dir)
   const bootstrap = gw.multiaddrs.find((a) => a.includes('/tcp/') && !a.includes('/ws'))
   if (bootstrap == null) throw new Error(`gateway: no TCP multiaddr in ${gw.multiaddrs.join(' ')}`)
-  const nodeProc = spawnNode('node', [
+  const nodeProc = spawnClusterNode(dir, bootstrap, node)
+  await nodeProc.waitFor(/^node \S+/m)
+  await waitForModel(gw, node.modelId, 30_000)
+  return { url: gw.url, apiKey: gw.apiKey, gateway: gw.gateway, node: nodeProc }
+}
+
+/** `cluster node` in its own process, CPU only, joined to `bootstrap`, data under `<dir>/node`. */
+export function spawnClusterNode(
+  dir: string,
+  bootstrap: string,
+  node: NodeProcOptions & { maxQueue?: number; payoutAddress?: string },
+): Child {
+  return spawnNode('node', [
     'bin/cluster.js',
     'node',
     '--data-dir',
@@ -264,12 +276,11 @@ export async function startMesh(dir: string, node: NodeProcOptions): Promise<Mes
     String(node.threads),
     '--slots',
     String(node.slots),
+    ...(node.maxQueue != null ? ['--max-queue', String(node.maxQueue)] : []),
+    ...(node.payoutAddress != null ? ['--payout-address', node.payoutAddress] : []),
     '--gpu',
     'off',
   ])
-  await nodeProc.waitFor(/^node \S+/m)
-  await waitForModel(gw, node.modelId, 30_000)
-  return { url: gw.url, apiKey: gw.apiKey, gateway: gw.gateway, node: nodeProc }
 }
 
 export async function waitForModel(ep: Endpoint, model: string, timeoutMs: number): Promise<void> {

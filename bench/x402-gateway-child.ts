@@ -19,6 +19,7 @@ import { privateKeyToAccount } from 'viem/accounts'
 import { startGateway } from '../gateway/gateway.ts'
 import { testAccounts } from '../src/chain/devchain.ts'
 import { embeddedFacilitator, type Facilitator } from '../src/payments/x402.ts'
+import { exitOnSignals } from './child-exit.ts'
 
 export interface X402ChildChain {
   rpcUrl: string
@@ -180,16 +181,4 @@ process.stdout.write(
   `ready ${JSON.stringify({ url: gw.url, multiaddrs: gw.multiaddrs(), apiKey, payTo, facilitator: embedded.address })}\n`,
 )
 
-let stopping = false
-const stop = (): void => {
-  if (stopping) return
-  stopping = true
-  setTimeout(() => process.exit(1), 5_000).unref()
-  gw.stop().then(
-    () => process.exit(0),
-    () => process.exit(1),
-  )
-}
-process.on('SIGTERM', stop)
-process.on('SIGINT', stop)
-process.on('disconnect', stop)
+exitOnSignals(() => gw.stop())

@@ -34,11 +34,11 @@ import {
   cpuMs,
   fmt,
   foreignLoad,
-  HOST,
   loadavg,
   median,
   QUIET_CORES,
   quantile,
+  spawnClusterNode,
   spawnNode,
   stopAll,
   table,
@@ -219,33 +219,6 @@ async function startX402Gateway(dir: string, chain: X402ChildChain): Promise<Gat
       return { payments: p.payments, scanMs: p.scanMs }
     },
   }
-}
-
-function startNodeProc(dir: string, bootstrap: string, model: string, payout: Address): Child {
-  return spawnNode('node', [
-    'bin/cluster.js',
-    'node',
-    '--data-dir',
-    join(dir, 'node'),
-    '--listen',
-    `/ip4/${HOST}/tcp/0`,
-    '--bootstrap',
-    bootstrap,
-    '--model',
-    model,
-    '--model-id',
-    MODEL,
-    '--threads',
-    '1',
-    '--slots',
-    '8',
-    '--max-queue',
-    '256',
-    '--gpu',
-    'off',
-    '--payout-address',
-    payout,
-  ])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -631,7 +604,14 @@ export async function x402Bench(): Promise<void> {
       procs.gateway = gw.child.pid
       const bootstrap = gw.multiaddrs.find((a) => a.includes('/tcp/') && !a.includes('/ws'))
       if (bootstrap == null) throw new Error(`gateway: no TCP multiaddr in ${gw.multiaddrs.join(' ')}`)
-      const node = startNodeProc(dir, bootstrap, model, (testAccounts()[3] as { address: Address }).address)
+      const node = spawnClusterNode(dir, bootstrap, {
+        model,
+        modelId: MODEL,
+        threads: 1,
+        slots: 8,
+        maxQueue: 256,
+        payoutAddress: (testAccounts()[3] as { address: Address }).address,
+      })
       procs.node = node.pid
       // Payers with test USDC ($100 each, the price is $0.003), minted while the node starts.
       const payers = Array.from({ length: CONCURRENCY }, (_, i) => payerAccount(i))

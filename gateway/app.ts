@@ -246,9 +246,9 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
     if (deps.directory.nodesServing(req.model).length === 0 && !deps.directory.knowsModel(req.model)) {
       throw modelNotFound(req.model)
     }
-    // API key: the maximum cost is reserved (x402: the payment was verified by the middleware).
-    let meter = new Meter(deps.billing, auth?.account.id ?? '', req.model, meta.id)
-    if (auth != null) await meter.reserve(frame, contextSizeOf(deps.directory, req.model))
+    // API key: the maximum cost is reserved now (x402: the middleware verified the payment).
+    const keyMeter = auth != null ? new Meter(deps.billing, auth.account.id, req.model, meta.id) : undefined
+    await keyMeter?.reserve(frame, contextSizeOf(deps.directory, req.model))
 
     const started = performance.now()
     const cancel = new AbortController()
@@ -259,11 +259,12 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
       call = await deps.router.open(frame, cancel.signal)
     } catch (err) {
       signal.removeEventListener('abort', onClientGone)
-      await meter.cancel()
+      await keyMeter?.cancel()
       throw err
     }
-    // A node answered: the payment is used now, and settles alongside the answer.
+    // x402: a node answered, so the payment is used now (its flat price), and settles alongside.
     let settlement: Promise<SettlementOutcome> | undefined
+    let meter = keyMeter as Meter
     if (payment != null) {
       const used = await (deps.x402 as X402Gate).use(payment, meta.id)
       settlement = used.settlement

@@ -70,6 +70,16 @@ export async function loadSignerKey(options: {
   return text as Hex
 }
 
+/** viem's description of an EVM chain known only by its RPC URL and id. */
+export function chainFor(rpcUrl: string, chainId: number): Chain {
+  return defineChain({
+    id: chainId,
+    name: `chain ${chainId}`,
+    nativeCurrency: { name: 'Ether', symbol: 'ETH', decimals: 18 },
+    rpcUrls: { default: { http: [rpcUrl] } },
+  })
+}
+
 /** viem clients for the escrow's chain, acting as the gateway. */
 export class EscrowClient {
   readonly chain: Chain
@@ -81,12 +91,7 @@ export class EscrowClient {
   readonly abi = clusterEscrowAbi
 
   constructor(config: EscrowConfig, signerKey: Hex) {
-    this.chain = defineChain({
-      id: config.chainId,
-      name: `chain ${config.chainId}`,
-      nativeCurrency: { name: 'Ether', symbol: 'ETH', decimals: 18 },
-      rpcUrls: { default: { http: [config.rpcUrl] } },
-    })
+    this.chain = chainFor(config.rpcUrl, config.chainId)
     const transport = http(config.rpcUrl, { retryCount: 2, timeout: 15_000 })
     const account = privateKeyToAccount(signerKey)
     this.address = account.address

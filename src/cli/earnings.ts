@@ -5,7 +5,6 @@ import {
   type Address,
   createPublicClient,
   createWalletClient,
-  defineChain,
   getAddress,
   type Hex,
   http,
@@ -13,7 +12,7 @@ import {
 } from 'viem'
 import { privateKeyToAccount } from 'viem/accounts'
 import { clusterEscrowAbi } from '../chain/artifacts.ts'
-import { loadSignerKey, SignerKeyError } from '../chain/escrow.ts'
+import { chainFor, loadSignerKey, SignerKeyError } from '../chain/escrow.ts'
 import type { Config } from '../config/config.ts'
 import { formatUsd } from '../payments/money.ts'
 
@@ -86,12 +85,7 @@ export async function earnings(config: Config, options: EarningsOptions): Promis
     process.stdout.write('nothing to claim\n')
     return 0
   }
-  const chain = defineChain({
-    id: await publicClient.getChainId(),
-    name: 'escrow chain',
-    nativeCurrency: { name: 'Ether', symbol: 'ETH', decimals: 18 },
-    rpcUrls: { default: { http: [rpcUrl] } },
-  })
+  const chain = chainFor(rpcUrl, await publicClient.getChainId())
   const wallet = createWalletClient({ transport, account: signer as NonNullable<typeof signer>, chain })
   const hash = await wallet.writeContract({ address: escrow, abi: clusterEscrowAbi, functionName: 'claim' })
   const receipt = await publicClient.waitForTransactionReceipt({ hash })

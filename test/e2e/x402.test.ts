@@ -16,7 +16,7 @@ import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
 import type { RunningNode } from '../../node/node.ts'
 import { clusterEscrowAbi, testUsdcAbi } from '../../src/chain/artifacts.ts'
 import { type DevChain, devChainViem, fundWallet, startDevChain, testAccounts } from '../../src/chain/devchain.ts'
-import { embeddedFacilitator, type Network, X402_REASONS } from '../../src/payments/x402.ts'
+import { authorizationUsed, embeddedFacilitator, type Network, X402_REASONS } from '../../src/payments/x402.ts'
 import { startTinyNode, tempDir, waitFor } from '../helpers/fixtures.ts'
 
 const MODEL = 'tiny-x402'
@@ -36,6 +36,28 @@ describe('x402: pay per request, no account', () => {
   let submits = 0
   let publicClient: ReturnType<typeof createPublicClient>
   let gatewayDir: string
+  let testClient: ReturnType<typeof createTestClient>
+
+  /** A v2 payment of `payer` for `accepted`, as the header to send, and its authorization nonce. */
+  const signedPayment = async (payer: PrivateKeyAccount, accepted: PaymentRequirements) => {
+    const payload = await payV2(payer, accepted)
+    const nonce = (payload.payload as { authorization: { nonce: Hex } }).authorization.nonce
+    return { header: encodePaymentSignatureHeader(payload), nonce }
+  }
+
+  /** The gateway's record of the payment with this nonce. */
+  const recordOf = (nonce: string) =>
+    gw.ledger.x402Payments().find((p) => p.nonce.toLowerCase() === nonce.toLowerCase())
+
+  /** Runs `body` with anvil mining only on demand (transactions wait in the pool). */
+  const withoutAutomine = async <T>(body: () => Promise<T>): Promise<T> => {
+    await testClient.setAutomine(false)
+    try {
+      return await body()
+    } finally {
+      await testClient.setAutomine(true)
+    }
+  }
 
   const usdcOf = (address: Address): Promise<bigint> =>
     publicClient.readContract({ address: chain.usdc, abi: testUsdcAbi, functionName: 'balanceOf', args: [address] })
@@ -158,6 +180,7 @@ describe('x402: pay per request, no account', () => {
     cleanups.push(() => chain.stop())
     network = `eip155:${chain.chainId}`
     publicClient = createPublicClient({ chain: devChainViem(chain), transport: http(chain.rpcUrl) })
+    testClient = createTestClient({ chain: devChainViem(chain), transport: http(chain.rpcUrl), mode: 'anvil' })
     const dir = await tempDir('cluster-x402-')
     cleanups.push(dir.remove)
     gatewayDir = `${dir.path}/gateway`
@@ -358,34 +381,15 @@ describe('x402: pay per request, no account', () => {
   it('streaming: the first chunk arrives while the settlement is still unmined; [DONE] follows it', async () => {
     const payer = await newPayer()
     const accepted = await requirements()
-    const payload = await payV2(payer, accepted)
-    const nonce = (payload.payload as { authorization: { nonce: Hex } }).authorization.nonce
-    const testClient = createTestClient({ chain: devChainViem(chain), transport: http(chain.rpcUrl), mode: 'anvil' })
-    await testClient.setAutomine(false)
-    try {
-      const res = await post({ 'payment-signature': encodePaymentSignatureHeader(payload) }, true)
+    const { header, nonce } = await signedPayment(payer, accepted)
+    await withoutAutomine(async () => {
+      const res = await post({ 'payment-signature': header }, true)
       expect(res.status).toBe(200)
       const reader = (res.body as ReadableStream<Uint8Array>).getReader()
       const first = await reader.read()
       expect(new TextDecoder().decode(first.value)).toContain('chat.completion.chunk')
       // Not settled yet: the authorization is unused on chain.
-      const used = await publicClient.readContract({
-        address: chain.usdc,
-        abi: [
-          {
-            type: 'function',
-            name: 'authorizationState',
-            stateMutability: 'view',
-            inputs: [
-              { name: 'authorizer', type: 'address' },
-              { name: 'nonce', type: 'bytes32' },
-            ],
-            outputs: [{ type: 'bool' }],
-          },
-        ] as const,
-        functionName: 'authorizationState',
-        args: [payer.address, nonce],
-      })
+      const used = await authorizationUsed(chain.rpcUrl, chain.usdc, payer.address, nonce)
       expect(used).toBe(false)
       // Now let the chain go on: blocks until the transfer is in one.
       await waitFor(
@@ -404,32 +408,21 @@ describe('x402: pay per request, no account', () => {
       }
       expect(rest).toContain('data: [DONE]')
       expect(rest).not.toContain('payment_failed')
-    } finally {
-      await testClient.setAutomine(true)
-    }
+    })
     expect(await usdcOf(payer.address)).toBe(1_000_000n - PRICE)
   })
 
   it('a settlement not mined in time is pending, not failed, and is reconciled by its nonce', async () => {
     const payer = await newPayer()
     const accepted = await requirements()
-    const payload = await payV2(payer, accepted)
-    const nonce = (payload.payload as { authorization: { nonce: Hex } }).authorization.nonce
-    const testClient = createTestClient({ chain: devChainViem(chain), transport: http(chain.rpcUrl), mode: 'anvil' })
-    await testClient.setAutomine(false)
-    let res: Response
-    try {
-      res = await post({ 'payment-signature': encodePaymentSignatureHeader(payload) })
-    } finally {
-      await testClient.setAutomine(true)
-    }
+    const { header, nonce } = await signedPayment(payer, accepted)
+    const res = await withoutAutomine(() => post({ 'payment-signature': header }))
     // Served (the payment was verified), its settlement still open when the answer went out.
     expect(res.status).toBe(200)
     expect(res.headers.get('payment-response')).toBeNull()
-    const record = () => gw.ledger.x402Payments().find((p) => p.nonce.toLowerCase() === nonce.toLowerCase())
-    expect(record()?.status).toBe('pending')
+    expect(recordOf(nonce)?.status).toBe('pending')
     await testClient.mine({ blocks: 1 })
-    await waitFor(() => record()?.status === 'settled', 10_000, 'the pending settlement reconciled')
+    await waitFor(() => recordOf(nonce)?.status === 'settled', 10_000, 'the pending settlement reconciled')
     expect(await usdcOf(payer.address)).toBe(1_000_000n - PRICE)
     expect(gw.ledger.x402Debt(payer.address)).toBe(0n)
   })
@@ -437,14 +430,12 @@ describe('x402: pay per request, no account', () => {
   it('a payment that fails to settle: the stream ends with an error event, the payer owes it before it is served again', async () => {
     const payer = await newPayer()
     const accepted = await requirements()
-    const payload = await payV2(payer, accepted)
-    const testClient = createTestClient({ chain: devChainViem(chain), transport: http(chain.rpcUrl), mode: 'anvil' })
+    const { header } = await signedPayment(payer, accepted)
     const wallet = createWalletClient({ chain: devChainViem(chain), transport: http(chain.rpcUrl), account: payer })
     await fundWallet(chain, payer.address, { eth: 10n ** 18n })
-    await testClient.setAutomine(false)
     let text = ''
-    try {
-      const res = await post({ 'payment-signature': encodePaymentSignatureHeader(payload) }, true)
+    await withoutAutomine(async () => {
+      const res = await post({ 'payment-signature': header }, true)
       expect(res.status).toBe(200)
       const reader = (res.body as ReadableStream<Uint8Array>).getReader()
       const first = await reader.read()
@@ -470,9 +461,7 @@ describe('x402: pay per request, no account', () => {
         if (done) break
         text += new TextDecoder().decode(value)
       }
-    } finally {
-      await testClient.setAutomine(true)
-    }
+    })
     expect(text).toContain('payment_failed')
     expect(gw.ledger.x402Debt(payer.address)).toBe(PRICE)
     // Its next payment at the plain price is refused: it must cover what it owes too.
@@ -532,25 +521,18 @@ describe('x402: pay per request, no account', () => {
   it('a settlement pending when the gateway stops is reconciled by its nonce when it starts again', async () => {
     const payer = await newPayer()
     const accepted = await requirements()
-    const payload = await payV2(payer, accepted)
-    const nonce = (payload.payload as { authorization: { nonce: Hex } }).authorization.nonce
-    const testClient = createTestClient({ chain: devChainViem(chain), transport: http(chain.rpcUrl), mode: 'anvil' })
-    await testClient.setAutomine(false)
-    try {
-      const res = await post({ 'payment-signature': encodePaymentSignatureHeader(payload) })
+    const { header, nonce } = await signedPayment(payer, accepted)
+    await withoutAutomine(async () => {
+      const res = await post({ 'payment-signature': header })
       expect(res.status).toBe(200)
-      const pending = gw.ledger.x402Payments('pending').find((p) => p.nonce.toLowerCase() === nonce.toLowerCase())
-      expect(pending).toBeDefined()
+      expect(recordOf(nonce)?.status).toBe('pending')
       await gw.stop()
-    } finally {
-      await testClient.setAutomine(true)
-    }
+    })
     await testClient.mine({ blocks: 1 })
     expect(await usdcOf(payer.address)).toBe(1_000_000n - PRICE)
     // Started again on the same data dir, with no periodic reconcile: the start-up one settles it.
     gw = await startGateway(gatewayOptions(3_600_000))
-    const record = () => gw.ledger.x402Payments().find((p) => p.nonce.toLowerCase() === nonce.toLowerCase())
-    await waitFor(() => record()?.status === 'settled', 10_000, 'reconciled at start')
+    await waitFor(() => recordOf(nonce)?.status === 'settled', 10_000, 'reconciled at start')
     expect(gw.ledger.x402Debt(payer.address)).toBe(0n)
   })
 })
