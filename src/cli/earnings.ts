@@ -1,15 +1,7 @@
 // `cluster earnings`: what a node's payout address has earned in the escrow, and claiming it.
 import { readFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
-import {
-  type Address,
-  createPublicClient,
-  createWalletClient,
-  getAddress,
-  type Hex,
-  http,
-  isAddress,
-} from 'viem'
+import { type Address, createPublicClient, createWalletClient, getAddress, type Hex, http, isAddress } from 'viem'
 import { privateKeyToAccount } from 'viem/accounts'
 import { clusterEscrowAbi } from '../chain/artifacts.ts'
 import { chainFor, loadSignerKey, SignerKeyError } from '../chain/escrow.ts'
