@@ -1,0 +1,185 @@
+// Helia on the peer's own libp2p node: content-addressed storage for model weights. Blocks live on
+// disk in the data dir; they move between our peers by bitswap, and provider records go into our
+// private DHT. Nothing here reaches public IPFS: no public bootstrap, delegated routing, HTTP
+// gateways, mDNS or UPnP — only the peer we are given, with the transports it was built with.
+import { mkdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { type BitswapOptions, withBitswap } from '@helia/bitswap'
+import type { Helia, Peer, Provider, Routing, RoutingOptions } from '@helia/interface'
+import { type UnixFS, unixfs } from '@helia/unixfs'
+import type { AbortOptions, Libp2p } from '@libp2p/interface'
+import { peerIdFromCID } from '@libp2p/peer-id'
+import type { Multiaddr } from '@multiformats/multiaddr'
+import { FsBlockstore } from 'blockstore-fs'
+import { LevelDatastore } from 'datastore-level'
+import { createHeliaLight } from 'helia'
+import { CID } from 'multiformats/cid'
+
+/** Import settings for weights: IPIP-499's modern profile (CIDv1, raw 1 MiB leaves, 1024 links a node). */
+export const WEIGHTS_PROFILE = 'unixfs-v1-2025' as const
+
+export interface ContentStoreOptions {
+  /** Blocks and Helia's datastore go under `<dataDir>/ipfs`. */
+  dataDir: string
+  /** The mesh peer: Helia runs on it (no second libp2p node). */
+  libp2p: Libp2p
+  bitswap?: BitswapOptions
+  /** Blocks fetched in parallel while exporting a file. @default 64 */
+  blockReadConcurrency?: number
+}
+
+/** Called with the bytes done so far. */
+export type ProgressSink = (bytes: number) => void
+
+/** A CID string that parses, or an Error saying why not. */
+export function parseCid(text: string): CID {
+  try {
+    return CID.parse(text)
+  } catch (err) {
+    throw new InvalidCidError(text, err)
+  }
+}
+
+export class InvalidCidError extends Error {
+  override name = 'InvalidCidError'
+  constructor(text: string, cause: unknown) {
+    super(`not a CID: ${JSON.stringify(text.slice(0, 100))}`, { cause })
+  }
+}
+
+/** Our peer's kad-dht as Helia's only router: provider records and peer lookups stay on the mesh. */
+class MeshRouter implements Partial<Routing> {
+  readonly name = 'cluster-mesh-router'
+  constructor(private readonly libp2p: Libp2p) {}
+
+  async provide(cid: CID, options?: RoutingOptions): Promise<void> {
+    await this.libp2p.contentRouting.provide(cid, options)
+  }
+
+  async *findProviders(cid: CID, options?: RoutingOptions): AsyncGenerator<Provider> {
+    for await (const p of this.libp2p.contentRouting.findProviders(cid, options)) {
+      yield { id: p.id.toCID(), multiaddrs: p.multiaddrs, router: this.name, fallback: false } as Provider
+    }
+  }
+
+  async findPeer(peerId: CID, options?: RoutingOptions): Promise<Peer> {
+    const info = await this.libp2p.peerRouting.findPeer(peerIdFromCID(peerId), options)
+    return { id: info.id.toCID(), multiaddrs: info.multiaddrs, router: this.name } as Peer
+  }
+}
+
+export class ContentStore {
+  private constructor(
+    readonly helia: Helia,
+    private readonly fs: UnixFS,
+    private readonly blockReadConcurrency: number,
+    private readonly closeStores: () => Promise<void>,
+  ) {}
+
+  static async open(options: ContentStoreOptions): Promise<ContentStore> {
+    const root = join(options.dataDir, 'ipfs')
+    await mkdir(join(root, 'blocks'), { recursive: true })
+    const blockstore = new FsBlockstore(join(root, 'blocks'))
+    const datastore = new LevelDatastore(join(root, 'datastore'))
+    await blockstore.open()
+    await datastore.open()
+    const close = async (): Promise<void> => {
+      await datastore.close().catch(() => undefined)
+      await blockstore.close().catch(() => undefined)
+    }
+    const libp2p = options.libp2p
+    const helia = createHeliaLight({
+      blockstore,
+      datastore,
+      // biome-ignore lint/suspicious/noExplicitAny: Helia types a router as a full Routing; ours implements the part it uses.
+      routers: [new MeshRouter(libp2p) as any],
+      components: { libp2p },
+    })
+    // Helia 7 has no option for an existing libp2p node: bitswap reads it from `helia.libp2p`.
+    Object.defineProperty(helia, 'libp2p', { value: libp2p, enumerable: true })
+    // biome-ignore lint/suspicious/noExplicitAny: see above — HeliaWithLibp2p is what withBitswap expects.
+    withBitswap(helia as any, options.bitswap ?? {})
+    try {
+      await helia.start()
+    } catch (err) {
+      await close()
+      throw err
+    }
+    return new ContentStore(helia, unixfs(helia), options.blockReadConcurrency ?? 64, close)
+  }
+
+  /**
+   * Imports a byte stream (a file being uploaded) block by block: nothing holds the whole file.
+   * Returns the root CID and the byte count. The blocks are pinned, so they are kept.
+   */
+  async add(source: AsyncIterable<Uint8Array>, opts: AbortOptions & { onProgress?: ProgressSink } = {}) {
+    let size = 0
+    const counted = async function* (): AsyncGenerator<Uint8Array> {
+      for await (const chunk of source) {
+        size += chunk.byteLength
+        opts.onProgress?.(size)
+        yield chunk
+      }
+    }
+    const cid = await this.fs.addByteStream(counted(), {
+      profile: WEIGHTS_PROFILE,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    })
+    await this.pin(cid, opts)
+    return { cid, size }
+  }
+
+  /** Pins a DAG (fetching whatever is missing), so it is kept and can be served to others. */
+  async pin(cid: CID, opts: AbortOptions = {}): Promise<void> {
+    if (await this.helia.pins.isPinned(cid, opts)) return
+    for await (const _ of this.helia.pins.add(cid, opts)) {
+      // each yielded CID is one block pinned
+    }
+  }
+
+  async unpin(cid: CID, opts: AbortOptions = {}): Promise<void> {
+    if (!(await this.helia.pins.isPinned(cid, opts))) return
+    for await (const _ of this.helia.pins.rm(cid, opts)) {
+      // each yielded CID is one block unpinned
+    }
+  }
+
+  /** The file's size, from its root block (fetched from the mesh if it is not here). */
+  async size(cid: CID, opts: AbortOptions & { providers?: Multiaddr[] } = {}): Promise<number> {
+    const st = await this.fs.stat(cid, opts)
+    return Number(st.type === 'directory' ? 0n : st.size)
+  }
+
+  /** True when every block of the DAG is in the local blockstore (no network). */
+  async hasAll(cid: CID, opts: AbortOptions = {}): Promise<boolean> {
+    try {
+      for await (const _ of this.fs.cat(cid, { ...opts, offline: true } as never)) {
+        // reading proves the block is present
+      }
+      return true
+    } catch {
+      return false
+    }
+  }
+
+  /**
+   * Streams a file's bytes (or a range of them), fetching missing blocks from providers as it
+   * goes: from `providers` when given, else from whoever the DHT names.
+   */
+  cat(
+    cid: CID,
+    opts: AbortOptions & { offset?: number; length?: number; providers?: Multiaddr[] } = {},
+  ): AsyncIterable<Uint8Array> {
+    return this.fs.cat(cid, { blockReadConcurrency: this.blockReadConcurrency, ...opts } as never)
+  }
+
+  /** Tells the mesh (our DHT) that this peer can provide the DAG rooted at `cid`. */
+  async provide(cid: CID, opts: AbortOptions = {}): Promise<void> {
+    await this.helia.routing.provide(cid, opts)
+  }
+
+  async stop(): Promise<void> {
+    await this.helia.stop()
+    await this.closeStores()
+  }
+}
