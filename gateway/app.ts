@@ -17,6 +17,7 @@ import { type AuthVars, apiRoutes, clientAddress, requireAuth } from './api-rout
 import type { Billing } from './billing.ts'
 import { type ChainDeps, chainRoutes } from './chain-routes.ts'
 import { ApiError, invalidRequest, modelNotFound, rateLimited } from './errors.ts'
+import { type ModelsDeps, modelRoutes } from './models.ts'
 import { clientSignal, readJsonBody } from './node-request.ts'
 import {
   type CompletionMeta,
@@ -62,7 +63,12 @@ export interface AppDeps {
   chain?: ChainDeps
   /** Pay per request with x402 on paid endpoints called without an API key; absent: off. */
   x402?: X402Gate
+  /** Models: upload, registry, deploy, download; absent: not served. */
+  models?: ModelsDeps
 }
+
+/** Uploads carry their own size limit (the model's), checked as the file streams in. */
+const UPLOAD_PATH = '/api/models/upload'
 
 const isV1 = (path: string): boolean => path === '/v1' || path.startsWith('/v1/')
 
@@ -116,6 +122,7 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
     const length = c.req.header('content-length')
     const chunked = c.req.header('transfer-encoding') != null
     if (length == null && !chunked) return next()
+    if (c.req.path === UPLOAD_PATH) return next()
     const v1 = isV1(c.req.path)
     if (chunked) return v1 ? inferenceBodies(c, next) : otherBodies(c, next)
     // A declared length is checked as bodyLimit does, without materialising the request.
@@ -194,6 +201,7 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
   )
 
   if (deps.chain != null) app.route('/api', chainRoutes(deps.chain))
+  if (deps.models != null) app.route('/api', modelRoutes(deps.models))
 
   app.get('/health', (c) => c.json({ status: 'ok', uptime: Math.floor((Date.now() - startedAt) / 1000) }))
 

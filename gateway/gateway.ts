@@ -16,12 +16,17 @@ import { GatewaySecret } from '../src/ledger/secrets.ts'
 import { Directory } from '../src/mesh/directory.ts'
 import { GossipBus } from '../src/mesh/gossip.ts'
 import { createMeshPeer, type MeshPeer } from '../src/mesh/peer.ts'
+import { loadOrCreatePeerKey } from '../src/mesh/peer-key.ts'
 import { fetchCapabilities } from '../src/mesh/streams.ts'
+import { ModelRegistry } from '../src/models/registry.ts'
+import { type RegistryReplica, replicateRegistry } from '../src/models/registry-sync.ts'
 import type { Facilitator, X402Settings } from '../src/payments/x402.ts'
+import { ContentStore } from '../src/storage/content.ts'
 import { Accounts } from './accounts.ts'
 import { type CompletedInference, createApp } from './app.ts'
 import { Billing } from './billing.ts'
 import type { ChainDeps } from './chain-routes.ts'
+import type { ModelsConfig } from './models.ts'
 import { Pricing, type PricingConfig } from './pricing.ts'
 import { type RateLimitConfig, TokenBuckets } from './rate-limit.ts'
 import { MeshRouter, type RouterOptions } from './router.ts'
@@ -50,6 +55,8 @@ export interface GatewayConfig {
   chain?: GatewayChainConfig
   /** Pay per request with x402 (no account needed); off when absent. */
   x402?: GatewayX402Config
+  /** Model uploads and downloads. */
+  models?: ModelsConfig
 }
 
 export interface GatewayX402Config {
@@ -89,6 +96,8 @@ export interface RunningGateway {
   bus: GossipBus
   accounts: Accounts
   ledger: Ledger
+  store: ContentStore
+  registry: ModelRegistry
   /** Where the first admin's key was written, when this start created it. */
   adminKeyFile: string | undefined
   /** Holds a previous run left open (a crash), freed at this start. */
@@ -107,21 +116,44 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
   const ledger = new LevelLedger(join(config.dataDir, 'ledger'))
   await ledger.open()
   const reconciledHolds = await ledger.reconcileHolds()
-  const accounts = new Accounts(ledger, await GatewaySecret.load(config.dataDir))
+  const secret = await GatewaySecret.load(config.dataDir)
+  const accounts = new Accounts(ledger, secret)
   const adminKeyFile = await accounts.ensureFirstAdmin(config.dataDir, config.adminEmail)
   const pricing = new Pricing(config.pricing)
   const log = config.log ?? ((line: string) => process.stderr.write(`[gateway] ${line}\n`))
+  const privateKey = await loadOrCreatePeerKey(config.dataDir)
   const peer = await createMeshPeer({
     dataDir: config.dataDir,
+    privateKey,
     ...(config.listen ? { listen: config.listen } : {}),
     ...(config.bootstrap ? { bootstrap: config.bootstrap } : {}),
   })
   const bus = new GossipBus(peer.services.pubsub)
   const directory = new Directory({ fetchCapabilities: (id) => fetchCapabilities(peer, id) })
   directory.start(bus)
-  bus.subscribe('events', ClusterEventSchema, () => undefined)
+  let store: ContentStore
+  let registry: ModelRegistry
+  let replica: RegistryReplica
+  try {
+    store = await ContentStore.open({ dataDir: config.dataDir, libp2p: peer })
+    registry = await ModelRegistry.open(join(config.dataDir, 'registry'))
+    replica = await replicateRegistry(peer, bus, registry, log)
+  } catch (err) {
+    directory.stop()
+    bus.close()
+    await peer.stop()
+    await ledger.close()
+    throw err
+  }
+  const countInference = (model: string): void => {
+    void registry.countInference(model).catch(() => undefined)
+  }
+  bus.subscribe('events', ClusterEventSchema, (event) => {
+    if (event.type === 'inference:complete') countInference(event.model)
+  })
   const router = new MeshRouter(peer, directory, config.router)
   const onComplete = (info: CompletedInference): void => {
+    countInference(info.model)
     void bus
       .publish('events', ClusterEventSchema, {
         v: 1,
@@ -176,6 +208,19 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
     onComplete,
     accounts,
     pricing,
+    models: {
+      dataDir: config.dataDir,
+      peer,
+      privateKey,
+      store,
+      registry,
+      replica,
+      directory,
+      pricing,
+      secret,
+      ...(config.models ? { config: config.models } : {}),
+      log,
+    },
     billing:
       config.billing === false
         ? undefined
@@ -203,8 +248,11 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
     await chain?.watcher.stop()
     await chain?.settler.stop()
     directory.stop()
+    await replica.stop()
     bus.close()
+    await store.stop().catch(() => undefined)
     await peer.stop()
+    await registry.close()
     await ledger.close()
     throw err
   })
@@ -217,6 +265,8 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
     bus,
     accounts,
     ledger,
+    store,
+    registry,
     adminKeyFile,
     reconciledHolds,
     chain: chain ? { client: chain.client, watcher: chain.watcher, settler: chain.settler } : undefined,
@@ -235,8 +285,11 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
         await chain?.watcher.stop()
         await chain?.settler.stop()
         directory.stop()
+        await replica.stop()
         bus.close()
+        await store.stop().catch(() => undefined)
         await peer.stop()
+        await registry.close()
         await ledger.close()
       })()
       return stopped

@@ -2,13 +2,24 @@
 // told what it serves and how loaded it is.
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { type Capabilities, CapabilitiesSchema, HeartbeatSchema, type Load } from '../protocols/index.ts'
+import {
+  type Capabilities,
+  CapabilitiesSchema,
+  DeploymentEventSchema,
+  HeartbeatSchema,
+  type Load,
+} from '../protocols/index.ts'
 import { DEFAULT_HEARTBEAT_INTERVAL_MS } from '../src/mesh/constants.ts'
 import { GossipBus } from '../src/mesh/gossip.ts'
 import { createMeshPeer, type MeshPeer } from '../src/mesh/peer.ts'
 import { loadOrCreatePeerKey } from '../src/mesh/peer-key.ts'
 import { serveCapabilities } from '../src/mesh/streams.ts'
+import { freeMemory } from '../src/models/placement.ts'
+import { ModelRegistry } from '../src/models/registry.ts'
+import { replicateRegistry } from '../src/models/registry-sync.ts'
+import { ContentStore } from '../src/storage/content.ts'
 import { SOFTWARE } from '../src/version.ts'
+import { Deployer, type DeploymentSpec } from './deployer.ts'
 import type { Engine } from './engine.ts'
 import { FileHashes } from './file-hashes.ts'
 import { detectHardware } from './hardware.ts'
@@ -18,10 +29,13 @@ import { LlamaEngine, llamaGpus } from './llama-engine.ts'
 import { Scheduler } from './scheduler.ts'
 
 export interface NodeModelConfig {
+  /** A GGUF file, or `cid:<CID>` to fetch the weights over IPFS from the mesh. */
   path: string
   id?: string | undefined
   cid?: string | undefined
 }
+
+const CID_PREFIX = 'cid:'
 
 export interface NodeConfig {
   dataDir: string
@@ -41,11 +55,20 @@ export interface NodeConfig {
   payoutAddress?: string
   /** Prices per million tokens, in USDC's smallest unit. */
   prices?: { inputPerMillion: bigint; outputPerMillion: bigint }
+  /** Take deploy requests from gateways. @default true */
+  acceptDeploys?: boolean
+  /** Bytes offered for model weights. @default all VRAM, else three quarters of RAM */
+  modelMemoryBytes?: number
+  /** Operational messages. @default stderr */
+  log?: (line: string) => void
 }
 
 export interface RunningNode {
   peer: MeshPeer
   peerId: string
+  store: ContentStore
+  deployer: Deployer
+  registry: ModelRegistry
   engines: ReadonlyMap<string, Engine>
   schedulers: ReadonlyMap<string, Scheduler>
   multiaddrs(): string[]
@@ -73,26 +96,33 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
   await mkdir(config.dataDir, { recursive: true })
   const engines = new Map<string, Engine>()
   const schedulers = new Map<string, Scheduler>()
+  const log = config.log ?? ((line: string) => process.stderr.write(`[node] ${line}\n`))
+  const fromFiles = config.models.filter((m) => !m.path.startsWith(CID_PREFIX))
+  const fromCids: DeploymentSpec[] = config.models
+    .filter((m) => m.path.startsWith(CID_PREFIX))
+    .map((m) => ({ cid: m.path.slice(CID_PREFIX.length), id: m.id }))
+  const loadEngine = (path: string, extra: { id?: string | undefined; cid?: string | undefined }) =>
+    LlamaEngine.load({
+      modelPath: path,
+      ...(extra.id ? { modelId: extra.id } : {}),
+      ...(extra.cid ? { cid: extra.cid } : {}),
+      ...(config.threads != null ? { threads: config.threads } : {}),
+      ...(config.slots != null ? { slots: config.slots } : {}),
+      ...(config.contextSize ? { contextSize: config.contextSize } : {}),
+      gpu: config.gpu ?? 'auto',
+    })
+  const serveEngine = (engine: Engine): void => {
+    engines.set(engine.modelId, engine)
+    schedulers.set(engine.modelId, new Scheduler(engine, config.maxQueue != null ? { maxQueue: config.maxQueue } : {}))
+  }
   try {
-    for (const m of config.models) {
-      const engine = await LlamaEngine.load({
-        modelPath: m.path,
-        ...(m.id ? { modelId: m.id } : {}),
-        ...(m.cid ? { cid: m.cid } : {}),
-        ...(config.threads != null ? { threads: config.threads } : {}),
-        ...(config.slots != null ? { slots: config.slots } : {}),
-        ...(config.contextSize ? { contextSize: config.contextSize } : {}),
-        gpu: config.gpu ?? 'auto',
-      })
+    for (const m of fromFiles) {
+      const engine = await loadEngine(m.path, m)
       if (engines.has(engine.modelId)) {
         await engine.close()
         throw new Error(`two models share the id ${engine.modelId}: give one an explicit id`)
       }
-      engines.set(engine.modelId, engine)
-      schedulers.set(
-        engine.modelId,
-        new Scheduler(engine, config.maxQueue != null ? { maxQueue: config.maxQueue } : {}),
-      )
+      serveEngine(engine)
     }
   } catch (err) {
     for (const e of engines.values()) await e.close()
@@ -107,22 +137,31 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
     ...(config.bootstrap ? { bootstrap: config.bootstrap } : {}),
   })
   const peerId = peer.peerId.toString()
+  const fileModelIds = new Set(engines.keys())
   const bus = new GossipBus(peer.services.pubsub)
+  const store = await ContentStore.open({ dataDir: config.dataDir, libp2p: peer })
+  const registry = await ModelRegistry.open(join(config.dataDir, 'registry'))
+  const replica = await replicateRegistry(peer, bus, registry, log)
   const hardware = await detectHardware(() => llamaGpus(config.gpu ?? 'auto'))
   const prices = config.prices ?? DEFAULT_NODE_PRICES
   const incarnation = await nextIncarnation(config.dataDir)
   let capsVersion = 1
   const sha256 = new Map<string, string>()
 
+  let deployer: Deployer | undefined
   const capabilities = (): Capabilities => ({
     v: 1,
     peerId,
     incarnation,
     version: capsVersion,
-    models: [...engines.values()].map((e) => {
-      const hash = sha256.get(e.modelId)
-      return hash ? { ...e.describe(), sha256: hash } : e.describe()
-    }),
+    models: [
+      ...[...engines.values()].map((e) => {
+        const hash = sha256.get(e.modelId)
+        const origin = deployer?.origin(e.modelId)
+        return { ...e.describe(), ...(origin ?? {}), ...(hash ? { sha256: hash } : {}) }
+      }),
+      ...(deployer?.pending() ?? []),
+    ],
     hardware,
     prices: [...engines.keys()].map((model) => ({
       model,
@@ -130,6 +169,8 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
       outputPerMillion: prices.outputPerMillion.toString(),
     })),
     payoutAddress: config.payoutAddress ?? '',
+    ...(config.modelMemoryBytes != null ? { memoryForModels: config.modelMemoryBytes } : {}),
+    acceptsDeploys: config.acceptDeploys ?? true,
     software: SOFTWARE,
   })
   const load = (): Load => {
@@ -143,6 +184,35 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
     }
     return total
   }
+
+  deployer = new Deployer({
+    dataDir: config.dataDir,
+    peer,
+    store,
+    acceptDeploys: config.acceptDeploys ?? true,
+    load: (path, spec) => loadEngine(path, spec),
+    serve: (engine, spec) => {
+      serveEngine(engine)
+      if (spec.sha256) sha256.set(engine.modelId, spec.sha256)
+    },
+    unserve: async (id) => {
+      schedulers.delete(id)
+      engines.delete(id)
+      sha256.delete(id)
+    },
+    freeMemory: () => freeMemory(capabilities()),
+    reservedIds: () => fileModelIds,
+    changed: () => {
+      capsVersion++
+    },
+    announce: (type, model) => {
+      void bus
+        .publish('deployments', DeploymentEventSchema, { v: 1, type, peerId, incarnation, model, at: Date.now() })
+        .catch(() => undefined)
+    },
+    idForCid: (cid) => registry.byCid(cid)?.id,
+    log,
+  })
 
   await serveInference(peer, { schedulers: () => schedulers, privateKey, modelSha256: (m) => sha256.get(m) })
   await serveCapabilities(peer, capabilities)
@@ -159,12 +229,14 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
   // Nodes join the topics too, so gossip can relay through them in a mesh without a direct link.
   bus.subscribe('heartbeat', HeartbeatSchema, () => undefined)
   bus.subscribe('capabilities', CapabilitiesSchema, () => undefined)
+  bus.subscribe('deployments', DeploymentEventSchema, () => undefined)
+  await deployer.start(fromCids)
 
   // Hash the weights in the background; the next heartbeat announces the new capabilities version.
   const hashing = new AbortController()
   const hashes = new FileHashes(config.dataDir)
   void (async () => {
-    for (const [i, m] of config.models.entries()) {
+    for (const [i, m] of fromFiles.entries()) {
       const id = [...engines.keys()][i]
       if (id == null) continue
       const hash = await hashes.hash(m.path, hashing.signal)
@@ -174,21 +246,29 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
   })().catch(() => undefined)
 
   let stopped: Promise<void> | undefined
-  return {
+  const running: RunningNode = {
     peer,
     peerId,
+    store,
+    deployer,
+    registry,
     engines,
     schedulers,
     multiaddrs: () => peer.getMultiaddrs().map((a) => a.toString()),
     stop: () => {
       stopped ??= (async () => {
         hashing.abort()
+        await deployer?.stop()
         await heartbeat.stop()
+        await replica.stop()
         bus.close()
+        await store.stop().catch(() => undefined)
         await peer.stop()
+        await registry.close()
         for (const e of engines.values()) await e.close()
       })()
       return stopped
     },
   }
+  return running
 }

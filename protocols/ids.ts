@@ -10,6 +10,12 @@ export const INFERENCE_PROTOCOL = '/cluster/inference/1.0.0'
 /** Ask a node for its current capabilities record (used when a heartbeat names a newer version). */
 export const CAPABILITIES_PROTOCOL = '/cluster/capabilities/1.0.0'
 
+/** Registry sync: a peer that joins asks one that knows for every signed model record. */
+export const REGISTRY_PROTOCOL = '/cluster/registry/1.0.0'
+
+/** A gateway asks a node to deploy (fetch over IPFS, load, serve) or undeploy a model. */
+export const DEPLOY_PROTOCOL = '/cluster/deploy/1.0.0'
+
 /** kad-dht protocol id: private, so our peers never join or answer the public IPFS DHT. */
 export const DHT_PROTOCOL = '/cluster/kad/1.0.0'
 
@@ -19,6 +25,7 @@ export const TOPICS = {
   capabilities: '/cluster/capabilities/1.0.0',
   deployments: '/cluster/deployments/1.0.0',
   events: '/cluster/events/1.0.0',
+  models: '/cluster/models/1.0.0',
 } as const
 
 export type TopicName = keyof typeof TOPICS
@@ -33,4 +40,6 @@ export const MAX_FRAME_BYTES = 4 * 1024 * 1024
 export const STREAM_LIMITS = {
   inference: { maxInboundStreams: 256, maxOutboundStreams: 256 },
   capabilities: { maxInboundStreams: 32, maxOutboundStreams: 32 },
+  registry: { maxInboundStreams: 8, maxOutboundStreams: 8 },
+  deploy: { maxInboundStreams: 16, maxOutboundStreams: 16 },
 } as const

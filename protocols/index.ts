@@ -3,5 +3,6 @@
 export * from './codec.ts'
 export * from './fast-frames.ts'
 export * from './ids.ts'
+export * from './models.ts'
 export * from './receipt.ts'
 export * from './schemas.ts'

@@ -37,7 +37,7 @@ export const HeartbeatSchema = z.object({
 })
 export type Heartbeat = z.infer<typeof HeartbeatSchema>
 
-export const ModelStateSchema = z.enum(['loading', 'ready', 'unloading', 'failed'])
+export const ModelStateSchema = z.enum(['fetching', 'loading', 'ready', 'unloading', 'failed'])
 
 export const ServedModelSchema = z.object({
   id: modelId,
@@ -55,6 +55,12 @@ export const ServedModelSchema = z.object({
   parameters: count.optional(),
   sizeBytes: count.optional(),
   state: ModelStateSchema,
+  /** Registry version, when the model was deployed from the registry. */
+  version: count.optional(),
+  /** Fraction of the weights fetched, while fetching (0–1). */
+  progress: z.number().min(0).max(1).optional(),
+  /** Why the deployment failed, when state is 'failed'. */
+  error: z.string().max(1024).optional(),
   tasks: z.array(z.enum(['chat', 'completion', 'embeddings', 'rerank'])).max(8),
 })
 export type ServedModel = z.infer<typeof ServedModelSchema>
@@ -85,6 +91,10 @@ export const CapabilitiesSchema = z.object({
   prices: z.array(PriceSchema).max(256),
   /** EVM address that receives this node's earnings; empty until the operator sets one. */
   payoutAddress: z.union([z.literal(''), z.string().regex(/^0x[0-9a-fA-F]{40}$/)]),
+  /** Bytes the node offers for model weights, when its operator set it (else derived from hardware). */
+  memoryForModels: count.optional(),
+  /** Whether the node takes deploy requests from the mesh. */
+  acceptsDeploys: z.boolean().optional(),
   software: z.object({ name: z.string().max(64), version: z.string().max(64) }),
 })
 export type Capabilities = z.infer<typeof CapabilitiesSchema>
@@ -94,7 +104,7 @@ export const DeploymentEventSchema = z.object({
   type: z.enum(['model:deployed', 'model:undeployed']),
   peerId,
   incarnation: count,
-  model: z.object({ id: modelId, cid: z.string().max(128).optional() }),
+  model: z.object({ id: modelId, cid: z.string().max(128).optional(), version: count.optional() }),
   at: count,
 })
 export type DeploymentEvent = z.infer<typeof DeploymentEventSchema>

@@ -399,7 +399,7 @@ export async function main(argv: string[]): Promise<void> {
   model
     .command('synth')
     .description('write a llama GGUF with random weights (for load tests; its output is noise)')
-    .addOption(new Option('--preset <name>', 'model shape').choices(['tiny', '1b']).default('tiny'))
+    .addOption(new Option('--preset <name>', 'model shape').choices(['tiny', 'small', '1b']).default('tiny'))
     .requiredOption('--out <file>', 'where to write the .gguf')
     .option('--seed <n>', 'random seed', (v) => Number.parseInt(v, 10))
     .action(async (opts: { preset: SynthPresetName; out: string; seed?: number }) => {

@@ -120,6 +120,12 @@ export class GatewaySecret {
     return Buffer.concat([decipher.update(body), decipher.final()]).toString('utf8')
   }
 
+  /** A MAC over `data` for one purpose (signed URLs), base64url; keys differ per purpose. */
+  mac(purpose: string, data: string): string {
+    const key = createHmac('sha256', this.secret).update(`cluster/mac/${purpose}`).digest()
+    return createHmac('sha256', key).update(data).digest('base64url')
+  }
+
   private sealKey(): Buffer {
     return createHmac('sha256', this.secret).update('cluster/seal/v1').digest()
   }

@@ -16,7 +16,7 @@ import {
   tensorByteSize,
 } from './gguf-format.ts'
 
-export type SynthPresetName = 'tiny' | '1b'
+export type SynthPresetName = 'tiny' | 'small' | '1b'
 
 export type SynthPreset = {
   /** Human label used in `general.name`. */
@@ -45,6 +45,20 @@ export const SYNTH_PRESETS: Readonly<Record<SynthPresetName, SynthPreset>> = {
     headCount: 4,
     headCountKv: 2,
     vocabSize: 2048,
+    specialTokenCount: 16,
+    ropeFreqBase: 500_000,
+    rmsEpsilon: 1e-5,
+  },
+  /** ~60 MB: big enough to span many IPFS blocks (deploy and fetch tests), still quick to load. */
+  small: {
+    label: 'Cluster demo small (random weights)',
+    contextLength: 4096,
+    embeddingLength: 512,
+    blockCount: 12,
+    feedForwardLength: 2048,
+    headCount: 8,
+    headCountKv: 4,
+    vocabSize: 8192,
     specialTokenCount: 16,
     ropeFreqBase: 500_000,
     rmsEpsilon: 1e-5,

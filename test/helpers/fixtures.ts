@@ -6,23 +6,34 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { synthesizeGguf } from '../../src/models/synth.ts'
 
-let tiny: Promise<string> | undefined
+const generated = new Map<string, Promise<string>>()
 
-export function tinyModelPath(): Promise<string> {
-  tiny ??= (async () => {
-    const path = join(tmpdir(), 'cluster-test-models', `tiny-${process.pid}.gguf`)
-    if (!existsSync(path)) await synthesizeGguf({ preset: 'tiny', out: path, seed: 7 })
-    process.once('exit', () => {
-      try {
-        unlinkSync(path)
-      } catch {
-        // already gone
-      }
-    })
-    return path
-  })()
-  return tiny
+/** A synthetic model of a preset, generated once per test process (removed at exit). */
+function presetModel(preset: 'tiny' | 'small', seed: number): Promise<string> {
+  let path = generated.get(preset)
+  if (path == null) {
+    path = (async () => {
+      const out = join(tmpdir(), 'cluster-test-models', `${preset}-${process.pid}.gguf`)
+      if (!existsSync(out)) await synthesizeGguf({ preset, out, seed })
+      process.once('exit', () => {
+        try {
+          unlinkSync(out)
+        } catch {
+          // already gone
+        }
+      })
+      return out
+    })()
+    generated.set(preset, path)
+  }
+  return path
 }
+
+/** The tiny model (~0.7 MB, one IPFS block). */
+export const tinyModelPath = (): Promise<string> => presetModel('tiny', 7)
+
+/** The small model (~55 MB, many IPFS blocks): for fetch and deploy tests. */
+export const smallModelPath = (): Promise<string> => presetModel('small', 11)
 
 export async function tempDir(prefix: string): Promise<{ path: string; remove: () => Promise<void> }> {
   const path = await mkdtemp(join(tmpdir(), `cluster-${prefix}-`))

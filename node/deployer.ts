@@ -1,0 +1,352 @@
+// The Deployer: a model deployed to this node is fetched by CID over IPFS (bitswap from whichever
+// peers hold it), checked (size, sha256, GGUF header), loaded and announced; undeploy unloads it and
+// announces that. Deployments are kept in the data dir, so a node killed mid-fetch resumes at its
+// next start (blocks already fetched stay in the blockstore) and a deployed model comes back after
+// a restart.
+import { createHash } from 'node:crypto'
+import { createWriteStream } from 'node:fs'
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { pipeline } from 'node:stream/promises'
+import { multiaddr } from '@multiformats/multiaddr'
+import {
+  DEPLOY_PROTOCOL,
+  type DeployRequest,
+  DeployRequestSchema,
+  type DeployResponse,
+  DeployResponseSchema,
+  decodeFrames,
+  encodeFrame,
+  type ServedModel,
+  STREAM_LIMITS,
+} from '../protocols/index.ts'
+import type { MeshPeer } from '../src/mesh/peer.ts'
+import { sendBytes } from '../src/mesh/streams.ts'
+import { validateGguf } from '../src/models/gguf.ts'
+import { type ContentStore, parseCid } from '../src/storage/content.ts'
+import type { Engine } from './engine.ts'
+
+/** A model this node has been told to serve. */
+export interface DeploymentSpec {
+  /** The id clients use; resolved at load time when not known up front (`--model cid:…`). */
+  id?: string | undefined
+  version?: number | undefined
+  cid: string
+  /** Known from the registry; else read from the DAG's root. */
+  sizeBytes?: number | undefined
+  sha256?: string | undefined
+  providers?: string[] | undefined
+}
+
+interface Deployment {
+  spec: DeploymentSpec
+  state: 'fetching' | 'loading' | 'ready' | 'failed'
+  fetched: number
+  error?: string
+  abort: AbortController
+  engine?: Engine
+  done: Promise<void>
+}
+
+export interface DeployerOptions {
+  dataDir: string
+  peer: MeshPeer
+  store: ContentStore
+  /** Loads a GGUF into an engine under `id` (undefined: the engine picks it from the file). */
+  load(path: string, spec: DeploymentSpec & { id: string | undefined }): Promise<Engine>
+  /** The model is ready: serve it. */
+  serve(engine: Engine, spec: DeploymentSpec): void
+  /** The model leaves: stop serving it (the engine is closed after). */
+  unserve(id: string): Promise<void>
+  /** Free memory for one more model, in bytes. */
+  freeMemory(): bigint
+  /** Ids in use by models this node serves from files (not deployments). */
+  reservedIds(): ReadonlySet<string>
+  /** Something changed that the capabilities record shows. */
+  changed(): void
+  announce(type: 'model:deployed' | 'model:undeployed', model: { id: string; cid: string; version?: number }): void
+  /** Resolves a model id for a CID deployed without one (from the registry replica). */
+  idForCid?(cid: string): string | undefined
+  acceptDeploys: boolean
+  log(line: string): void
+}
+
+const FILE = 'deployments.json'
+
+export class Deployer {
+  private readonly deployments = new Map<string, Deployment>()
+  private readonly modelsDir: string
+  private writing: Promise<void> = Promise.resolve()
+
+  constructor(private readonly o: DeployerOptions) {
+    this.modelsDir = join(o.dataDir, 'models')
+  }
+
+  /** Resumes the deployments kept in the data dir, plus `extra` (`--model cid:…` on the command line). */
+  async start(extra: DeploymentSpec[] = []): Promise<void> {
+    await mkdir(this.modelsDir, { recursive: true })
+    await this.o.peer.handle(DEPLOY_PROTOCOL, (stream) => this.handle(stream), STREAM_LIMITS.deploy)
+    const kept = await this.readKept()
+    for (const spec of [...kept, ...extra]) {
+      if (!this.deployments.has(spec.cid)) this.begin(spec)
+    }
+    await this.persist()
+  }
+
+  /** Models being fetched, loaded, or that failed: what the capabilities record shows beside ready engines. */
+  pending(): ServedModel[] {
+    const out: ServedModel[] = []
+    for (const d of this.deployments.values()) {
+      if (d.state === 'ready') continue
+      const size = d.spec.sizeBytes ?? 0
+      out.push({
+        id: d.spec.id ?? d.spec.cid,
+        cid: d.spec.cid,
+        ...(d.spec.version != null ? { version: d.spec.version } : {}),
+        contextSize: 0,
+        sizeBytes: size,
+        state: d.state,
+        ...(d.state === 'fetching' && size > 0 ? { progress: Math.min(1, d.fetched / size) } : {}),
+        ...(d.error != null ? { error: d.error.slice(0, 1024) } : {}),
+        tasks: ['chat'],
+      })
+    }
+    return out
+  }
+
+  /** Registry version and CID of a model served from a deployment. */
+  origin(id: string): { cid: string; version?: number } | undefined {
+    for (const d of this.deployments.values()) {
+      if (d.engine?.modelId === id)
+        return { cid: d.spec.cid, ...(d.spec.version != null ? { version: d.spec.version } : {}) }
+    }
+    return undefined
+  }
+
+  /** Resolves when every deployment started so far has reached ready or failed. */
+  async settled(): Promise<void> {
+    await Promise.all([...this.deployments.values()].map((d) => d.done))
+  }
+
+  async deploy(spec: DeploymentSpec): Promise<DeployResponse> {
+    if (!this.o.acceptDeploys) {
+      return { type: 'refused', code: 'not_accepting', message: 'this node does not take deploy requests' }
+    }
+    const existing = [...this.deployments.values()].find(
+      (d) => d.spec.cid === spec.cid || (spec.id != null && d.spec.id === spec.id),
+    )
+    if (existing != null && existing.spec.cid === spec.cid && existing.state !== 'failed') {
+      return { type: 'accepted', state: existing.state }
+    }
+    if (spec.id != null && this.o.reservedIds().has(spec.id)) {
+      return {
+        type: 'refused',
+        code: 'invalid_request',
+        message: `this node already serves a model named ${spec.id} from a file`,
+      }
+    }
+    const size = BigInt(spec.sizeBytes ?? 0)
+    const room = this.o.freeMemory() + (existing != null ? BigInt(existing.spec.sizeBytes ?? 0) : 0n)
+    if (size > room) {
+      return {
+        type: 'refused',
+        code: 'no_room',
+        message: `the model needs ${size} bytes; this node has ${room} free for weights`,
+      }
+    }
+    if (existing != null) await this.undeploy(existing.spec.id ?? existing.spec.cid)
+    this.begin(spec)
+    await this.persist()
+    return { type: 'accepted', state: 'fetching' }
+  }
+
+  async undeploy(idOrCid: string): Promise<boolean> {
+    const d = [...this.deployments.values()].find(
+      (x) => x.spec.id === idOrCid || x.spec.cid === idOrCid || x.engine?.modelId === idOrCid,
+    )
+    if (d == null) return false
+    this.deployments.delete(d.spec.cid)
+    d.abort.abort(new Error('undeployed'))
+    await d.done
+    const id = d.engine?.modelId ?? d.spec.id
+    if (d.engine != null) {
+      await this.o.unserve(d.engine.modelId)
+      await d.engine.close()
+    }
+    await this.persist()
+    this.o.changed()
+    if (id != null) {
+      this.o.announce('model:undeployed', {
+        id,
+        cid: d.spec.cid,
+        ...(d.spec.version != null ? { version: d.spec.version } : {}),
+      })
+    }
+    return true
+  }
+
+  async stop(): Promise<void> {
+    await this.o.peer.unhandle(DEPLOY_PROTOCOL).catch(() => undefined)
+    for (const d of this.deployments.values()) d.abort.abort(new Error('node stopping'))
+    await Promise.all([...this.deployments.values()].map((d) => d.done))
+  }
+
+  private begin(spec: DeploymentSpec): void {
+    const d: Deployment = {
+      spec,
+      state: 'fetching',
+      fetched: 0,
+      abort: new AbortController(),
+      done: Promise.resolve(),
+    }
+    this.deployments.set(spec.cid, d)
+    d.done = this.run(d).catch((err: unknown) => {
+      if (d.abort.signal.aborted) return
+      d.state = 'failed'
+      d.error = (err as Error).message
+      this.o.log(`deploy ${spec.id ?? spec.cid} failed: ${d.error}`)
+      this.o.changed()
+    })
+    this.o.changed()
+  }
+
+  private async run(d: Deployment): Promise<void> {
+    const { spec } = d
+    const signal = d.abort.signal
+    const cid = parseCid(spec.cid)
+    const providers = (spec.providers ?? []).flatMap((a) => {
+      try {
+        return [multiaddr(a)]
+      } catch {
+        return []
+      }
+    })
+    const path = join(this.modelsDir, `${cid.toString()}.gguf`)
+    const size = spec.sizeBytes ?? (await this.o.store.size(cid, { signal, providers }))
+    spec.sizeBytes = size
+    if (!(await complete(path, size))) {
+      // Fetch while writing: blocks fetched before a crash are read back from the blockstore.
+      const part = `${path}.part`
+      const hash = createHash('sha256')
+      const counted = async function* (this: void, source: AsyncIterable<Uint8Array>, onBytes: (n: number) => void) {
+        for await (const chunk of source) {
+          hash.update(chunk)
+          onBytes(chunk.byteLength)
+          yield chunk
+        }
+      }
+      let lastReport = 0
+      await pipeline(
+        counted(this.o.store.cat(cid, { signal, providers }), (n) => {
+          d.fetched += n
+          // Progress reaches capabilities every 5% (each change re-gossips the record).
+          if (size > 0 && (d.fetched - lastReport) / size >= 0.05) {
+            lastReport = d.fetched
+            this.o.changed()
+          }
+        }),
+        createWriteStream(part),
+        { signal },
+      )
+      if (d.fetched !== size) throw new Error(`fetched ${d.fetched} bytes, expected ${size}`)
+      const digest = hash.digest('hex')
+      if (spec.sha256 != null && digest !== spec.sha256) {
+        await rm(part, { force: true })
+        throw new Error(`sha256 of the fetched weights is ${digest}, expected ${spec.sha256}`)
+      }
+      spec.sha256 = digest
+      await rename(part, path)
+    }
+    // Every block is local now: pin them (kept, and served to the next node that asks).
+    await this.o.store.pin(cid, { signal })
+    void this.o.store.provide(cid).catch(() => undefined)
+    d.state = 'loading'
+    this.o.changed()
+    await validateGguf(path, { signal })
+    const id = spec.id ?? this.o.idForCid?.(spec.cid)
+    const engine = await this.o.load(path, { ...spec, id })
+    if (signal.aborted || this.deployments.get(spec.cid) !== d) {
+      await engine.close()
+      return
+    }
+    spec.id = engine.modelId
+    d.engine = engine
+    d.state = 'ready'
+    this.o.serve(engine, spec)
+    await this.persist()
+    this.o.changed()
+    this.o.announce('model:deployed', {
+      id: engine.modelId,
+      cid: spec.cid,
+      ...(spec.version != null ? { version: spec.version } : {}),
+    })
+  }
+
+  private async handle(stream: import('@libp2p/interface').Stream): Promise<void> {
+    const answer = async (response: DeployResponse): Promise<void> => {
+      await sendBytes(stream, encodeFrame(DeployResponseSchema, response))
+      await stream.close()
+    }
+    try {
+      let request: DeployRequest | undefined
+      for await (const frame of decodeFrames(stream, DeployRequestSchema, 64 * 1024)) {
+        request = frame
+        break
+      }
+      if (request == null) return void stream.abort(new Error('no request'))
+      if (request.type === 'deploy') {
+        try {
+          parseCid(request.model.cid)
+        } catch (err) {
+          return await answer({ type: 'refused', code: 'invalid_request', message: (err as Error).message })
+        }
+        return await answer(
+          await this.deploy({
+            id: request.model.id,
+            version: request.model.version,
+            cid: request.model.cid,
+            sizeBytes: request.model.sizeBytes,
+            sha256: request.model.sha256,
+            providers: request.providers,
+          }),
+        )
+      }
+      const removed = await this.undeploy(request.modelId)
+      await answer(
+        removed
+          ? { type: 'accepted', state: 'unloaded' }
+          : { type: 'refused', code: 'not_deployed', message: `${request.modelId} is not deployed on this node` },
+      )
+    } catch (err) {
+      stream.abort(err as Error)
+    }
+  }
+
+  private async readKept(): Promise<DeploymentSpec[]> {
+    try {
+      const list = JSON.parse(await readFile(join(this.o.dataDir, FILE), 'utf8')) as DeploymentSpec[]
+      return Array.isArray(list) ? list.filter((s) => typeof s?.cid === 'string') : []
+    } catch {
+      return []
+    }
+  }
+
+  /** Writes the deployment list (one write at a time, each of the list as it is then). */
+  private persist(): Promise<void> {
+    this.writing = this.writing.then(async () => {
+      const list = [...this.deployments.values()].map((d) => ({ ...d.spec, providers: undefined }))
+      const file = join(this.o.dataDir, FILE)
+      await writeFile(`${file}.tmp`, JSON.stringify(list, null, 2))
+      await rename(`${file}.tmp`, file)
+    })
+    return this.writing
+  }
+}
+
+async function complete(path: string, size: number): Promise<boolean> {
+  try {
+    return (await stat(path)).size === size
+  } catch {
+    return false
+  }
+}

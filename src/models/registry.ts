@@ -1,0 +1,165 @@
+// The model registry: model id → versions → CID, as signed records every peer keeps a replica of.
+// A gateway signs a record when it accepts an upload; the record spreads by gossip and by sync when
+// a peer joins. Any peer checks the signature against the signing gateway's peer id, so a record
+// cannot be forged or altered on its way, and version 1 fixes who may add the next ones.
+import type { PrivateKey } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { Level } from 'level'
+import {
+  type ModelRecord,
+  ModelRecordSchema,
+  modelRecordPayload,
+  type UnsignedModelRecord,
+} from '../../protocols/index.ts'
+
+export async function signModelRecord(key: PrivateKey, record: UnsignedModelRecord): Promise<ModelRecord> {
+  const signature = await key.sign(modelRecordPayload(record))
+  return { ...record, signature: Buffer.from(signature).toString('base64url') }
+}
+
+/** True when `record` parses and is signed by the gateway it names. */
+export async function verifyModelRecord(record: unknown): Promise<boolean> {
+  const parsed = ModelRecordSchema.safeParse(record)
+  if (!parsed.success) return false
+  const { signature, ...unsigned } = parsed.data
+  try {
+    const key = peerIdFromString(unsigned.gateway).publicKey
+    if (key == null) return false
+    return await key.verify(modelRecordPayload(unsigned), Buffer.from(signature, 'base64url'))
+  } catch {
+    return false
+  }
+}
+
+/** The model ids a name becomes: lowercase, runs of other characters to '-'. */
+export function slugOf(name: string): string {
+  return name
+    .normalize('NFKD')
+    .toLowerCase()
+    .replace(/[^a-z0-9._-]+/g, '-')
+    .replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, '')
+    .slice(0, 96)
+    .replace(/[^a-z0-9]+$/g, '')
+}
+
+/** One model as the registry sees it: its versions (oldest first) under one owner. */
+export interface RegistryModel {
+  id: string
+  owner: string
+  gateway: string
+  versions: ModelRecord[]
+  latest: ModelRecord
+}
+
+const recordKey = (id: string, version: number): string => `r!${id}!${String(version).padStart(7, '0')}`
+
+/** Which of two records for the same (id, version) wins: the earlier, then the lower signature. */
+const wins = (a: ModelRecord, b: ModelRecord): boolean =>
+  a.createdAt !== b.createdAt ? a.createdAt < b.createdAt : a.signature < b.signature
+
+export type AcceptResult = 'added' | 'known' | 'invalid' | 'lost'
+
+export class ModelRegistry {
+  private readonly byKey = new Map<string, ModelRecord>()
+  private readonly counts = new Map<string, number>()
+  private readonly listeners = new Set<(record: ModelRecord) => void>()
+
+  private constructor(private readonly db: Level<string, string>) {}
+
+  /** Opens (or creates) the replica in `dir`. */
+  static async open(dir: string): Promise<ModelRegistry> {
+    const db = new Level<string, string>(dir)
+    await db.open()
+    const registry = new ModelRegistry(db)
+    for await (const [key, value] of db.iterator({ gte: 'r!', lt: 'r"' })) {
+      registry.byKey.set(key, JSON.parse(value) as ModelRecord)
+    }
+    for await (const [key, value] of db.iterator({ gte: 'i!', lt: 'i"' })) {
+      registry.counts.set(key.slice(2), Number(value) || 0)
+    }
+    return registry
+  }
+
+  /** Takes a record from anywhere (our upload, gossip, sync): checked, stored once, announced. */
+  async accept(candidate: unknown): Promise<AcceptResult> {
+    if (!(await verifyModelRecord(candidate))) return 'invalid'
+    const record = ModelRecordSchema.parse(candidate)
+    const key = recordKey(record.id, record.version)
+    const have = this.byKey.get(key)
+    if (have != null) {
+      if (have.signature === record.signature) return 'known'
+      if (!wins(record, have)) return 'lost'
+    }
+    this.byKey.set(key, record)
+    await this.db.put(key, JSON.stringify(record))
+    for (const l of this.listeners) l(record)
+    return 'added'
+  }
+
+  /** Calls `listener` with every record added from now on. */
+  onRecord(listener: (record: ModelRecord) => void): () => void {
+    this.listeners.add(listener)
+    return () => this.listeners.delete(listener)
+  }
+
+  /** Every record held (what a sync answers with), by id then version. */
+  records(): ModelRecord[] {
+    return [...this.byKey.entries()].sort(([a], [b]) => (a < b ? -1 : 1)).map(([, r]) => r)
+  }
+
+  /** All models, versions grouped; versions not signed by the owner's gateway for the owner are left out. */
+  models(): RegistryModel[] {
+    const groups = new Map<string, ModelRecord[]>()
+    for (const r of this.records()) {
+      const list = groups.get(r.id) ?? []
+      list.push(r)
+      groups.set(r.id, list)
+    }
+    const out: RegistryModel[] = []
+    for (const [id, list] of groups) {
+      const model = this.group(id, list)
+      if (model != null) out.push(model)
+    }
+    return out
+  }
+
+  get(id: string): RegistryModel | undefined {
+    const list = this.records().filter((r) => r.id === id)
+    return list.length > 0 ? this.group(id, list) : undefined
+  }
+
+  /** The latest version of a model served from `cid`, if the registry knows the CID. */
+  byCid(cid: string): ModelRecord | undefined {
+    let best: ModelRecord | undefined
+    for (const r of this.byKey.values()) {
+      if (r.cid === cid && (best == null || r.version > best.version)) best = r
+    }
+    return best
+  }
+
+  private group(id: string, list: ModelRecord[]): RegistryModel | undefined {
+    const sorted = [...list].sort((a, b) => a.version - b.version)
+    const first = sorted[0]
+    // Ownership is fixed by the lowest version known; without version 1 a model is not shown yet.
+    if (first == null || first.version !== 1) return undefined
+    const versions = sorted.filter((r) => r.owner === first.owner && r.gateway === first.gateway)
+    const latest = versions[versions.length - 1] ?? first
+    return { id, owner: first.owner, gateway: first.gateway, versions, latest }
+  }
+
+  /** Counts one inference of `model` anywhere in the mesh (from inference:complete events). */
+  async countInference(model: string): Promise<void> {
+    const n = (this.counts.get(model) ?? 0) + 1
+    this.counts.set(model, n)
+    await this.db.put(`i!${model}`, String(n))
+  }
+
+  inferences(model: string): number {
+    return this.counts.get(model) ?? 0
+  }
+
+  async close(): Promise<void> {
+    this.listeners.clear()
+    await this.db.close()
+  }
+}
