@@ -35,6 +35,7 @@ export async function verifyModelRecord(record: unknown): Promise<boolean> {
 export function slugOf(name: string): string {
   return name
     .normalize('NFKD')
+    .replace(/[\u0300-\u036f]/g, '')
     .toLowerCase()
     .replace(/[^a-z0-9._-]+/g, '-')
     .replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, '')
@@ -128,11 +129,13 @@ export class ModelRegistry {
     return list.length > 0 ? this.group(id, list) : undefined
   }
 
-  /** The latest version of a model served from `cid`, if the registry knows the CID. */
+  /** The latest listed version whose weights are `cid`, if the registry knows the CID. */
   byCid(cid: string): ModelRecord | undefined {
     let best: ModelRecord | undefined
-    for (const r of this.byKey.values()) {
-      if (r.cid === cid && (best == null || r.version > best.version)) best = r
+    for (const model of this.models()) {
+      for (const r of model.versions) {
+        if (r.cid === cid && (best == null || r.version > best.version)) best = r
+      }
     }
     return best
   }
