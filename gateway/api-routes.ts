@@ -18,6 +18,10 @@ export interface ApiDeps {
   loginFailures: TokenBuckets
   /** Model ids served now, for pricing and stats. */
   servedModels: () => string[]
+  /** Model ids in the registry (served or not). */
+  registryModels?: () => string[]
+  /** How many of the account's own models are deployed now. */
+  modelsDeployedBy?: (accountId: string) => number
   nodeCount: () => number
 }
 
@@ -208,7 +212,7 @@ export function apiRoutes(deps: ApiDeps): Hono<AuthVars> {
     return c.json({
       balance: formatUsd(account.balance - account.held),
       totalCalls: account.totalCalls,
-      modelsDeployed: 0,
+      modelsDeployed: deps.modelsDeployedBy?.(account.id) ?? 0,
       totalSpent: formatUsd(account.totalSpent),
     })
   })
@@ -253,7 +257,7 @@ export function apiRoutes(deps: ApiDeps): Hono<AuthVars> {
 
   api.get('/stats', (c) =>
     c.json({
-      totalModels: deps.servedModels().length,
+      totalModels: new Set([...deps.servedModels(), ...(deps.registryModels?.() ?? [])]).size,
       nodes: deps.nodeCount(),
       inferences: accounts.ledger.totalCalls(),
       users: accounts.ledger.countAccounts(),

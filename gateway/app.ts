@@ -17,7 +17,7 @@ import { type AuthVars, apiRoutes, clientAddress, requireAuth } from './api-rout
 import type { Billing } from './billing.ts'
 import { type ChainDeps, chainRoutes } from './chain-routes.ts'
 import { ApiError, invalidRequest, modelNotFound, rateLimited } from './errors.ts'
-import { type ModelsDeps, modelRoutes } from './models.ts'
+import { type ModelsDeps, modelRoutes, modelsDeployedBy } from './models.ts'
 import { clientSignal, readJsonBody } from './node-request.ts'
 import {
   type CompletionMeta,
@@ -196,6 +196,12 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
       pricing: deps.pricing,
       loginFailures: deps.loginFailures,
       servedModels: () => [...deps.directory.models().keys()],
+      ...(deps.models != null
+        ? {
+            registryModels: () => (deps.models as ModelsDeps).registry.models().map((m) => m.id),
+            modelsDeployedBy: (account: string) => modelsDeployedBy(deps.models as ModelsDeps, account),
+          }
+        : {}),
       nodeCount: () => deps.directory.nodes().length,
     }),
   )

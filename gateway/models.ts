@@ -93,6 +93,18 @@ async function askNode(peer: MeshPeer, nodeId: string, request: DeployRequest): 
   }
 }
 
+/** How many of an account's models (uploaded through this gateway) are deployed on a node now. */
+export function modelsDeployedBy(deps: Pick<ModelsDeps, 'registry' | 'directory' | 'peer'>, accountId: string): number {
+  const gateway = deps.peer.peerId.toString()
+  const served = new Set<string>()
+  for (const node of deps.directory.nodes()) {
+    for (const m of node.capabilities?.models ?? []) if (m.cid != null && m.state !== 'failed') served.add(m.cid)
+  }
+  return deps.registry
+    .models()
+    .filter((m) => m.owner === accountId && m.gateway === gateway && m.versions.some((v) => served.has(v.cid))).length
+}
+
 export function modelRoutes(deps: ModelsDeps): Hono<AuthVars> {
   const api = new Hono<AuthVars>()
   const { registry, store, directory } = deps

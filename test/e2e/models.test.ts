@@ -3,7 +3,7 @@
 // client, downloaded through a signed URL byte for byte, listed by a second gateway, versioned,
 // and undeployed — with the deploy/undeploy events on gossip.
 import { createHash } from 'node:crypto'
-import { readdir, readFile } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -120,6 +120,14 @@ describe('models over IPFS: upload → deploy → chat → download → second g
     >
     expect(details.deployments).toEqual([{ nodeId: node.peerId, version: 1, cid: uploaded.cid, state: 'ready' }])
     expect(details.stats).toMatchObject({ nodes: 1 })
+    const mine = (await (
+      await fetch(`${gw.url}/api/user/stats`, { headers: { authorization: `Bearer ${apiKey}` } })
+    ).json()) as {
+      modelsDeployed: number
+    }
+    expect(mine.modelsDeployed).toBe(1)
+    const stats = (await (await fetch(`${gw.url}/api/stats`)).json()) as { totalModels: number }
+    expect(stats.totalModels).toBe(1)
 
     const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey, maxRetries: 0 })
     const completion = await client.chat.completions.create({
@@ -222,6 +230,11 @@ describe('models over IPFS: upload → deploy → chat → download → second g
     await waitFor(() => gw.directory.nodesServing('my-small-model').length === 0, 5_000, 'the model gone')
     const kept = JSON.parse(await readFile(join(nodeDir, 'deployments.json'), 'utf8')) as unknown[]
     expect(kept).toEqual([])
-    expect((await readdir(join(nodeDir, 'models'))).length).toBeGreaterThanOrEqual(0)
+    const mine = (await (
+      await fetch(`${gw.url}/api/user/stats`, { headers: { authorization: `Bearer ${apiKey}` } })
+    ).json()) as {
+      modelsDeployed: number
+    }
+    expect(mine.modelsDeployed).toBe(0)
   })
 })
