@@ -56,8 +56,11 @@ export interface DeployerOptions {
   load(path: string, spec: DeploymentSpec & { id: string | undefined }): Promise<Engine>
   /** The model is ready: serve it. */
   serve(engine: Engine, spec: DeploymentSpec): void
-  /** The model leaves: stop serving it (the engine is closed after). */
-  unserve(id: string): Promise<void>
+  /**
+   * The model leaves (or a new version replaced it): stop routing requests to `engine` and resolve
+   * when its requests in flight are done; the deployer closes it after.
+   */
+  unserve(id: string, engine: Engine): Promise<void>
   /** Free memory for one more model, in bytes. */
   freeMemory(): bigint
   /** Ids in use by models this node serves from files (not deployments). */
@@ -132,12 +135,8 @@ export class Deployer {
     if (!this.o.acceptDeploys) {
       return { type: 'refused', code: 'not_accepting', message: 'this node does not take deploy requests' }
     }
-    const existing = [...this.deployments.values()].find(
-      (d) => d.spec.cid === spec.cid || (spec.id != null && d.spec.id === spec.id),
-    )
-    if (existing != null && existing.spec.cid === spec.cid && existing.state !== 'failed') {
-      return { type: 'accepted', state: existing.state }
-    }
+    const same = this.deployments.get(spec.cid)
+    if (same != null && same.state !== 'failed') return { type: 'accepted', state: same.state }
     if (spec.id != null && this.o.reservedIds().has(spec.id)) {
       return {
         type: 'refused',
@@ -145,8 +144,10 @@ export class Deployer {
         message: `this node already serves a model named ${spec.id} from a file`,
       }
     }
+    // A failed attempt at the same CID is replaced; another version of the same id keeps serving
+    // until this one is ready (then it is retired), so both count against the room.
     const size = BigInt(spec.sizeBytes ?? 0)
-    const room = this.o.freeMemory() + (existing != null ? BigInt(existing.spec.sizeBytes ?? 0) : 0n)
+    const room = this.o.freeMemory() + (same != null ? BigInt(same.spec.sizeBytes ?? 0) : 0n)
     if (size > room) {
       return {
         type: 'refused',
@@ -154,23 +155,29 @@ export class Deployer {
         message: `the model needs ${size} bytes; this node has ${room} free for weights`,
       }
     }
-    if (existing != null) await this.undeploy(existing.spec.id ?? existing.spec.cid)
+    if (same != null) this.deployments.delete(spec.cid)
     this.begin(spec)
     await this.persist()
     return { type: 'accepted', state: 'fetching' }
   }
 
+  /** Undeploys every deployment of a model id (or the one of a CID). */
   async undeploy(idOrCid: string): Promise<boolean> {
-    const d = [...this.deployments.values()].find(
+    const matches = [...this.deployments.values()].filter(
       (x) => x.spec.id === idOrCid || x.spec.cid === idOrCid || x.engine?.modelId === idOrCid,
     )
-    if (d == null) return false
-    this.deployments.delete(d.spec.cid)
+    for (const d of matches) await this.retire(d)
+    return matches.length > 0
+  }
+
+  /** Stops a deployment: aborts its fetch or load, drains and closes its engine, announces it. */
+  private async retire(d: Deployment): Promise<void> {
+    if (this.deployments.get(d.spec.cid) === d) this.deployments.delete(d.spec.cid)
     d.abort.abort(new Error('undeployed'))
     await d.done
     const id = d.engine?.modelId ?? d.spec.id
     if (d.engine != null) {
-      await this.o.unserve(d.engine.modelId)
+      await this.o.unserve(d.engine.modelId, d.engine)
       await d.engine.close()
     }
     await this.persist()
@@ -182,7 +189,6 @@ export class Deployer {
         ...(d.spec.version != null ? { version: d.spec.version } : {}),
       })
     }
-    return true
   }
 
   async stop(): Promise<void> {
@@ -272,7 +278,10 @@ export class Deployer {
     spec.id = engine.modelId
     d.engine = engine
     d.state = 'ready'
+    // Another version of the same model, still serving: retired now that this one serves.
+    const older = [...this.deployments.values()].filter((x) => x !== d && x.spec.id === engine.modelId)
     this.o.serve(engine, spec)
+    for (const x of older) await this.retire(x)
     await this.persist()
     this.o.changed()
     this.o.announce('model:deployed', {

@@ -37,6 +37,9 @@ export interface NodeModelConfig {
 
 const CID_PREFIX = 'cid:'
 
+/** How long an undeployed (or replaced) model may finish the requests it has before it is closed. */
+const UNDEPLOY_DRAIN_MS = 30_000
+
 export interface NodeConfig {
   dataDir: string
   listen?: string[]
@@ -111,10 +114,14 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
       ...(config.contextSize ? { contextSize: config.contextSize } : {}),
       gpu: config.gpu ?? 'auto',
     })
+  const schedulerOf = new WeakMap<Engine, Scheduler>()
   const serveEngine = (engine: Engine): void => {
+    const scheduler = new Scheduler(engine, config.maxQueue != null ? { maxQueue: config.maxQueue } : {})
+    schedulerOf.set(engine, scheduler)
     engines.set(engine.modelId, engine)
-    schedulers.set(engine.modelId, new Scheduler(engine, config.maxQueue != null ? { maxQueue: config.maxQueue } : {}))
+    schedulers.set(engine.modelId, scheduler)
   }
+
   try {
     for (const m of fromFiles) {
       const engine = await loadEngine(m.path, m)
@@ -195,10 +202,21 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
       serveEngine(engine)
       if (spec.sha256) sha256.set(engine.modelId, spec.sha256)
     },
-    unserve: async (id) => {
-      schedulers.delete(id)
-      engines.delete(id)
-      sha256.delete(id)
+    unserve: async (id, engine) => {
+      // New requests stop finding it at once (unless a newer version already took its place);
+      // those in flight finish, within a bound, before it is closed.
+      if (engines.get(id) === engine) {
+        schedulers.delete(id)
+        engines.delete(id)
+        sha256.delete(id)
+      }
+      const scheduler = schedulerOf.get(engine)
+      const deadline = Date.now() + UNDEPLOY_DRAIN_MS
+      while (scheduler != null && Date.now() < deadline) {
+        const l = scheduler.load()
+        if (l.active + l.queued === 0) break
+        await new Promise((r) => setTimeout(r, 50))
+      }
     },
     freeMemory: () => freeMemory(capabilities()),
     reservedIds: () => fileModelIds,

@@ -187,6 +187,42 @@ describe('models over IPFS: upload → deploy → chat → download → second g
     expect(Number.isNaN(Date.parse(history.versions[0]?.createdAt ?? ''))).toBe(false)
   })
 
+  it('deploying version 2 where version 1 serves swaps them: v1 keeps serving until v2 is ready', async () => {
+    const v2 = (
+      (await (await fetch(`${gw.url}/api/models/my-small-model/versions`)).json()) as {
+        versions: Array<{ cid: string }>
+      }
+    ).versions[0]?.cid as string
+    const res = await fetch(`${gw.url}/api/models/my-small-model/deploy`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ version: 2, nodeId: node.peerId }),
+    })
+    expect(res.status).toBe(202)
+    expect(await res.json()).toMatchObject({ status: 'deploying', version: 2, cid: v2 })
+    // Accepted while version 1 still serves (loading version 2 takes longer than this answer).
+    expect(node.engines.get('my-small-model')?.describe().cid).toBe(uploaded.cid)
+    const models = () => gw.directory.get(node.peerId)?.capabilities?.models ?? []
+    await waitFor(
+      () => models().length === 1 && models()[0]?.cid === v2 && models()[0]?.state === 'ready',
+      30_000,
+      'version 2 alone on the node',
+    )
+    expect(models()[0]).toMatchObject({ id: 'my-small-model', version: 2 })
+    await waitFor(
+      () => events.some((e) => e.type === 'model:undeployed' && e.model.cid === uploaded.cid),
+      5_000,
+      'version 1 retired',
+    )
+    const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey, maxRetries: 0 })
+    const out = await client.chat.completions.create({
+      model: 'my-small-model',
+      messages: [{ role: 'user', content: 'again' }],
+      max_tokens: 2,
+    })
+    expect(out.model).toBe('my-small-model')
+  }, 60_000)
+
   it('a second gateway that joins later lists the same models and versions (synced, signatures checked)', async () => {
     gw2 = await startGateway({ dataDir: await dir('models-gw2'), listen: LOOP, port: 0, bootstrap: node.multiaddrs() })
     await waitFor(
@@ -226,7 +262,11 @@ describe('models over IPFS: upload → deploy → chat → download → second g
       status: 'undeployed',
       nodes: [{ nodeId: node.peerId, status: 'undeployed' }],
     })
-    await waitFor(() => events.some((e) => e.type === 'model:undeployed'), 5_000, 'model:undeployed')
+    await waitFor(
+      () => events.filter((e) => e.type === 'model:undeployed').length === 2,
+      5_000,
+      'model:undeployed for version 2',
+    )
     await waitFor(() => gw.directory.nodesServing('my-small-model').length === 0, 5_000, 'the model gone')
     const kept = JSON.parse(await readFile(join(nodeDir, 'deployments.json'), 'utf8')) as unknown[]
     expect(kept).toEqual([])

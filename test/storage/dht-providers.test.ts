@@ -42,14 +42,17 @@ describe('Helia on the mesh, found through the private DHT', () => {
     const a = await open()
     const b = await open(a.peer.getMultiaddrs().map(String))
     const c = await open(b.peer.getMultiaddrs().map(String))
-    const connected = (x: MeshPeer, y: MeshPeer) =>
-      x.getConnections().some((conn) => conn.remotePeer.equals(y.peerId))
+    const connected = (x: MeshPeer, y: MeshPeer) => x.getConnections().some((conn) => conn.remotePeer.equals(y.peerId))
     const until = async (f: () => boolean) => {
       for (let i = 0; i < 200 && !f(); i++) await new Promise((r) => setTimeout(r, 25))
     }
     await until(() => connected(b.peer, a.peer) && connected(c.peer, b.peer))
     const data = randomBytes(2 * 1024 * 1024 + 7)
-    const { cid } = await a.store.add([data])
+    const { cid } = await a.store.add(
+      (async function* () {
+        yield data
+      })(),
+    )
     await a.store.provide(cid)
     // C was given only B's address: whatever it knows of A came through the DHT.
     const parts: Uint8Array[] = []
