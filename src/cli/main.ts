@@ -7,6 +7,7 @@ import type { GatewayChainConfig, GatewayX402Config } from '../../gateway/gatewa
 import { type Config, ConfigError, gatewayExtras, resolveConfig } from '../config/config.ts'
 import { type SynthPresetName, synthesizeGguf } from '../models/synth.ts'
 import { SOFTWARE } from '../version.ts'
+import { registerModels } from './models.ts'
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value]
 
@@ -281,7 +282,11 @@ export async function main(argv: string[]): Promise<void> {
     .addOption(dataDirOption())
     .addOption(listenOption())
     .addOption(bootstrapOption())
-    .option('--model <path>', 'a GGUF model to serve (repeatable)', collect)
+    .option(
+      '--model <path|cid:CID>',
+      'a GGUF model to serve, or cid:<CID> to fetch its weights over IPFS (repeatable; none: serve what gateways deploy)',
+      collect,
+    )
     .option('--model-id <id>', 'the id clients use for the (first) model')
     .option('--threads <n>', 'CPU threads (default: all cores; env CLUSTER_THREADS)')
     .option('--slots <n>', 'parallel sequences per model')
@@ -290,8 +295,9 @@ export async function main(argv: string[]): Promise<void> {
     .option('--payout-address <0x…>', 'the EVM address your earnings are settled to (claim with `cluster earnings`)')
     .option('--config <file>', 'a JSON config file')
     .action(async (opts: Record<string, unknown>) => {
+      // A cid: value is fetched over IPFS by the node, not a path on this machine.
       const models = ((opts.model as string[] | undefined) ?? []).map((path, i) => ({
-        path: resolve(path),
+        path: path.startsWith('cid:') ? path : resolve(path),
         ...(i === 0 && opts.modelId ? { id: opts.modelId as string } : {}),
       }))
       const config = loadConfig(opts, {
@@ -305,11 +311,17 @@ export async function main(argv: string[]): Promise<void> {
           ...(opts.payoutAddress != null ? { payoutAddress: opts.payoutAddress as string } : {}),
         },
       })
-      if (config.node.models.length === 0) {
-        process.stderr.write(
-          'cluster node: give at least one --model PATH (see `cluster model synth` for a test model)\n',
-        )
-        process.exit(2)
+      const { CID } = await import('multiformats/cid')
+      for (const m of config.node.models) {
+        if (!m.path.startsWith('cid:')) continue
+        try {
+          CID.parse(m.path.slice('cid:'.length))
+        } catch {
+          process.stderr.write(
+            `cluster node: --model ${m.path}: not a CID (give cid:bafy…, as \`cluster models ls\` shows)\n`,
+          )
+          process.exit(2)
+        }
       }
       const { startNode } = await import('../../node/node.ts')
       const node = await startNode({
@@ -326,8 +338,14 @@ export async function main(argv: string[]): Promise<void> {
         payoutAddress: config.node.payoutAddress,
       })
       await writePeerJson(resolve(config.dataDir), { peerId: node.peerId, multiaddrs: node.multiaddrs() })
+      const fetching = config.node.models.filter((m) => m.path.startsWith('cid:')).map((m) => m.path)
+      const serving = [
+        ...(node.engines.size > 0 ? [`  serving ${[...node.engines.keys()].join(', ')}`] : []),
+        ...(fetching.length > 0 ? [`  fetching ${fetching.join(', ')} over IPFS; served once loaded`] : []),
+        ...(config.node.models.length === 0 ? ['  waiting for deployments (`cluster models deploy ID`)'] : []),
+      ]
       process.stdout.write(
-        `node ${node.peerId}\n  serving ${[...node.engines.keys()].join(', ')}\n  mesh    ${node.multiaddrs().join('\n          ')}\n`,
+        `node ${node.peerId}\n${serving.join('\n')}\n  mesh    ${node.multiaddrs().join('\n          ')}\n`,
       )
       process.stdout.write(
         config.node.payoutAddress
@@ -394,6 +412,8 @@ export async function main(argv: string[]): Promise<void> {
       })
       process.exitCode = code
     })
+
+  registerModels(program)
 
   const model = program.command('model').description('model files')
   model
