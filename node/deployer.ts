@@ -263,8 +263,7 @@ export class Deployer {
       spec.sha256 = digest
       await rename(part, path)
     }
-    // Every block is local now: pin them (kept, and served to the next node that asks).
-    await this.o.store.pin(cid, { signal })
+    // Every block is local now (kept: nothing garbage-collects them): serve them to the next node.
     void this.o.store.provide(cid).catch(() => undefined)
     d.state = 'loading'
     this.o.changed()
