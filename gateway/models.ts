@@ -39,9 +39,9 @@ import { receiveUpload } from './upload.ts'
 
 export interface ModelsConfig {
   /** Largest model file accepted by upload, in bytes. @default 64 GiB */
-  maxUploadBytes?: number
+  maxUploadBytes?: number | undefined
   /** How long a download URL stays valid. @default 3600 */
-  downloadTtlSeconds?: number
+  downloadTtlSeconds?: number | undefined
 }
 
 export interface ModelsDeps {

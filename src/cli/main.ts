@@ -336,6 +336,8 @@ export async function main(argv: string[]): Promise<void> {
         gpu: gpuOption(config),
         ...(config.heartbeatIntervalMs ? { heartbeatIntervalMs: config.heartbeatIntervalMs } : {}),
         payoutAddress: config.node.payoutAddress,
+        acceptDeploys: config.node.acceptDeploys,
+        ...(config.node.modelMemoryBytes != null ? { modelMemoryBytes: config.node.modelMemoryBytes } : {}),
       })
       await writePeerJson(resolve(config.dataDir), { peerId: node.peerId, multiaddrs: node.multiaddrs() })
       const fetching = config.node.models.filter((m) => m.path.startsWith('cid:')).map((m) => m.path)

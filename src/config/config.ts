@@ -24,6 +24,13 @@ export const GatewaySectionSchema = z.object({
     .optional(),
   /** Token bucket per API key (or client address). */
   rateLimit: z.object({ capacity: z.number().int().min(1), refillPerSecond: z.number().positive() }).optional(),
+  /** Model uploads: the largest file accepted (bytes), and how long a download URL stays valid (s). */
+  models: z
+    .object({
+      maxUploadBytes: z.number().int().min(1).optional(),
+      downloadTtlSeconds: z.number().int().min(1).max(7 * 24 * 3600).optional(),
+    })
+    .optional(),
 })
 
 export const NodeSectionSchema = z.object({
@@ -34,6 +41,10 @@ export const NodeSectionSchema = z.object({
   contextSize: z.coerce.number().int().min(64).optional(),
   gpu: z.enum(['auto', 'off']).default('auto'),
   payoutAddress: z.union([z.literal(''), z.string().regex(/^0x[0-9a-fA-F]{40}$/)]).default(''),
+  /** Take deploy requests from gateways. */
+  acceptDeploys: z.boolean().default(true),
+  /** Bytes offered for model weights. @default all VRAM, else three quarters of RAM */
+  modelMemoryBytes: z.number().int().min(0).optional(),
 })
 
 const EvmAddress = z.string().regex(/^0x[0-9a-fA-F]{40}$/, 'an EVM address, 0x and 40 hex digits')
@@ -111,7 +122,14 @@ export const ConfigSchema = z.object({
   bootstrap: z.array(Multiaddr).default([]),
   heartbeatIntervalMs: z.coerce.number().int().min(50).max(60_000).optional(),
   gateway: GatewaySectionSchema.default({ port: 8787, host: '127.0.0.1' }),
-  node: NodeSectionSchema.default({ models: [], slots: 4, maxQueue: 32, gpu: 'auto', payoutAddress: '' }),
+  node: NodeSectionSchema.default({
+    models: [],
+    slots: 4,
+    maxQueue: 32,
+    gpu: 'auto',
+    payoutAddress: '',
+    acceptDeploys: true,
+  }),
   /** On-chain settlement (the gateway): off when absent. */
   chain: ChainSectionSchema.optional(),
   /** Pay per request with x402 (the gateway): off when absent. */
@@ -179,13 +197,15 @@ export function resolveConfig(layers: { file?: string; env?: NodeJS.ProcessEnv; 
   return parsed.data
 }
 
-/** The gateway options a config may add: pricing, rate limits, the first admin's email. */
+/** The gateway options a config may add: pricing, rate limits, the first admin's email, model limits. */
 export function gatewayExtras(config: Config): {
   pricing?: NonNullable<Config['gateway']['pricing']>
   rateLimit?: NonNullable<Config['gateway']['rateLimit']>
   adminEmail?: string
+  models?: NonNullable<Config['gateway']['models']>
 } {
   return {
+    ...(config.gateway.models ? { models: config.gateway.models } : {}),
     ...(config.gateway.pricing ? { pricing: config.gateway.pricing } : {}),
     ...(config.gateway.rateLimit ? { rateLimit: config.gateway.rateLimit } : {}),
     ...(config.gateway.adminEmail ? { adminEmail: config.gateway.adminEmail } : {}),

@@ -4,7 +4,7 @@ import { chmod, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { loadSignerKey, SignerKeyError } from '../../src/chain/escrow.ts'
-import { ConfigError, resolveConfig } from '../../src/config/config.ts'
+import { ConfigError, gatewayExtras, resolveConfig } from '../../src/config/config.ts'
 import { tempDir } from '../helpers/fixtures.ts'
 
 const ESCROW = '0x1111111111111111111111111111111111111111'
@@ -26,6 +26,19 @@ describe('config', () => {
     expect(c.gateway.port).toBe(2000)
     expect(c.node.slots).toBe(2)
     expect(c.chain).toBeUndefined()
+  })
+
+  it('model limits for the gateway, deploy settings for the node', () => {
+    const c = resolveConfig({
+      flags: {
+        gateway: { models: { maxUploadBytes: 1024, downloadTtlSeconds: 60 } },
+        node: { acceptDeploys: false, modelMemoryBytes: 2048 },
+      },
+    })
+    expect(gatewayExtras(c).models).toEqual({ maxUploadBytes: 1024, downloadTtlSeconds: 60 })
+    expect(c.node).toMatchObject({ acceptDeploys: false, modelMemoryBytes: 2048 })
+    expect(resolveConfig({}).node.acceptDeploys).toBe(true)
+    expect(() => resolveConfig({ flags: { gateway: { models: { maxUploadBytes: 0 } } } })).toThrow(ConfigError)
   })
 
   it('network "base" names Base mainnet and its USDC; only the escrow and the RPC are needed', () => {
