@@ -4,7 +4,8 @@ import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
-import { fundedUser, tempDir, tinyModelPath } from '../helpers/fixtures.ts'
+import { startNode } from '../../node/node.ts'
+import { fundedUser, tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
 import { uploadModel } from '../helpers/models.ts'
 
 const MAX_UPLOAD = 1024 * 1024
@@ -174,5 +175,55 @@ describe('Models API: bad input', () => {
       404,
       /not deployed/,
     )
+  })
+
+  it('a node that takes no deploys, or has no room, is not sent the model (503 saying why)', async () => {
+    const auth = { authorization: `Bearer ${apiKey}` }
+    const nodes = []
+    for (const [name, options] of [
+      ['closed', { acceptDeploys: false }],
+      ['full', { modelMemoryBytes: 1000 }],
+    ] as const) {
+      const dir = await tempDir(`models-bad-${name}`)
+      const node = await startNode({
+        dataDir: dir.path,
+        listen: ['/ip4/127.0.0.1/tcp/0'],
+        bootstrap: gw.multiaddrs(),
+        models: [],
+        gpu: false,
+        heartbeatIntervalMs: 200,
+        ...options,
+      })
+      nodes.push({ node, dir })
+    }
+    try {
+      await waitFor(
+        () => nodes.every(({ node }) => gw.directory.get(node.peerId)?.capabilities != null),
+        10_000,
+        'both nodes',
+      )
+      await expectRefused(
+        await fetch(`${gw.url}/api/models/taken/deploy`, { method: 'POST', headers: auth }),
+        503,
+        new RegExp(`No node has ${tiny.length} bytes free`),
+        'NO_NODES_AVAILABLE',
+      )
+      // Named explicitly: the closed one is not a candidate; the full one refuses for room.
+      const closed = nodes[0]?.node.peerId as string
+      const full = nodes[1]?.node.peerId as string
+      const pin = (nodeId: string) =>
+        fetch(`${gw.url}/api/models/taken/deploy`, {
+          method: 'POST',
+          headers: { ...auth, 'content-type': 'application/json' },
+          body: JSON.stringify({ nodeId }),
+        })
+      await expectRefused(await pin(closed), 404, /No node .* that takes deploys/)
+      await expectRefused(await pin(full), 503, /has 1000 free for weights/)
+    } finally {
+      for (const { node, dir } of nodes) {
+        await node.stop()
+        await dir.remove()
+      }
+    }
   })
 })
