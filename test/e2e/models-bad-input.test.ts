@@ -4,7 +4,7 @@ import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
-import { startNode } from '../../node/node.ts'
+import { type RunningNode, startNode } from '../../node/node.ts'
 import { fundedUser, tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
 import { uploadModel } from '../helpers/models.ts'
 
@@ -179,7 +179,7 @@ describe('Models API: bad input', () => {
 
   it('a node that takes no deploys, or has no room, is not sent the model (503 saying why)', async () => {
     const auth = { authorization: `Bearer ${apiKey}` }
-    const nodes = []
+    const nodes: Array<{ node: RunningNode; dir: { remove: () => Promise<void> } }> = []
     for (const [name, options] of [
       ['closed', { acceptDeploys: false }],
       ['full', { modelMemoryBytes: 1000 }],
