@@ -22,7 +22,7 @@ import {
 } from '../protocols/index.ts'
 import type { MeshPeer } from '../src/mesh/peer.ts'
 import { sendBytes } from '../src/mesh/streams.ts'
-import { validateGguf } from '../src/models/gguf.ts'
+import { InvalidModelError, validateGguf } from '../src/models/gguf.ts'
 import { type ContentStore, parseCid } from '../src/storage/content.ts'
 import type { Engine } from './engine.ts'
 
@@ -228,7 +228,12 @@ export class Deployer {
       }
     })
     const path = join(this.modelsDir, `${cid.toString()}.gguf`)
-    const size = spec.sizeBytes ?? (await this.o.store.size(cid, { signal, providers }))
+    // The root block says how big the file is: a request that claimed less is refused before
+    // any weights move (room was granted for the claimed size).
+    const size = await this.o.store.size(cid, { signal, providers })
+    if (spec.sizeBytes != null && spec.sizeBytes !== size) {
+      throw new Error(`the CID holds ${size} bytes, not the ${spec.sizeBytes} the deploy request said`)
+    }
     spec.sizeBytes = size
     if (!(await complete(path, size))) {
       // Fetch while writing: blocks fetched before a crash are read back from the blockstore.
@@ -267,7 +272,14 @@ export class Deployer {
     void this.o.store.provide(cid).catch(() => undefined)
     d.state = 'loading'
     this.o.changed()
-    await validateGguf(path, { signal })
+    try {
+      await validateGguf(path, { signal })
+    } catch (err) {
+      if (!(err instanceof InvalidModelError)) throw err
+      // Not something llama.cpp may see: gone, and the reason without this node's paths.
+      await rm(path, { force: true })
+      throw new Error(`the weights are not a usable GGUF: ${err.message.slice(err.path.length + 2)}`)
+    }
     const id = spec.id ?? this.o.idForCid?.(spec.cid)
     const engine = await this.o.load(path, { ...spec, id })
     if (signal.aborted || this.deployments.get(spec.cid) !== d) {
