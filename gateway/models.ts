@@ -345,6 +345,7 @@ export function modelRoutes(deps: ModelsDeps): Hono<AuthVars> {
             sha256: record.sha256,
           },
           providers,
+          records: record.version === 1 ? [record] : [model.versions[0] as ModelRecord, record],
         })
       } catch (err) {
         refusals.push(`${node.peerId}: ${(err as Error).message}`)

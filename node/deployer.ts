@@ -17,6 +17,7 @@ import {
   DeployResponseSchema,
   decodeFrames,
   encodeFrame,
+  type ModelRecord,
   type ServedModel,
   STREAM_LIMITS,
 } from '../protocols/index.ts'
@@ -70,11 +71,18 @@ export interface DeployerOptions {
   announce(type: 'model:deployed' | 'model:undeployed', model: { id: string; cid: string; version?: number }): void
   /** Resolves a model id for a CID deployed without one (from the registry replica). */
   idForCid?(cid: string): string | undefined
+  /**
+   * Checks a deploy request from peer `from` against the registry: a reason to refuse, or
+   * undefined. (The operator's own `--model cid:` deployments are not asked.)
+   */
+  verify?(spec: DeploymentSpec, records: ModelRecord[]): Promise<string | undefined>
   acceptDeploys: boolean
   log(line: string): void
 }
 
 const FILE = 'deployments.json'
+/** A deploy request carries two signed records at most: a few KiB. */
+export const MAX_DEPLOY_FRAME = 64 * 1024
 
 export class Deployer {
   private readonly deployments = new Map<string, Deployment>()
@@ -309,7 +317,7 @@ export class Deployer {
     }
     try {
       let request: DeployRequest | undefined
-      for await (const frame of decodeFrames(stream, DeployRequestSchema, 64 * 1024)) {
+      for await (const frame of decodeFrames(stream, DeployRequestSchema, MAX_DEPLOY_FRAME)) {
         request = frame
         break
       }
@@ -320,16 +328,17 @@ export class Deployer {
         } catch (err) {
           return await answer({ type: 'refused', code: 'invalid_request', message: (err as Error).message })
         }
-        return await answer(
-          await this.deploy({
-            id: request.model.id,
-            version: request.model.version,
-            cid: request.model.cid,
-            sizeBytes: request.model.sizeBytes,
-            sha256: request.model.sha256,
-            providers: request.providers,
-          }),
-        )
+        const spec: DeploymentSpec = {
+          id: request.model.id,
+          version: request.model.version,
+          cid: request.model.cid,
+          sizeBytes: request.model.sizeBytes,
+          sha256: request.model.sha256,
+          providers: request.providers,
+        }
+        const refusal = this.o.acceptDeploys ? await this.o.verify?.(spec, request.records) : undefined
+        if (refusal != null) return await answer({ type: 'refused', code: 'invalid_request', message: refusal })
+        return await answer(await this.deploy(spec))
       }
       const removed = await this.undeploy(request.modelId)
       await answer(

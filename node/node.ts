@@ -229,6 +229,22 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
         .catch(() => undefined)
     },
     idForCid: (cid) => registry.byCid(cid)?.id,
+    // Only what the registry signed: a peer cannot put other weights under a model's name.
+    verify: async (spec, records) => {
+      for (const r of records) await registry.accept(r)
+      const listed = registry
+        .get(spec.id ?? '')
+        ?.versions.some(
+          (v) =>
+            v.cid === spec.cid &&
+            v.version === spec.version &&
+            v.sizeBytes === spec.sizeBytes &&
+            v.sha256 === spec.sha256,
+        )
+      return listed === true
+        ? undefined
+        : `the registry has no version ${spec.version} of ${spec.id} with CID ${spec.cid} (and this size and sha256)`
+    },
     log,
   })
 

@@ -96,6 +96,12 @@ export const DeployRequestSchema = z.discriminatedUnion('type', [
     }),
     /** Multiaddrs (with /p2p/) of peers known to hold the blocks; the DHT is asked as well. */
     providers: z.array(z.string().max(512)).max(16),
+    /**
+     * The signed registry records that vouch for it: its version 1 (which fixes the owner) and the
+     * version asked for. The node checks them as any registry record, so no peer can put other
+     * weights under a model's name.
+     */
+    records: z.array(ModelRecordSchema).min(1).max(2),
   }),
   z.object({ type: z.literal('undeploy'), modelId: ModelSlugSchema }),
 ])

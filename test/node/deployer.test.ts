@@ -1,7 +1,10 @@
 // The node's Deployer, asked directly over /cluster/deploy/1.0.0 by a peer of the mesh (as any peer
-// can): it checks what it is told against what the CID holds, and never serves what fails a check.
-import { randomBytes } from 'node:crypto'
-import { peerIdFromString } from '@libp2p/peer-id'
+// can): it takes only weights a signed registry record vouches for under that name, checks what it
+// fetches against the record, and never serves what fails a check.
+import { createHash, randomBytes } from 'node:crypto'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import type { PrivateKey } from '@libp2p/interface'
+import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningNode, startNode } from '../../node/node.ts'
 import {
@@ -12,23 +15,32 @@ import {
   DeployResponseSchema,
   decodeFrames,
   encodeFrame,
+  type ModelRecord,
 } from '../../protocols/index.ts'
 import { createMeshPeer, type MeshPeer } from '../../src/mesh/peer.ts'
+import { loadOrCreatePeerKey } from '../../src/mesh/peer-key.ts'
 import { sendBytes } from '../../src/mesh/streams.ts'
+import { signModelRecord } from '../../src/models/registry.ts'
 import { ContentStore } from '../../src/storage/content.ts'
 import { tempDir, waitFor } from '../helpers/fixtures.ts'
+
+type Model = Extract<DeployRequest, { type: 'deploy' }>['model']
+const SOME_CID = 'bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku'
 
 describe('Deployer: what a deploy request is checked against', () => {
   let node: RunningNode
   let peer: MeshPeer
   let store: ContentStore
+  let key: PrivateKey
   const cleanups: Array<() => Promise<void>> = []
 
   beforeAll(async () => {
     const p = await tempDir('deployer-peer')
     const n = await tempDir('deployer-node')
     cleanups.push(p.remove, n.remove)
-    peer = await createMeshPeer({ dataDir: p.path, listen: ['/ip4/127.0.0.1/tcp/0'] })
+    // This peer plays a gateway: it signs registry records and asks the node to deploy them.
+    key = await loadOrCreatePeerKey(p.path)
+    peer = await createMeshPeer({ dataDir: p.path, privateKey: key, listen: ['/ip4/127.0.0.1/tcp/0'] })
     store = await ContentStore.open({ dataDir: p.path, libp2p: peer })
     node = await startNode({
       dataDir: n.path,
@@ -55,22 +67,45 @@ describe('Deployer: what a deploy request is checked against', () => {
     for await (const answer of decodeFrames(stream, DeployResponseSchema)) return answer
     throw new Error('no answer')
   }
-  const model = (over: Partial<Extract<DeployRequest, { type: 'deploy' }>['model']>) => ({
+  const model = (over: Partial<Model>): Model => ({
     id: 'probe',
     version: 1,
-    cid: 'bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku',
+    cid: SOME_CID,
     sizeBytes: 1000,
     sha256: '0'.repeat(64),
     ...over,
   })
+  /** The registry record that vouches for `m`, signed by `signer` (this peer by default). */
+  const recordOf = (m: Model, signer: PrivateKey = key): Promise<ModelRecord> =>
+    signModelRecord(signer, {
+      v: 1,
+      ...m,
+      name: m.id,
+      category: 'chat',
+      description: '',
+      owner: 'usr_test',
+      gateway: peerIdFromPrivateKey(signer).toString(),
+      gguf: { name: m.id, architecture: 'llama', parameters: 1, quantization: 'Q8_0', contextLength: 1 },
+      createdAt: Date.now(),
+    })
+  const deploy = async (m: Model, providers: string[] = []): Promise<DeployResponse> =>
+    ask({ type: 'deploy', model: m, providers, records: [await recordOf(m)] })
   const stateOf = (cid: string) => node.deployer.pending().find((m) => m.cid === cid)
+  const addRandom = async (bytes: Buffer) =>
+    (
+      await store.add(
+        (async function* () {
+          yield bytes
+        })(),
+      )
+    ).cid.toString()
 
-  it('refuses a model bigger than its room, and a CID that does not parse', async () => {
-    expect(await ask({ type: 'deploy', model: model({ sizeBytes: 9 * 1024 * 1024 }), providers: [] })).toMatchObject({
+  it('refuses a model bigger than its room, a CID that does not parse, and an undeploy of nothing', async () => {
+    expect(await deploy(model({ id: 'big', sizeBytes: 9 * 1024 * 1024 }))).toMatchObject({
       type: 'refused',
       code: 'no_room',
     })
-    expect(await ask({ type: 'deploy', model: model({ cid: 'bafyNOTAREALCIDATALL' }), providers: [] })).toMatchObject({
+    expect(await deploy(model({ cid: 'bafyNOTAREALCIDATALL' }))).toMatchObject({
       type: 'refused',
       code: 'invalid_request',
     })
@@ -80,57 +115,59 @@ describe('Deployer: what a deploy request is checked against', () => {
     })
   })
 
-  it('fails a deploy whose claimed size is not what the CID holds, before fetching the weights', async () => {
-    const { cid } = await store.add(
-      (async function* () {
-        yield randomBytes(3 * 1024 * 1024)
-      })(),
-    )
-    const answer = await ask({
-      type: 'deploy',
-      model: model({ id: 'liar', cid: cid.toString(), sizeBytes: 100 }),
-      providers: peer.getMultiaddrs().map(String),
+  it('takes only what a signed record vouches for: not another model, not a forged or mismatched one', async () => {
+    const wanted = model({ id: 'wanted' })
+    // A record for something else.
+    expect(
+      await ask({ type: 'deploy', model: wanted, providers: [], records: [await recordOf(model({ id: 'other' }))] }),
+    ).toMatchObject({ type: 'refused', message: expect.stringMatching(/registry has no version 1 of wanted/) })
+    // A record altered after signing.
+    const altered = { ...(await recordOf(wanted)), sizeBytes: 999 }
+    expect(await ask({ type: 'deploy', model: wanted, providers: [], records: [altered] })).toMatchObject({
+      type: 'refused',
     })
+    // A claim that differs from its record.
+    const record = await recordOf(wanted)
+    expect(
+      await ask({ type: 'deploy', model: { ...wanted, sizeBytes: 12 }, providers: [], records: [record] }),
+    ).toMatchObject({ type: 'refused' })
+    // 'owned' belongs to another gateway: this peer's version 2 of it does not count.
+    const other = await generateKeyPair('Ed25519')
+    const v1 = await recordOf(model({ id: 'owned' }), other)
+    const v2 = model({ id: 'owned', version: 2, cid: 'bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy' })
+    expect(await ask({ type: 'deploy', model: v2, providers: [], records: [v1, await recordOf(v2)] })).toMatchObject({
+      type: 'refused',
+      message: expect.stringMatching(/registry has no version 2 of owned/),
+    })
+  })
+
+  it('fails a deploy whose claimed size is not what the CID holds, before fetching the weights', async () => {
+    const cid = await addRandom(randomBytes(3 * 1024 * 1024))
+    const answer = await deploy(model({ id: 'liar', cid, sizeBytes: 100 }), peer.getMultiaddrs().map(String))
     expect(answer).toEqual({ type: 'accepted', state: 'fetching' })
-    await waitFor(() => stateOf(cid.toString())?.state === 'failed', 10_000, 'the deploy to fail')
-    expect(stateOf(cid.toString())?.error).toMatch(/holds 3145728 bytes, not the 100/)
+    await waitFor(() => stateOf(cid)?.state === 'failed', 10_000, 'the deploy to fail')
+    expect(stateOf(cid)?.error).toMatch(/holds 3145728 bytes, not the 100/)
     expect(node.engines.has('liar')).toBe(false)
   })
 
   it('fails weights that are not a GGUF, or whose sha256 differs, and serves nothing', async () => {
     const bytes = randomBytes(2 * 1024 * 1024)
-    const { cid } = await store.add(
-      (async function* () {
-        yield bytes
-      })(),
+    const cid = await addRandom(bytes)
+    const wrongHash = await deploy(
+      model({ id: 'wrong-hash', cid, sizeBytes: bytes.length }),
+      peer.getMultiaddrs().map(String),
     )
-    const wrongHash = await ask({
-      type: 'deploy',
-      model: model({ id: 'wrong-hash', cid: cid.toString(), sizeBytes: bytes.length }),
-      providers: peer.getMultiaddrs().map(String),
-    })
     expect(wrongHash.type).toBe('accepted')
-    await waitFor(() => stateOf(cid.toString())?.state === 'failed', 10_000, 'the sha256 check')
-    expect(stateOf(cid.toString())?.error).toMatch(/sha256 of the fetched weights is [0-9a-f]{64}, expected 0{64}/)
-    // The same CID again, with the right hash: fetched (from its blocks, already here), then the GGUF check fails.
-    const { createHash } = await import('node:crypto')
-    const again = await ask({
-      type: 'deploy',
-      model: model({
-        id: 'not-gguf',
-        cid: cid.toString(),
-        sizeBytes: bytes.length,
-        sha256: createHash('sha256').update(bytes).digest('hex'),
-      }),
-      providers: [],
+    await waitFor(() => stateOf(cid)?.state === 'failed', 10_000, 'the sha256 check')
+    expect(stateOf(cid)?.error).toMatch(/sha256 of the fetched weights is [0-9a-f]{64}, expected 0{64}/)
+    // The same CID again, with the right hash: fetched (its blocks are here now), then the GGUF check fails.
+    const sha256 = createHash('sha256').update(bytes).digest('hex')
+    expect(await deploy(model({ id: 'not-gguf', cid, sizeBytes: bytes.length, sha256 }))).toEqual({
+      type: 'accepted',
+      state: 'fetching',
     })
-    expect(again).toEqual({ type: 'accepted', state: 'fetching' })
-    await waitFor(
-      () => stateOf(cid.toString())?.state === 'failed' && /GGUF/.test(stateOf(cid.toString())?.error ?? ''),
-      10_000,
-      'the GGUF check',
-    )
-    expect(stateOf(cid.toString())?.error).toBe('the weights are not a usable GGUF: not a GGUF file (bad magic)')
+    await waitFor(() => /GGUF/.test(stateOf(cid)?.error ?? ''), 10_000, 'the GGUF check')
+    expect(stateOf(cid)?.error).toBe('the weights are not a usable GGUF: not a GGUF file (bad magic)')
     expect(node.engines.size).toBe(0)
     // Failed deployments are shown in the capabilities record, with why.
     expect(node.deployer.pending().every((m) => m.state === 'failed' && m.error != null)).toBe(true)
