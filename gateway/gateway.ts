@@ -19,7 +19,7 @@ import { createMeshPeer, type MeshPeer } from '../src/mesh/peer.ts'
 import { loadOrCreatePeerKey } from '../src/mesh/peer-key.ts'
 import { fetchCapabilities } from '../src/mesh/streams.ts'
 import { ModelRegistry } from '../src/models/registry.ts'
-import { type RegistryReplica, replicateRegistry } from '../src/models/registry-sync.ts'
+import { replicateRegistry } from '../src/models/registry-sync.ts'
 import type { Facilitator, X402Settings } from '../src/payments/x402.ts'
 import { ContentStore } from '../src/storage/content.ts'
 import { Accounts } from './accounts.ts'
@@ -113,8 +113,30 @@ export interface RunningGateway {
 
 export async function startGateway(config: GatewayConfig): Promise<RunningGateway> {
   await mkdir(config.dataDir, { recursive: true })
+  // What has been started, undone in reverse order by stop() or by a failure part-way through.
+  const teardown: Array<() => unknown> = []
+  const undo = async (): Promise<void> => {
+    for (const step of teardown.splice(0).reverse())
+      await Promise.resolve()
+        .then(step)
+        .catch(() => undefined)
+  }
+  try {
+    return await startParts(config, teardown, undo)
+  } catch (err) {
+    await undo()
+    throw err
+  }
+}
+
+async function startParts(
+  config: GatewayConfig,
+  teardown: Array<() => unknown>,
+  undo: () => Promise<void>,
+): Promise<RunningGateway> {
   const ledger = new LevelLedger(join(config.dataDir, 'ledger'))
   await ledger.open()
+  teardown.push(() => ledger.close())
   const reconciledHolds = await ledger.reconcileHolds()
   const secret = await GatewaySecret.load(config.dataDir)
   const accounts = new Accounts(ledger, secret)
@@ -128,23 +150,18 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
     ...(config.listen ? { listen: config.listen } : {}),
     ...(config.bootstrap ? { bootstrap: config.bootstrap } : {}),
   })
+  teardown.push(() => peer.stop())
   const bus = new GossipBus(peer.services.pubsub)
+  teardown.push(() => bus.close())
   const directory = new Directory({ fetchCapabilities: (id) => fetchCapabilities(peer, id) })
   directory.start(bus)
-  let store: ContentStore
-  let registry: ModelRegistry
-  let replica: RegistryReplica
-  try {
-    store = await ContentStore.open({ dataDir: config.dataDir, libp2p: peer })
-    registry = await ModelRegistry.open(join(config.dataDir, 'registry'))
-    replica = await replicateRegistry(peer, bus, registry, log)
-  } catch (err) {
-    directory.stop()
-    bus.close()
-    await peer.stop()
-    await ledger.close()
-    throw err
-  }
+  teardown.push(() => directory.stop())
+  const store = await ContentStore.open({ dataDir: config.dataDir, libp2p: peer })
+  teardown.push(() => store.stop())
+  const registry = await ModelRegistry.open(join(config.dataDir, 'registry'))
+  teardown.push(() => registry.close())
+  const replica = await replicateRegistry(peer, bus, registry, log)
+  teardown.push(() => replica.stop())
   const countInference = (model: string): void => {
     void registry.countInference(model).catch(() => undefined)
   }
@@ -171,15 +188,12 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
   }
   let chain: (GatewayChain & { deps: ChainDeps }) | undefined
   if (config.chain != null) {
-    try {
-      chain = await startChain(config.chain, ledger, log)
-    } catch (err) {
-      directory.stop()
-      bus.close()
-      await peer.stop()
-      await ledger.close()
-      throw err
-    }
+    chain = await startChain(config.chain, ledger, log)
+    const started = chain
+    teardown.push(async () => {
+      await started.watcher.stop()
+      await started.settler.stop()
+    })
   }
   const x402 =
     config.x402 != null
@@ -200,6 +214,7 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
   reconcile()
   const reconciler = x402 != null ? setInterval(reconcile, config.x402?.reconcileIntervalMs ?? 15_000) : undefined
   reconciler?.unref()
+  teardown.push(() => clearInterval(reconciler))
   const app = createApp({
     ...(chain ? { chain: chain.deps } : {}),
     ...(x402 ? { x402 } : {}),
@@ -244,18 +259,16 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
       resolve(info.port),
     )
     server.once('error', reject)
-  }).catch(async (err: unknown) => {
-    await chain?.watcher.stop()
-    await chain?.settler.stop()
-    directory.stop()
-    await replica.stop()
-    bus.close()
-    await store.stop().catch(() => undefined)
-    await peer.stop()
-    await registry.close()
-    await ledger.close()
-    throw err
   })
+  teardown.push(
+    () =>
+      new Promise<void>((resolve) => {
+        if (server == null) return resolve()
+        server.close(() => resolve())
+        // Open keep-alive and streaming connections would hold close() back.
+        ;(server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.()
+      }),
+  )
 
   let stopped: Promise<void> | undefined
   return {
@@ -274,24 +287,7 @@ export async function startGateway(config: GatewayConfig): Promise<RunningGatewa
     port,
     multiaddrs: () => peer.getMultiaddrs().map((a) => a.toString()),
     stop: () => {
-      stopped ??= (async () => {
-        await new Promise<void>((resolve) => {
-          if (server == null) return resolve()
-          server.close(() => resolve())
-          // Open keep-alive and streaming connections would hold close() back.
-          ;(server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.()
-        })
-        clearInterval(reconciler)
-        await chain?.watcher.stop()
-        await chain?.settler.stop()
-        directory.stop()
-        await replica.stop()
-        bus.close()
-        await store.stop().catch(() => undefined)
-        await peer.stop()
-        await registry.close()
-        await ledger.close()
-      })()
+      stopped ??= undo()
       return stopped
     },
   }
