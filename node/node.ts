@@ -97,7 +97,32 @@ async function nextIncarnation(dataDir: string): Promise<number> {
 
 export async function startNode(config: NodeConfig): Promise<RunningNode> {
   await mkdir(config.dataDir, { recursive: true })
+  // What has been started, undone in reverse order by stop() or by a failure part-way through.
+  const teardown: Array<() => unknown> = []
+  const undo = async (): Promise<void> => {
+    for (const step of teardown.splice(0).reverse())
+      await Promise.resolve()
+        .then(step)
+        .catch(() => undefined)
+  }
+  try {
+    return await startParts(config, teardown, undo)
+  } catch (err) {
+    await undo()
+    throw err
+  }
+}
+
+async function startParts(
+  config: NodeConfig,
+  teardown: Array<() => unknown>,
+  undo: () => Promise<void>,
+): Promise<RunningNode> {
   const engines = new Map<string, Engine>()
+  // Engines are closed last, whichever way they came (files or deployments).
+  teardown.push(async () => {
+    for (const e of engines.values()) await e.close()
+  })
   const schedulers = new Map<string, Scheduler>()
   const log = config.log ?? ((line: string) => process.stderr.write(`[node] ${line}\n`))
   const fromFiles = config.models.filter((m) => !m.path.startsWith(CID_PREFIX))
@@ -122,18 +147,13 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
     schedulers.set(engine.modelId, scheduler)
   }
 
-  try {
-    for (const m of fromFiles) {
-      const engine = await loadEngine(m.path, m)
-      if (engines.has(engine.modelId)) {
-        await engine.close()
-        throw new Error(`two models share the id ${engine.modelId}: give one an explicit id`)
-      }
-      serveEngine(engine)
+  for (const m of fromFiles) {
+    const engine = await loadEngine(m.path, m)
+    if (engines.has(engine.modelId)) {
+      await engine.close()
+      throw new Error(`two models share the id ${engine.modelId}: give one an explicit id`)
     }
-  } catch (err) {
-    for (const e of engines.values()) await e.close()
-    throw err
+    serveEngine(engine)
   }
 
   const privateKey = await loadOrCreatePeerKey(config.dataDir)
@@ -143,12 +163,17 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
     ...(config.listen ? { listen: config.listen } : {}),
     ...(config.bootstrap ? { bootstrap: config.bootstrap } : {}),
   })
+  teardown.push(() => peer.stop())
   const peerId = peer.peerId.toString()
   const fileModelIds = new Set(engines.keys())
   const bus = new GossipBus(peer.services.pubsub)
+  teardown.push(() => bus.close())
   const store = await ContentStore.open({ dataDir: config.dataDir, libp2p: peer })
+  teardown.push(() => store.stop())
   const registry = await ModelRegistry.open(join(config.dataDir, 'registry'))
+  teardown.push(() => registry.close())
   const replica = await replicateRegistry(peer, bus, registry, log)
+  teardown.push(() => replica.stop())
   const hardware = await detectHardware(() => llamaGpus(config.gpu ?? 'auto'))
   const prices = config.prices ?? DEFAULT_NODE_PRICES
   const incarnation = await nextIncarnation(config.dataDir)
@@ -260,14 +285,18 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
     capabilities,
   })
   heartbeat.start()
+  teardown.push(() => heartbeat.stop())
   // Nodes join the topics too, so gossip can relay through them in a mesh without a direct link.
   bus.subscribe('heartbeat', HeartbeatSchema, () => undefined)
   bus.subscribe('capabilities', CapabilitiesSchema, () => undefined)
   bus.subscribe('deployments', DeploymentEventSchema, () => undefined)
+  const started = deployer
+  teardown.push(() => started.stop())
   await deployer.start(fromCids)
 
   // Hash the weights in the background; the next heartbeat announces the new capabilities version.
   const hashing = new AbortController()
+  teardown.push(() => hashing.abort())
   const hashes = new FileHashes(config.dataDir)
   void (async () => {
     for (const [i, m] of fromFiles.entries()) {
@@ -290,17 +319,7 @@ export async function startNode(config: NodeConfig): Promise<RunningNode> {
     schedulers,
     multiaddrs: () => peer.getMultiaddrs().map((a) => a.toString()),
     stop: () => {
-      stopped ??= (async () => {
-        hashing.abort()
-        await deployer?.stop()
-        await heartbeat.stop()
-        await replica.stop()
-        bus.close()
-        await store.stop().catch(() => undefined)
-        await peer.stop()
-        await registry.close()
-        for (const e of engines.values()) await e.close()
-      })()
+      stopped ??= undo()
       return stopped
     },
   }
