@@ -16,6 +16,7 @@ import { DHT_PROTOCOL, TOPICS } from '../../protocols/index.ts'
 import { withCoalescedWrites } from './coalesce.ts'
 import { BOOTSTRAP_REDIAL_MS, DEFAULT_LISTEN } from './constants.ts'
 import { loadOrCreatePeerKey } from './peer-key.ts'
+import { endReadersAfterBufferedData } from './stream-end.ts'
 import { sendWindowUpdatesAtHalf } from './window-updates.ts'
 
 export interface MeshConfig {
@@ -67,6 +68,7 @@ function topicScores(): ReturnType<typeof createTopicScoreParams> {
 
 export async function createMeshPeer(config: MeshConfig): Promise<MeshPeer> {
   sendWindowUpdatesAtHalf()
+  endReadersAfterBufferedData()
   const privateKey = config.privateKey ?? (await loadOrCreatePeerKey(config.dataDir))
   const topics = Object.fromEntries(Object.values(TOPICS).map((t) => [t, topicScores()]))
   const peer = await createLibp2p({
