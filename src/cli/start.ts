@@ -10,6 +10,7 @@ import { startNode } from '../../node/node.ts'
 import { clusterEscrowAbi, testUsdcAbi } from '../chain/artifacts.ts'
 import { type DevChain, devChainViem, fundWallet, startDevChain, testAccounts } from '../chain/devchain.ts'
 import { type Config, gatewayExtras } from '../config/config.ts'
+import { sha256File } from '../models/gguf.ts'
 import { synthesizeGguf } from '../models/synth.ts'
 import { formatUsd } from '../payments/money.ts'
 import { embeddedFacilitator } from '../payments/x402.ts'
@@ -39,6 +40,51 @@ async function fundDemoWallet(chain: DevChain, wallet: DevAccount, gateway: Addr
     const hash = await client.writeContract(call as Parameters<typeof client.writeContract>[0])
     const receipt = await publicClient.waitForTransactionReceipt({ hash })
     if (receipt.status !== 'success') throw new Error(`demo wallet setup: ${call.functionName} reverted`)
+  }
+}
+
+/**
+ * Uploads the demo model through the Models API (once: a restart finds it in the registry) and
+ * deploys it to the node (once: the node keeps its deployments).
+ */
+async function deployDemo(
+  gateway: Awaited<ReturnType<typeof startGateway>>,
+  nodeId: string,
+  adminApiKey: string,
+  path: string,
+): Promise<void> {
+  const auth = { authorization: `Bearer ${adminApiKey}` }
+  const sha256 = await sha256File(path)
+  const known = gateway.registry.get(DEMO_MODEL_ID)
+  if (known?.latest.sha256 !== sha256) {
+    const form = new FormData()
+    form.append('file', new Blob([new Uint8Array(await readFile(path))]), 'demo-tiny.gguf')
+    form.append('name', DEMO_MODEL_ID)
+    form.append('category', 'chat')
+    form.append('description', 'Demo: a tiny llama with random weights (its answers are noise).')
+    const res = await fetch(`${gateway.url}/api/models/upload`, { method: 'POST', headers: auth, body: form })
+    if (res.status !== 201) throw new Error(`uploading the demo model: ${res.status} ${await res.text()}`)
+  }
+  // Ready once the gateway's Directory has the node; its capabilities say whether it holds the model.
+  await waitUntil(() => gateway.directory.get(nodeId)?.capabilities != null, 30_000, 'the node to reach the gateway')
+  const holds = (gateway.directory.get(nodeId)?.capabilities?.models ?? []).some(
+    (m) => m.id === DEMO_MODEL_ID && m.state !== 'failed',
+  )
+  if (!holds) {
+    const res = await fetch(`${gateway.url}/api/models/${DEMO_MODEL_ID}/deploy`, {
+      method: 'POST',
+      headers: { ...auth, 'content-type': 'application/json' },
+      body: JSON.stringify({ nodeId }),
+    })
+    if (res.status !== 202) throw new Error(`deploying the demo model: ${res.status} ${await res.text()}`)
+  }
+}
+
+async function waitUntil(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 50))
   }
 }
 
@@ -87,17 +133,16 @@ async function startOnChain(
     payTo: gatewayAccount.address,
     maxTimeoutSeconds: 60,
   }
-  let model: { path: string; id?: string }
-  if (modelPath) {
-    model = { path: resolve(modelPath) }
-  } else {
-    const path = join(dataDir, 'models', 'demo-tiny.gguf')
-    if (!existsSync(path)) {
+  // A model given by path is served from its file. The demo model goes the way any uploaded model
+  // does: into the registry (IPFS), then deployed to the node, which fetches it by CID.
+  let demoPath: string | undefined
+  if (!modelPath) {
+    demoPath = join(dataDir, 'models', 'demo-tiny.gguf')
+    if (!existsSync(demoPath)) {
       await mkdir(join(dataDir, 'models'), { recursive: true })
       process.stdout.write('generating the demo model (tiny llama, random weights: its answers are noise)…\n')
-      await synthesizeGguf({ preset: 'tiny', out: path })
+      await synthesizeGguf({ preset: 'tiny', out: demoPath })
     }
-    model = { path, id: DEMO_MODEL_ID }
   }
 
   const gatewayDir = join(dataDir, 'gateway')
@@ -137,7 +182,7 @@ async function startOnChain(
       dataDir: join(dataDir, 'node'),
       listen: ['/ip4/127.0.0.1/tcp/0'],
       bootstrap: gateway.multiaddrs(),
-      models: [model],
+      models: modelPath ? [{ path: resolve(modelPath) }] : [],
       ...(config.node.threads ? { threads: config.node.threads } : {}),
       slots: config.node.slots,
       maxQueue: config.node.maxQueue,
@@ -149,7 +194,17 @@ async function startOnChain(
     await gateway.stop()
     throw err
   }
-  const models = [...node.engines.keys()]
+  const adminApiKey = (await readFile(join(gatewayDir, 'admin.key'), 'utf8')).trim()
+  if (demoPath != null) {
+    try {
+      await deployDemo(gateway, node.peerId, adminApiKey, demoPath)
+    } catch (err) {
+      await node.stop()
+      await gateway.stop()
+      throw err
+    }
+  }
+  const models = demoPath != null ? [DEMO_MODEL_ID] : [...node.engines.keys()]
 
   // Ready when the gateway's Directory lists the node's models: then a first request works.
   await new Promise<void>((ok, fail) => {
@@ -165,8 +220,7 @@ async function startOnChain(
     gateway.directory.on('node:heartbeat', on)
   })
 
-  // The operator's key, and a demo user with some credit, so a first call works as printed.
-  const adminApiKey = (await readFile(join(gatewayDir, 'admin.key'), 'utf8')).trim()
+  // A demo user with some credit, so a first call works as printed.
   // The demo user's money is real on the local chain: its wallet is linked, deposits $5 into the
   // escrow and lets the gateway settle its usage; the watcher credits the deposit.
   const demo =

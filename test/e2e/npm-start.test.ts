@@ -1,7 +1,7 @@
 // `npm start`, run as a user would: it comes up, writes dev.json, answers a chat request with the
 // demo model, and stops everything cleanly within 5 s of Ctrl-C (SIGINT to its process group).
 import { type ChildProcess, spawn } from 'node:child_process'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { ExactEvmScheme } from '@x402/evm/exact/client'
 import { wrapFetchWithPayment, x402Client } from '@x402/fetch'
@@ -77,6 +77,19 @@ describe('npm start', () => {
     const health = (await (await fetch(`${dev.gatewayUrl}/health`)).json()) as { status: string; uptime: number }
     expect(health.status).toBe('ok')
     expect(Number.isInteger(health.uptime)).toBe(true)
+
+    // The demo model went through the Models API: in the registry with a CID, deployed on the node.
+    const listed = (await (await fetch(`${dev.gatewayUrl}/api/models/public`)).json()) as {
+      models: Array<{ id: string; cid: string; deployments: Array<{ nodeId: string; state: string }> }>
+    }
+    const nodeId = dev.peers.find((p) => p.role === 'node')?.peerId
+    expect(listed.models).toEqual([
+      expect.objectContaining({
+        id: dev.models[0],
+        deployments: [expect.objectContaining({ nodeId, state: 'ready' })],
+      }),
+    ])
+    expect(listed.models[0]?.cid).toMatch(/^baf[ky]/)
 
     expect(dev.adminApiKey).toMatch(/^sk-cluster-/)
     // Keys live in dev.json and admin.key, never in the output.
@@ -172,5 +185,37 @@ describe('npm start', () => {
     expect(Date.now() - t0).toBeLessThan(5_000)
     // Nothing is left listening.
     await expect(fetch(`${dev.gatewayUrl}/health`)).rejects.toThrow()
+
+    // Started again on the same data: the demo model is not uploaded again, and is served again.
+    rmSync(devJson)
+    child = spawn('npm', ['start', '--silent'], {
+      cwd: join(import.meta.dirname, '..', '..'),
+      env: { ...process.env, PORT: '0', CLUSTER_DATA_DIR: dir.path },
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    child.stdout?.on('data', (d: Buffer) => {
+      output += d.toString()
+    })
+    child.stderr?.on('data', (d: Buffer) => {
+      output += d.toString()
+    })
+    await waitFor(() => existsSync(devJson) || child?.exitCode != null, 60_000, 'dev.json again')
+    expect(child.exitCode, output).toBeNull()
+    const again = JSON.parse(readFileSync(devJson, 'utf8')) as DevJson
+    const versions = (await (await fetch(`${again.gatewayUrl}/api/models/${again.models[0]}/versions`)).json()) as {
+      versions: unknown[]
+    }
+    expect(versions.versions).toHaveLength(1)
+    const second = new OpenAI({ baseURL: `${again.gatewayUrl}/v1`, apiKey: again.demoApiKey, maxRetries: 0 })
+    const answer = await second.chat.completions.create({
+      model: again.models[0] as string,
+      messages: [{ role: 'user', content: 'Hello again' }],
+      max_tokens: 4,
+    })
+    expect(answer.usage?.completion_tokens).toBeGreaterThan(0)
+    process.kill(-(child.pid as number), 'SIGINT')
+    await Promise.race([exited(child), new Promise((r) => setTimeout(r, 6_000))])
+    expect(child.exitCode ?? child.signalCode, output).not.toBeNull()
   })
 })
