@@ -102,8 +102,9 @@ export async function weightsBench(): Promise<void> {
     const sample = async (
       run: (fetcher: WeightsPeer) => Promise<{ ms: number; bytes: number }>,
       connectTo: WeightsPeer[],
+      fetcherStore: WeightsChildInit['store'] & object,
     ): Promise<Sample> => {
-      const fetcher = await startPeer('fetcher', { dataDir: join(dir, `f${fetchers++}`), store: storeOpts })
+      const fetcher = await startPeer('fetcher', { dataDir: join(dir, `f${fetchers++}`), store: fetcherStore })
       try {
         for (const p of connectTo) await fetcher.call({ type: 'dial', to: p.multiaddr })
         const pids = [fetcher.child.pid, ...providers.map((p) => p.child.pid)]
@@ -118,46 +119,67 @@ export async function weightsBench(): Promise<void> {
         await rm(out, { force: true })
       }
     }
-    const raw = (): Promise<Sample> => sample((f) => f.call({ type: 'fetch-raw', from: a.multiaddr, out }), [a])
-    const helia = (from: WeightsPeer[]) => (): Promise<Sample> =>
-      sample((f) => f.call({ type: 'fetch-helia', cid, out, providers: from.map((p) => p.multiaddr) }), from)
+    type Path = { name: string; run: () => Promise<Sample> }
+    const raw: Path = {
+      name: 'raw libp2p stream (from A)',
+      run: () => sample((f) => f.call({ type: 'fetch-raw', from: a.multiaddr, out }), [a], storeOpts),
+    }
+    const cat = (name: string, from: WeightsPeer[], fetcherStore: WeightsChildInit['store'] & object): Path => ({
+      name,
+      run: () =>
+        sample(
+          (f) => f.call({ type: 'fetch-helia', cid, out, providers: from.map((p) => p.multiaddr) }),
+          from,
+          fetcherStore,
+        ),
+    })
+    const bitswapOnly = { ...storeOpts, blockStream: false as const }
 
-    const paired = async (label: string, ours: () => Promise<Sample>) => {
-      const s = { raw: [] as Sample[], helia: [] as Sample[] }
+    /** Rounds over `paths` (rotating which goes first); returns each path's median MiB/s. */
+    const rounds_ = async (label: string, paths: Path[]): Promise<number[]> => {
+      const s = paths.map(() => [] as Sample[])
       for (let i = 0; i < rounds; i++) {
-        if (i % 2 === 0) {
-          s.raw.push(await raw())
-          s.helia.push(await ours())
-        } else {
-          s.helia.push(await ours())
-          s.raw.push(await raw())
+        for (let j = 0; j < paths.length; j++) {
+          const k = (i + j) % paths.length
+          s[k]?.push(await (paths[k] as Path).run())
         }
       }
-      const r = median(s.raw.map((x) => x.mibps))
-      const h = median(s.helia.map((x) => x.mibps))
-      const row = (name: string, xs: Sample[]): string[] => [
-        name,
-        xs.map((x) => fmt(x.mibps, 0)).join(' / '),
-        fmt(median(xs.map((x) => x.mibps)), 1),
-        xs.map((x) => fmt(x.others, 2)).join(' / '),
-      ]
       console.log(`\n${label}, ${rounds} rounds (load avg ${loadavg()})`)
       table(
         ['path', 'MiB/s per round', 'median MiB/s', 'others (cores)'],
-        [row('raw libp2p stream', s.raw), row('ContentStore.cat → file', s.helia)],
+        paths.map((p, k) => {
+          const xs = s[k] ?? []
+          return [
+            p.name,
+            xs.map((x) => fmt(x.mibps, 0)).join(' / '),
+            fmt(median(xs.map((x) => x.mibps)), 1),
+            xs.map((x) => fmt(x.others, 2)).join(' / '),
+          ]
+        }),
       )
-      return h / r
+      return s.map((xs) => median(xs.map((x) => x.mibps)))
     }
 
-    const one = await paired('one provider', helia([a]))
-    figure('weights.ratio_1_provider', one, 2, { op: '≥', value: 0.5 })
+    const withBitswapRow = process.env.BENCH_WEIGHTS_BITSWAP !== '0'
+    const [r1 = Number.NaN, c1 = Number.NaN, b1] = await rounds_('one provider (A)', [
+      raw,
+      cat('ContentStore.cat → file', [a], storeOpts),
+      ...(withBitswapRow ? [cat('  same, bitswap only', [a], bitswapOnly)] : []),
+    ])
+    figure('weights.ratio_1_provider', c1 / r1, 2, { op: '≥', value: 0.5 })
+    if (b1 != null) figure('weights.ratio_1_provider_bitswap_only', b1 / r1, 2)
     if (multi) {
       const b = await startPeer('provider-b', { dataDir: join(dir, 'b'), store: storeOpts })
       providers.push(b)
       const addB = await b.call({ type: 'add', path: file })
       if (addB.cid !== cid) throw new Error(`provider B got ${addB.cid}, A ${cid}`)
-      const two = await paired('two providers (raw: still one stream from A)', helia([a, b]))
-      figure('weights.ratio_2_providers', two, 2)
+      const [r2 = Number.NaN, c2 = Number.NaN, b2] = await rounds_('two providers (A and B)', [
+        raw,
+        cat('ContentStore.cat → file', [a, b], storeOpts),
+        ...(withBitswapRow ? [cat('  same, bitswap only', [a, b], bitswapOnly)] : []),
+      ])
+      figure('weights.ratio_2_providers', c2 / r2, 2)
+      if (b2 != null) figure('weights.ratio_2_providers_bitswap_only', b2 / r2, 2)
     }
   })
 }
