@@ -341,9 +341,10 @@ export class BlockStreamBroker implements BlockBroker {
   }
 
   /**
-   * A link to the best of `peers`: one that has served blocks and has the fewest wants in flight,
-   * then ones not known to lack blocks. Peers that cannot be reached or do not speak the protocol
-   * are skipped. Every peer returned is added to `asked`.
+   * A link to the best of `peers`: the fewest wants in flight, counting a peer that has not served
+   * yet as if it had UNTRIED_PROVIDER_RANK (so a second provider is tried once the first one is
+   * that busy: blocks then come from both), and one that lacked a block lately last. Peers that
+   * cannot be reached or do not speak the protocol are skipped. Every peer tried is added to `asked`.
    */
   private async firstLink(
     peers: PeerId[],
@@ -352,9 +353,9 @@ export class BlockStreamBroker implements BlockBroker {
   ): Promise<ProviderLink | undefined> {
     const rank = (p: PeerId): number => {
       const link = this.links.get(p.toString())
-      if (link == null) return 1e6
-      const recentAbsent = Date.now() - link.absentAt < 10_000 ? 2e6 : 0
-      return (link.served > 0 ? 0 : 1e6) + recentAbsent + link.pending
+      if (link == null) return UNTRIED_PROVIDER_RANK
+      if (Date.now() - link.absentAt < ABSENT_MEMORY_MS) return 1e6 + link.pending
+      return (link.served > 0 ? 0 : UNTRIED_PROVIDER_RANK) + link.pending
     }
     for (const peer of [...peers].sort((x, y) => rank(x) - rank(y))) {
       asked.add(peer.toString())
@@ -450,6 +451,12 @@ export class BlockStreamBroker implements BlockBroker {
     }
   }
 }
+
+/** A peer not known to serve counts as this many wants in flight when choosing whom to ask. */
+const UNTRIED_PROVIDER_RANK = 8
+
+/** How long a peer that answered "absent" is asked only after every other. */
+const ABSENT_MEMORY_MS = 10_000
 
 /** Helia's check when it gives one (the hasher of the CID), else ours for sha2-256. */
 async function verify(cid: CID, bytes: Uint8Array, options: BlockRetrievalOptions): Promise<void> {
