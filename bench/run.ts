@@ -1,4 +1,4 @@
-// Entry point of `npm run bench [-- name…]`: runs the named benches (mesh, batching, gateway, billing, gas, x402), all
+// Entry point of `npm run bench [-- name…]`: runs the named benches (mesh, batching, gateway, billing, gas, x402, weights), all
 // by default, one after the other. Each prints a table and one line per figure. Every child
 // process is stopped when a bench ends, also when it fails or the run is interrupted.
 import { stopAll } from './lib.ts'
@@ -10,6 +10,7 @@ const BENCHES: Record<string, () => Promise<void>> = {
   billing: async () => (await import('./billing.ts')).billingBench(),
   gas: async () => (await import('./settlement-gas.ts')).settlementGasBench(),
   x402: async () => (await import('./x402.ts')).x402Bench(),
+  weights: async () => (await import('./weights.ts')).weightsBench(),
 }
 
 const names = process.argv.slice(2)

@@ -43,3 +43,11 @@ export const STREAM_LIMITS = {
   registry: { maxInboundStreams: 8, maxOutboundStreams: 8 },
   deploy: { maxInboundStreams: 16, maxOutboundStreams: 16 },
 } as const
+
+// --- Blocks (weights between peers) ---
+
+/** Blocks of a DAG on one long-lived stream: wants in, blocks out in the same order (protocols/blocks.ts). */
+export const BLOCKS_PROTOCOL = '/cluster/blocks/1.0.0'
+
+/** Bounds the blocks protocol registers with: one stream per provider per fetching peer is what it uses. */
+export const BLOCKS_STREAM_LIMITS = { maxInboundStreams: 8, maxOutboundStreams: 8 } as const

@@ -5,7 +5,7 @@
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { type BitswapOptions, withBitswap } from '@helia/bitswap'
-import type { Helia, Peer, Provider, Routing, RoutingOptions } from '@helia/interface'
+import type { BlockBroker, Helia, Peer, Provider, Routing, RoutingOptions } from '@helia/interface'
 import { type UnixFS, unixfs } from '@helia/unixfs'
 import type { AbortOptions, Libp2p } from '@libp2p/interface'
 import { peerIdFromCID } from '@libp2p/peer-id'
@@ -14,6 +14,8 @@ import { FsBlockstore } from 'blockstore-fs'
 import { LevelDatastore } from 'datastore-level'
 import { createHeliaLight } from 'helia'
 import { CID } from 'multiformats/cid'
+import { BlockStreamBroker, type BlockStreamOptions } from './block-stream.ts'
+import { DEFAULT_BLOCK_READ_CONCURRENCY } from './constants.ts'
 
 /** Import settings for weights: IPIP-499's modern profile (CIDv1, raw 1 MiB leaves, 1024 links a node). */
 export const WEIGHTS_PROFILE = 'unixfs-v1-2025' as const
@@ -23,8 +25,14 @@ export interface ContentStoreOptions {
   dataDir: string
   /** The mesh peer: Helia runs on it (no second libp2p node). */
   libp2p: Libp2p
+  /** Bitswap serves peers that ask with it, and fetches when no peer speaks the blocks protocol. */
   bitswap?: BitswapOptions
-  /** Blocks fetched in parallel while exporting a file. @default 64 */
+  /**
+   * The blocks protocol (src/storage/block-stream.ts), in front of bitswap for every fetch; `false`
+   * leaves bitswap alone (what the `weights` bench compares against). @default {}
+   */
+  blockStream?: BlockStreamOptions | false
+  /** Blocks fetched in parallel while exporting a file. @default DEFAULT_BLOCK_READ_CONCURRENCY */
   blockReadConcurrency?: number
 }
 
@@ -68,6 +76,31 @@ class MeshRouter implements Partial<Routing> {
   }
 }
 
+/**
+ * Replaces Helia's bitswap broker, once bitswap's mixin has started it, by the blocks protocol with
+ * bitswap behind it. Helia asks every broker for every missing block at once: side by side, bitswap
+ * would fetch each block a second time from the same provider.
+ */
+function putBlockStreamInFront(helia: Helia, libp2p: Libp2p, options: BlockStreamOptions): void {
+  helia.addMixin({
+    name: 'cluster-blocks',
+    start: async () => {
+      // Helia 7 keeps its brokers in this array (the one its networked storage reads); no public setter.
+      const brokers = (helia as unknown as { blockBrokers: BlockBroker[] }).blockBrokers
+      const i = brokers.findIndex((b) => b.name === 'bitswap')
+      const bitswap = brokers[i]
+      if (bitswap == null) throw new Error('bitswap broker missing: withBitswap must come first')
+      const broker = new BlockStreamBroker(
+        { libp2p, blockstore: helia.blockstore, routing: helia.routing },
+        bitswap,
+        options,
+      )
+      await broker.start()
+      brokers[i] = broker
+    },
+  })
+}
+
 export class ContentStore {
   private constructor(
     readonly helia: Helia,
@@ -99,13 +132,14 @@ export class ContentStore {
     Object.defineProperty(helia, 'libp2p', { value: libp2p, enumerable: true })
     // biome-ignore lint/suspicious/noExplicitAny: see above — HeliaWithLibp2p is what withBitswap expects.
     withBitswap(helia as any, options.bitswap ?? {})
+    if (options.blockStream !== false) putBlockStreamInFront(helia, libp2p, options.blockStream ?? {})
     try {
       await helia.start()
     } catch (err) {
       await close()
       throw err
     }
-    return new ContentStore(helia, unixfs(helia), options.blockReadConcurrency ?? 64, close)
+    return new ContentStore(helia, unixfs(helia), options.blockReadConcurrency ?? DEFAULT_BLOCK_READ_CONCURRENCY, close)
   }
 
   /**
