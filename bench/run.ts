@@ -10,6 +10,7 @@ const BENCHES: Record<string, () => Promise<void>> = {
   billing: async () => (await import('./billing.ts')).billingBench(),
   gas: async () => (await import('./settlement-gas.ts')).settlementGasBench(),
   x402: async () => (await import('./x402.ts')).x402Bench(),
+  'local-read': async () => (await import('./local-read.ts')).localReadBench(),
   weights: async () => (await import('./weights.ts')).weightsBench(),
 }
 

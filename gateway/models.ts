@@ -469,7 +469,7 @@ export function modelRoutes(deps: ModelsDeps): Hono<AuthVars> {
         }
       },
       async cancel() {
-        await iterator.return?.()
+        await iterator.return(undefined)
       },
     })
     const headers: Record<string, string> = {

@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import { type BitswapOptions, withBitswap } from '@helia/bitswap'
 import type { BlockBroker, Helia, Peer, Provider, Routing, RoutingOptions } from '@helia/interface'
 import { type UnixFS, unixfs } from '@helia/unixfs'
+import * as dagPb from '@ipld/dag-pb'
 import type { AbortOptions, Libp2p } from '@libp2p/interface'
 import { peerIdFromCID } from '@libp2p/peer-id'
 import type { Multiaddr } from '@multiformats/multiaddr'
@@ -107,6 +108,8 @@ export class ContentStore {
     private readonly fs: UnixFS,
     private readonly blockReadConcurrency: number,
     private readonly closeStores: () => Promise<void>,
+    /** The blockstore on disk, under Helia: reads here never reach the network. */
+    private readonly local: FsBlockstore,
   ) {}
 
   static async open(options: ContentStoreOptions): Promise<ContentStore> {
@@ -139,7 +142,13 @@ export class ContentStore {
       await close()
       throw err
     }
-    return new ContentStore(helia, unixfs(helia), options.blockReadConcurrency ?? DEFAULT_BLOCK_READ_CONCURRENCY, close)
+    return new ContentStore(
+      helia,
+      unixfs(helia),
+      options.blockReadConcurrency ?? DEFAULT_BLOCK_READ_CONCURRENCY,
+      close,
+      blockstore,
+    )
   }
 
   /**
@@ -185,27 +194,37 @@ export class ContentStore {
     return Number(st.type === 'directory' ? 0n : st.size)
   }
 
-  /** True when every block of the DAG is in the local blockstore (no network). */
+  /**
+   * True when every block of the file is in the local blockstore. Leaves are checked by presence
+   * only; inner nodes (a few per GiB) are read to find them. No network.
+   */
   async hasAll(cid: CID, opts: AbortOptions = {}): Promise<boolean> {
-    try {
-      for await (const _ of this.fs.cat(cid, { ...opts, offline: true } as never)) {
-        // reading proves the block is present
+    const walk = async (c: CID): Promise<boolean> => {
+      opts.signal?.throwIfAborted()
+      if (!(await this.local.has(c))) return false
+      if (c.code !== dagPb.code) return true
+      const parts: Uint8Array[] = []
+      for await (const part of this.local.get(c, opts)) parts.push(part)
+      for (const link of dagPb.decode(Buffer.concat(parts)).Links) {
+        if (!(await walk(link.Hash))) return false
       }
       return true
-    } catch {
-      return false
     }
+    return walk(cid)
   }
 
   /**
    * Streams a file's bytes (or a range of them), fetching missing blocks from providers as it
    * goes: from `providers` when given, else from whoever the DHT names.
    */
-  cat(
+  async *cat(
     cid: CID,
     opts: AbortOptions & { offset?: number; length?: number; providers?: Multiaddr[] } = {},
-  ): AsyncIterable<Uint8Array> {
-    return this.fs.cat(cid, { blockReadConcurrency: this.blockReadConcurrency, ...opts } as never)
+  ): AsyncGenerator<Uint8Array> {
+    // Blocks in flight help only while they come from the network; from the local disk one at a
+    // time reads fastest (1.25 GiB here: 338 MiB/s at 1, 90 MiB/s at 8 or 64).
+    const concurrency = (await this.hasAll(cid, opts)) ? 1 : this.blockReadConcurrency
+    yield* this.fs.cat(cid, { blockReadConcurrency: concurrency, ...opts } as never)
   }
 
   /** Tells the mesh (our DHT) that this peer can provide the DAG rooted at `cid`. */

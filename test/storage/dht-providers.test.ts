@@ -34,8 +34,8 @@ describe('Helia on the mesh, found through the private DHT', () => {
       blockBrokers: Array<{ name: string }>
     }
     expect(helia.routing.routers.map((r) => r.name)).toEqual(['cluster-mesh-router'])
-    expect(helia.blockBrokers.map((b) => b.name)).not.toContain('trustless-gateway')
-    expect(helia.blockBrokers.map((b) => b.name)).toContain('bitswap')
+    // Our blocks protocol, with bitswap behind it: no HTTP gateway broker.
+    expect(helia.blockBrokers.map((b) => b.name)).toEqual(['cluster-blocks'])
   })
 
   it('a peer bootstrapped to another finds the provider through the DHT and fetches the file', async () => {
