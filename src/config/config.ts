@@ -28,7 +28,12 @@ export const GatewaySectionSchema = z.object({
   models: z
     .object({
       maxUploadBytes: z.number().int().min(1).optional(),
-      downloadTtlSeconds: z.number().int().min(1).max(7 * 24 * 3600).optional(),
+      downloadTtlSeconds: z
+        .number()
+        .int()
+        .min(1)
+        .max(7 * 24 * 3600)
+        .optional(),
     })
     .optional(),
 })
