@@ -445,7 +445,10 @@ export class BlockStreamBroker implements BlockBroker {
         block.append(chunk)
         if (block.byteLength > MAX_BLOCK_BYTES) return encodeAbsentAnswer()
       }
-      return encodeBlockAnswer(block)
+      // One contiguous buffer: the store yields a block in many small chunks, and each buffer in
+      // the stream's send queue costs on every slice the muxer takes (profiled: 14 % of the
+      // provider's CPU went to shifting the send queue's buffer list). One copy of 1 MiB is cheaper.
+      return encodeBlockAnswer(block.subarray())
     } catch {
       return encodeAbsentAnswer()
     }
