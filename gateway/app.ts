@@ -43,6 +43,8 @@ export interface CompletedInference {
   finishReason: FinishReason
   ttftMs: number
   durationMs: number
+  /** Who paid: an API key's balance, or an x402 payment. */
+  payer: 'api_key' | 'x402'
 }
 
 export interface AppDeps {
@@ -295,6 +297,7 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
         finishReason,
         ttftMs: Math.round(ttftMs),
         durationMs: Math.round(performance.now() - started),
+        payer: payment != null ? 'x402' : 'api_key',
       })
 
     // Which node answered: for operators and tests (routing headers grow with external providers).

@@ -23,6 +23,7 @@ import { replicateRegistry } from '../src/models/registry-sync.ts'
 import type { Facilitator, X402Settings } from '../src/payments/x402.ts'
 import { ContentStore } from '../src/storage/content.ts'
 import { Accounts } from './accounts.ts'
+import { AdminFeed, type AdminFeedOptions } from './admin-ws.ts'
 import { type CompletedInference, createApp } from './app.ts'
 import { Billing } from './billing.ts'
 import type { ChainDeps } from './chain-routes.ts'
@@ -57,6 +58,8 @@ export interface GatewayConfig {
   x402?: GatewayX402Config
   /** Model uploads and downloads. */
   models?: ModelsConfig
+  /** The admin WebSocket's bounds (auth timeout, buffered bytes, connections per key). */
+  adminFeed?: Omit<AdminFeedOptions, 'accounts' | 'directory'>
 }
 
 export interface GatewayX402Config {
@@ -165,26 +168,32 @@ async function startParts(
   const countInference = (model: string): void => {
     void registry.countInference(model).catch(() => undefined)
   }
-  bus.subscribe('events', ClusterEventSchema, (event) => {
-    if (event.type === 'inference:complete') countInference(event.model)
+  const feed = new AdminFeed({ accounts, directory, ...config.adminFeed })
+  teardown.push(() => feed.close())
+  bus.subscribe('events', ClusterEventSchema, (event, from) => {
+    if (event.type !== 'inference:complete') return
+    countInference(event.model)
+    feed.inference(event, from)
   })
   const router = new MeshRouter(peer, directory, config.router)
   const onComplete = (info: CompletedInference): void => {
     countInference(info.model)
-    void bus
-      .publish('events', ClusterEventSchema, {
-        v: 1,
-        type: 'inference:complete',
-        requestId: info.requestId,
-        model: info.model,
-        nodePeerId: info.nodePeerId,
-        usage: info.usage,
-        finishReason: info.finishReason,
-        ttftMs: info.ttftMs,
-        durationMs: info.durationMs,
-        at: Date.now(),
-      })
-      .catch(() => undefined)
+    const event = {
+      v: 1 as const,
+      type: 'inference:complete' as const,
+      requestId: info.requestId,
+      model: info.model,
+      nodePeerId: info.nodePeerId,
+      usage: info.usage,
+      finishReason: info.finishReason,
+      ttftMs: info.ttftMs,
+      durationMs: info.durationMs,
+      payer: info.payer,
+      at: Date.now(),
+    }
+    // Our own gossip does not come back to us: the local feed hears it here.
+    feed.inference(event, peer.peerId.toString())
+    void bus.publish('events', ClusterEventSchema, event).catch(() => undefined)
   }
   let chain: (GatewayChain & { deps: ChainDeps }) | undefined
   if (config.chain != null) {
@@ -260,6 +269,7 @@ async function startParts(
     )
     server.once('error', reject)
   })
+  feed.attach(server as unknown as import('node:http').Server)
   teardown.push(
     () =>
       new Promise<void>((resolve) => {

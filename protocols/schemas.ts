@@ -130,6 +130,8 @@ export const ClusterEventSchema = z.discriminatedUnion('type', [
     finishReason: FinishReasonSchema,
     ttftMs: count,
     durationMs: count,
+    /** How the caller paid (absent from peers that predate it). */
+    payer: z.enum(['api_key', 'x402']).optional(),
     at: count,
   }),
 ])

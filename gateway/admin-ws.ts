@@ -1,0 +1,221 @@
+// /ws/admin: a live feed of the mesh for monitors. A client connects, sends
+// {"type":"auth","token":"sk-cluster-…"} (an admin key) and then receives JSON events — node
+// heartbeats, joins and leaves, completed inferences (through any gateway), model deployments —
+// all taken from gossip. Bounded: a client that does not keep up is closed, not buffered without
+// end, and each key may hold only a few connections.
+import { randomUUID } from 'node:crypto'
+import type { IncomingMessage, Server } from 'node:http'
+import type { Duplex } from 'node:stream'
+import { type RawData, type WebSocket, WebSocketServer } from 'ws'
+import {
+  ADMIN_CLOSE,
+  type AdminClientMessage,
+  AdminClientMessageSchema,
+  type AdminEvent,
+  type AdminEventType,
+  type ClusterEvent,
+} from '../protocols/index.ts'
+import type { Directory, DirectoryEvents } from '../src/mesh/directory.ts'
+import type { Accounts } from './accounts.ts'
+
+export const ADMIN_WS_PATH = '/ws/admin'
+
+export interface AdminFeedOptions {
+  accounts: Accounts
+  directory: Directory
+  /** Time a client has to authenticate. @default 5000 */
+  authTimeoutMs?: number
+  /** Unsent bytes a client may fall behind by before it is closed. @default 1 MiB */
+  maxBufferedBytes?: number
+  /** Connections one API key may hold at once. @default 8 */
+  maxConnectionsPerKey?: number
+  /** Largest message a client may send. @default 4 KiB */
+  maxMessageBytes?: number
+}
+
+interface Client {
+  socket: WebSocket
+  authDeadline?: NodeJS.Timeout
+  keyId?: string
+  filter?: ReadonlySet<AdminEventType>
+}
+
+type Payload<T extends AdminEventType> = Omit<Extract<AdminEvent, { type: T }>, 'id' | 'timestamp' | 'type'>
+
+export class AdminFeed {
+  private readonly wss: WebSocketServer
+  private readonly clients = new Set<Client>()
+  private readonly perKey = new Map<string, number>()
+  private readonly off: Array<() => void> = []
+  private readonly authTimeoutMs: number
+  private readonly maxBufferedBytes: number
+  private readonly maxConnectionsPerKey: number
+  /** Events sent and clients dropped for being slow: for tests and metrics. */
+  readonly stats = { sent: 0, droppedSlow: 0 }
+
+  constructor(private readonly o: AdminFeedOptions) {
+    this.authTimeoutMs = o.authTimeoutMs ?? 5000
+    this.maxBufferedBytes = o.maxBufferedBytes ?? 1024 * 1024
+    this.maxConnectionsPerKey = o.maxConnectionsPerKey ?? 8
+    this.wss = new WebSocketServer({ noServer: true, maxPayload: o.maxMessageBytes ?? 4096 })
+    this.wss.on('connection', (socket) => this.accept(socket))
+    const d = o.directory
+    const on = <E extends keyof DirectoryEvents>(event: E, listener: (...args: DirectoryEvents[E]) => void) => {
+      d.on(event, listener as never)
+      this.off.push(() => d.off(event, listener as never))
+    }
+    on('node:joined', (entry) =>
+      this.emit('node:joined', {
+        nodeId: entry.peerId,
+        incarnation: entry.incarnation,
+        models: entry.heartbeat.models,
+      }),
+    )
+    on('node:heartbeat', (entry) =>
+      this.emit('node:heartbeat', {
+        nodeId: entry.peerId,
+        incarnation: entry.incarnation,
+        models: entry.heartbeat.models,
+        load: entry.heartbeat.load,
+      }),
+    )
+    on('node:left', (left) =>
+      this.emit('node:left', { nodeId: left.peerId, incarnation: left.incarnation, reason: left.reason }),
+    )
+    on('deployment', (evt) =>
+      this.emit(evt.type, {
+        modelId: evt.model.id,
+        ...(evt.model.cid != null ? { cid: evt.model.cid } : {}),
+        ...(evt.model.version != null ? { version: evt.model.version } : {}),
+        nodeId: evt.peerId,
+      }),
+    )
+  }
+
+  /** An inference finished somewhere in the mesh (gossip), or here (`gateway` is this one). */
+  inference(event: Extract<ClusterEvent, { type: 'inference:complete' }>, gateway: string): void {
+    this.emit('inference:complete', {
+      requestId: event.requestId,
+      model: event.model,
+      nodeId: event.nodePeerId,
+      gateway,
+      tokens: event.usage,
+      finishReason: event.finishReason,
+      ttftMs: event.ttftMs,
+      latencyMs: event.durationMs,
+      payer: event.payer ?? 'unknown',
+    })
+  }
+
+  /** Routes HTTP upgrades for /ws/admin on `server` to this feed; other paths are refused. */
+  attach(server: Server): void {
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      const path = new URL(req.url ?? '/', 'http://x').pathname
+      if (path !== ADMIN_WS_PATH) {
+        socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n')
+        return
+      }
+      this.wss.handleUpgrade(req, socket, head, (ws) => this.wss.emit('connection', ws, req))
+    })
+  }
+
+  get connections(): number {
+    return this.clients.size
+  }
+
+  close(): void {
+    for (const off of this.off.splice(0)) off()
+    for (const c of this.clients) c.socket.close(ADMIN_CLOSE.goingAway, 'gateway stopping')
+    this.clients.clear()
+    this.wss.close()
+  }
+
+  private emit<T extends AdminEventType>(type: T, payload: Payload<T>): void {
+    if (this.clients.size === 0) return
+    const text = JSON.stringify({ type, id: randomUUID(), timestamp: new Date().toISOString(), ...payload })
+    for (const client of this.clients) {
+      if (client.keyId == null || (client.filter != null && !client.filter.has(type))) continue
+      if (client.socket.bufferedAmount + text.length > this.maxBufferedBytes) {
+        this.stats.droppedSlow++
+        this.drop(client, ADMIN_CLOSE.tooSlow, 'too slow: events were not read in time')
+        continue
+      }
+      client.socket.send(text)
+      this.stats.sent++
+    }
+  }
+
+  private accept(socket: WebSocket): void {
+    const client: Client = { socket }
+    this.clients.add(client)
+    const deadline = setTimeout(
+      () => this.refuse(client, 'no auth message within the time allowed'),
+      this.authTimeoutMs,
+    )
+    socket.on('message', (data: RawData, isBinary: boolean) => {
+      void this.onMessage(client, data, isBinary).catch(() => this.refuse(client, 'internal error'))
+    })
+    socket.on('close', () => {
+      clearTimeout(deadline)
+      this.forget(client)
+    })
+    socket.on('error', () => this.forget(client))
+    client.authDeadline = deadline
+  }
+
+  private async onMessage(client: Client, data: RawData, isBinary: boolean): Promise<void> {
+    let message: AdminClientMessage
+    try {
+      if (isBinary) throw new Error('binary')
+      const parsed = AdminClientMessageSchema.safeParse(JSON.parse(data.toString()))
+      if (!parsed.success) throw new Error('schema')
+      message = parsed.data
+    } catch {
+      return this.refuse(client, 'messages are JSON: {"type":"auth","token":…} or {"type":"filter","events":[…]}')
+    }
+    if (message.type === 'filter') {
+      if (client.keyId == null) return this.refuse(client, 'authenticate first')
+      client.filter = new Set(message.events)
+      client.socket.send(JSON.stringify({ type: 'filtered', events: message.events }))
+      return
+    }
+    if (client.keyId != null) return
+    const auth = await this.o.accounts.authenticate(message.token)
+    if (auth == null) return this.refuse(client, 'invalid API key')
+    if (auth.account.role !== 'admin') return this.refuse(client, 'only admin keys may watch cluster events')
+    if (client.socket.readyState !== client.socket.OPEN) return
+    const held = this.perKey.get(auth.key.id) ?? 0
+    if (held >= this.maxConnectionsPerKey) {
+      return this.drop(client, ADMIN_CLOSE.tooMany, `at most ${this.maxConnectionsPerKey} connections per key`)
+    }
+    this.perKey.set(auth.key.id, held + 1)
+    client.keyId = auth.key.id
+    clearTimeout(client.authDeadline)
+    client.socket.send(JSON.stringify({ type: 'authenticated', role: 'admin' }))
+  }
+
+  /** A policy violation: an error message, then a close with 1008. */
+  private refuse(client: Client, message: string): void {
+    if (client.socket.readyState === client.socket.OPEN) {
+      client.socket.send(JSON.stringify({ type: 'error', error: message, code: 'UNAUTHORIZED' }))
+    }
+    this.drop(client, ADMIN_CLOSE.policy, message)
+  }
+
+  private drop(client: Client, code: number, reason: string): void {
+    this.forget(client)
+    client.socket.close(code, reason.slice(0, 120))
+    // A client that does not answer the close (or does not read at all) is cut after a while.
+    setTimeout(() => client.socket.terminate(), 2000).unref()
+  }
+
+  private forget(client: Client): void {
+    if (!this.clients.delete(client)) return
+    clearTimeout(client.authDeadline)
+    if (client.keyId != null) {
+      const n = (this.perKey.get(client.keyId) ?? 1) - 1
+      if (n <= 0) this.perKey.delete(client.keyId)
+      else this.perKey.set(client.keyId, n)
+    }
+  }
+}
