@@ -11,6 +11,7 @@ const BENCHES: Record<string, () => Promise<void>> = {
   gas: async () => (await import('./settlement-gas.ts')).settlementGasBench(),
   x402: async () => (await import('./x402.ts')).x402Bench(),
   'local-read': async () => (await import('./local-read.ts')).localReadBench(),
+  'admin-ws': async () => (await import('./admin-ws.ts')).adminWsBench(),
   weights: async () => (await import('./weights.ts')).weightsBench(),
 }
 
