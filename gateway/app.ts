@@ -3,6 +3,7 @@
 import { Hono } from 'hono'
 import { bodyLimit } from 'hono/body-limit'
 import { HTTPException } from 'hono/http-exception'
+import { routePath } from 'hono/route'
 import type {
   DoneFrame,
   FinishReason,
@@ -16,7 +17,8 @@ import type { Accounts } from './accounts.ts'
 import { type AuthVars, apiRoutes, clientAddress, requireAuth } from './api-routes.ts'
 import type { Billing } from './billing.ts'
 import { type ChainDeps, chainRoutes } from './chain-routes.ts'
-import { ApiError, invalidRequest, modelNotFound, rateLimited } from './errors.ts'
+import { ApiError, invalidRequest, modelNotFound, rateLimited, unauthorized } from './errors.ts'
+import type { GatewayMetrics, MetricsAccess } from './metrics.ts'
 import { type ModelsDeps, modelRoutes, modelsDeployedBy } from './models.ts'
 import { clientSignal, readJsonBody } from './node-request.ts'
 import {
@@ -67,7 +69,11 @@ export interface AppDeps {
   x402?: X402Gate
   /** Models: upload, registry, deploy, download; absent: not served. */
   models?: ModelsDeps
+  /** GET /metrics; absent: not served. */
+  metrics?: { registry: GatewayMetrics; access: MetricsAccess }
 }
+
+const LOOPBACK_ADDRESS = /^(127\.|::1$|::ffff:127\.)/
 
 /** Uploads carry their own size limit (the model's), checked as the file streams in. */
 const UPLOAD_PATH = '/api/models/upload'
@@ -83,24 +89,45 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
   const startedAt = Date.now()
   const app = new Hono<AuthVars>()
 
+  const metrics = deps.metrics?.registry
+  const fail = (path: string, err: ApiError): Response => {
+    metrics?.error(err.code)
+    return errorResponse(path, err)
+  }
+
+  // Counted first, so every answer (errors and refusals included) is in the metrics.
+  if (metrics != null) {
+    app.use('*', async (c, next) => {
+      const started = performance.now()
+      try {
+        await next()
+      } finally {
+        const route = routePath(c, -1)
+        metrics.request(
+          c.req.method,
+          route === '*' ? 'unmatched' : route,
+          c.res.status,
+          (performance.now() - started) / 1000,
+        )
+      }
+    })
+  }
+
   app.onError((err, c) => {
-    if (err instanceof ApiError) return errorResponse(c.req.path, err)
+    if (err instanceof ApiError) return fail(c.req.path, err)
     if (err instanceof HTTPException) {
       const status = err.status as ApiError['status']
       const type = status === 413 ? 'invalid_request_error' : status >= 500 ? 'server_error' : 'invalid_request_error'
-      return errorResponse(c.req.path, new ApiError(status, err.message || 'Request rejected.', type, `http_${status}`))
+      return fail(c.req.path, new ApiError(status, err.message || 'Request rejected.', type, `http_${status}`))
     }
-    return errorResponse(
+    return fail(
       c.req.path,
       new ApiError(500, 'Internal error. Retry or contact support.', 'server_error', 'internal_error'),
     )
   })
 
   app.notFound((c) =>
-    errorResponse(
-      c.req.path,
-      new ApiError(404, `No route for ${c.req.method} ${c.req.path}.`, 'not_found_error', 'not_found'),
-    ),
+    fail(c.req.path, new ApiError(404, `No route for ${c.req.method} ${c.req.path}.`, 'not_found_error', 'not_found')),
   )
 
   const tooLarge = (c: { req: { path: string } }, maxSize: number): Response => {
@@ -212,6 +239,20 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
   if (deps.models != null) app.route('/api', modelRoutes(deps.models))
 
   app.get('/health', (c) => c.json({ status: 'ok', uptime: Math.floor((Date.now() - startedAt) / 1000) }))
+
+  if (deps.metrics != null) {
+    const { registry, access } = deps.metrics
+    app.get('/metrics', async (c) => {
+      const admin = c.get('auth')?.account.role === 'admin'
+      const loopback = LOOPBACK_ADDRESS.test(clientAddress(c))
+      if (!(access === 'public' || admin || (access === 'loopback-or-admin' && loopback))) {
+        if (c.get('auth') == null)
+          throw unauthorized('Metrics need an admin key here: Authorization: Bearer <admin key>.')
+        throw new ApiError(403, 'Only admin keys may read the metrics.', 'authentication_error', 'forbidden')
+      }
+      return c.body(await registry.text(), 200, { 'Content-Type': registry.contentType })
+    })
+  }
 
   const modelObject = (id: string, nodes: NodeEntry[]) => {
     const caps = nodes.map((n) => n.capabilities?.models.find((m) => m.id === id)).find((m) => m != null)

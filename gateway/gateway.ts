@@ -27,6 +27,7 @@ import { AdminFeed, type AdminFeedOptions } from './admin-ws.ts'
 import { type CompletedInference, createApp } from './app.ts'
 import { Billing } from './billing.ts'
 import type { ChainDeps } from './chain-routes.ts'
+import { GatewayMetrics, type MetricsAccess } from './metrics.ts'
 import type { ModelsConfig } from './models.ts'
 import { Pricing, type PricingConfig } from './pricing.ts'
 import { type RateLimitConfig, TokenBuckets } from './rate-limit.ts'
@@ -58,6 +59,8 @@ export interface GatewayConfig {
   x402?: GatewayX402Config
   /** Model uploads and downloads. */
   models?: ModelsConfig
+  /** Who may read GET /metrics. @default 'loopback-or-admin' */
+  metricsAccess?: MetricsAccess
   /** The admin WebSocket's bounds (auth timeout, buffered bytes, connections per key). */
   adminFeed?: Omit<AdminFeedOptions, 'accounts' | 'directory'>
 }
@@ -168,6 +171,7 @@ async function startParts(
   const countInference = (model: string): void => {
     void registry.countInference(model).catch(() => undefined)
   }
+  const metrics = new GatewayMetrics({ directory, bus, ledger })
   const feed = new AdminFeed({ accounts, directory, ...config.adminFeed })
   teardown.push(() => feed.close())
   bus.subscribe('events', ClusterEventSchema, (event, from) => {
@@ -178,6 +182,7 @@ async function startParts(
   const router = new MeshRouter(peer, directory, config.router)
   const onComplete = (info: CompletedInference): void => {
     countInference(info.model)
+    metrics.inference(info.model, info.ttftMs, info.durationMs, info.usage.promptTokens, info.usage.completionTokens)
     const event = {
       v: 1 as const,
       type: 'inference:complete' as const,
@@ -232,6 +237,7 @@ async function startParts(
     onComplete,
     accounts,
     pricing,
+    metrics: { registry: metrics, access: config.metricsAccess ?? 'loopback-or-admin' },
     models: {
       dataDir: config.dataDir,
       peer,

@@ -24,6 +24,8 @@ export const GatewaySectionSchema = z.object({
     .optional(),
   /** Token bucket per API key (or client address). */
   rateLimit: z.object({ capacity: z.number().int().min(1), refillPerSecond: z.number().positive() }).optional(),
+  /** Who may read GET /metrics: loopback or an admin key (default), an admin key only, or anyone. */
+  metricsAccess: z.enum(['loopback-or-admin', 'admin', 'public']).optional(),
   /** Model uploads: the largest file accepted (bytes), and how long a download URL stays valid (s). */
   models: z
     .object({
@@ -208,8 +210,10 @@ export function gatewayExtras(config: Config): {
   rateLimit?: NonNullable<Config['gateway']['rateLimit']>
   adminEmail?: string
   models?: NonNullable<Config['gateway']['models']>
+  metricsAccess?: NonNullable<Config['gateway']['metricsAccess']>
 } {
   return {
+    ...(config.gateway.metricsAccess ? { metricsAccess: config.gateway.metricsAccess } : {}),
     ...(config.gateway.models ? { models: config.gateway.models } : {}),
     ...(config.gateway.pricing ? { pricing: config.gateway.pricing } : {}),
     ...(config.gateway.rateLimit ? { rateLimit: config.gateway.rateLimit } : {}),
