@@ -9,5 +9,7 @@ export default defineConfig({
     hookTimeout: 60_000,
     pool: 'forks',
     fileParallelism: false,
+    // One JSON line per request would bury the test output; tests that read logs pass their own logger.
+    env: { CLUSTER_LOG_LEVEL: 'warn' },
   },
 })

@@ -26,7 +26,7 @@ export interface ApiDeps {
 }
 
 /** Who pays for a request: an API key's account, or (no key, paid endpoint) a verified x402 payment. */
-export type AuthVars = { Variables: { auth?: Authenticated; x402?: VerifiedPayment } }
+export type AuthVars = { Variables: { auth?: Authenticated; x402?: VerifiedPayment; requestId?: string } }
 
 const Email = z.string().max(254).pipe(z.email('must be a valid email address'))
 const Password = z.string().min(8, 'must be at least 8 characters').max(1024, 'must be at most 1024 characters')

@@ -1,5 +1,6 @@
 // The gateway's HTTP app (hono): /health, the OpenAI-compatible /v1 routes, and error mapping
 // at the edge. It holds no inference state: everything it routes to comes from the Directory.
+import { randomUUID } from 'node:crypto'
 import { Hono } from 'hono'
 import { bodyLimit } from 'hono/body-limit'
 import { HTTPException } from 'hono/http-exception'
@@ -12,6 +13,7 @@ import type {
   Usage,
 } from '../protocols/index.ts'
 import type { Hold } from '../src/ledger/ledger.ts'
+import type { Logger } from '../src/log.ts'
 import type { Directory, NodeEntry } from '../src/mesh/directory.ts'
 import type { Accounts } from './accounts.ts'
 import { type AuthVars, apiRoutes, clientAddress, requireAuth } from './api-routes.ts'
@@ -71,7 +73,12 @@ export interface AppDeps {
   models?: ModelsDeps
   /** GET /metrics; absent: not served. */
   metrics?: { registry: GatewayMetrics; access: MetricsAccess }
+  /** One JSON line per request (id, method, route, status, time); absent: none. */
+  logger?: Logger
 }
+
+/** A request id a client may choose (X-Request-Id); anything else is replaced by our own. */
+const REQUEST_ID = /^[\w.:-]{1,128}$/
 
 const LOOPBACK_ADDRESS = /^(127\.|::1$|::ffff:127\.)/
 
@@ -112,6 +119,29 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
       }
     })
   }
+
+  // Every request has an id (the client's X-Request-Id, or ours), answered in X-Request-Id and
+  // logged; a chat completion's id is its completion id, which its node logs too.
+  app.use('*', async (c, next) => {
+    const given = c.req.header('x-request-id')
+    c.set('requestId', given != null && REQUEST_ID.test(given) ? given : randomUUID())
+    const started = performance.now()
+    try {
+      await next()
+    } finally {
+      if (!c.res.headers.has('X-Request-Id')) c.res.headers.set('X-Request-Id', c.get('requestId') as string)
+      deps.logger?.info(
+        {
+          reqId: c.get('requestId'),
+          method: c.req.method,
+          path: c.req.path,
+          status: c.res.status,
+          ms: Math.round((performance.now() - started) * 10) / 10,
+        },
+        'request',
+      )
+    }
+  })
 
   app.onError((err, c) => {
     if (err instanceof ApiError) return fail(c.req.path, err)
@@ -292,6 +322,9 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
     }
     const req = parseChatRequest(json)
     const meta: CompletionMeta = { id: newCompletionId(), created: Math.floor(Date.now() / 1000), model: req.model }
+    // The completion id is the request's id from here on: it goes to the node in the request frame.
+    c.set('requestId', meta.id)
+    c.header('X-Request-Id', meta.id)
     const frame: InferenceRequestFrame = {
       type: 'request',
       id: meta.id,

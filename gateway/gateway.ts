@@ -4,6 +4,7 @@ import { mkdir } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { type ServerType, serve } from '@hono/node-server'
+import type { LevelWithSilent } from 'pino'
 import type { Hex } from 'viem'
 import { ClusterEventSchema } from '../protocols/index.ts'
 import { EscrowClient } from '../src/chain/escrow.ts'
@@ -13,6 +14,7 @@ import { DepositWatcher } from '../src/chain/watcher.ts'
 import type { Ledger } from '../src/ledger/ledger.ts'
 import { LevelLedger } from '../src/ledger/level-ledger.ts'
 import { GatewaySecret } from '../src/ledger/secrets.ts'
+import { createLogger, type Logger, lineLogger } from '../src/log.ts'
 import { Directory } from '../src/mesh/directory.ts'
 import { GossipBus } from '../src/mesh/gossip.ts'
 import { createMeshPeer, type MeshPeer } from '../src/mesh/peer.ts'
@@ -51,8 +53,12 @@ export interface GatewayConfig {
   billing?: boolean
   /** Email of the admin created on an empty data dir. */
   adminEmail?: string
-  /** Operational messages (never secrets). @default stderr */
+  /** Operational messages (never secrets). @default info lines of `logger` */
   log?: (line: string) => void
+  /** Structured JSON logs. @default pino to stderr at `logLevel` */
+  logger?: Logger
+  /** @default 'info' */
+  logLevel?: LevelWithSilent
   /** On-chain settlement against the escrow; off when absent. */
   chain?: GatewayChainConfig
   /** Pay per request with x402 (no account needed); off when absent. */
@@ -148,7 +154,10 @@ async function startParts(
   const accounts = new Accounts(ledger, secret)
   const adminKeyFile = await accounts.ensureFirstAdmin(config.dataDir, config.adminEmail)
   const pricing = new Pricing(config.pricing)
-  const log = config.log ?? ((line: string) => process.stderr.write(`[gateway] ${line}\n`))
+  const logger =
+    config.logger ?? createLogger({ role: 'gateway', ...(config.logLevel ? { level: config.logLevel } : {}) })
+  teardown.push(() => logger.flush())
+  const log = config.log ?? lineLogger(logger)
   const privateKey = await loadOrCreatePeerKey(config.dataDir)
   const peer = await createMeshPeer({
     dataDir: config.dataDir,
@@ -183,6 +192,20 @@ async function startParts(
   const onComplete = (info: CompletedInference): void => {
     countInference(info.model)
     metrics.inference(info.model, info.ttftMs, info.durationMs, info.usage.promptTokens, info.usage.completionTokens)
+    logger.info(
+      {
+        reqId: info.requestId,
+        model: info.model,
+        node: info.nodePeerId,
+        promptTokens: info.usage.promptTokens,
+        completionTokens: info.usage.completionTokens,
+        finishReason: info.finishReason,
+        ttftMs: info.ttftMs,
+        ms: info.durationMs,
+        payer: info.payer,
+      },
+      'inference complete',
+    )
     const event = {
       v: 1 as const,
       type: 'inference:complete' as const,
@@ -238,6 +261,7 @@ async function startParts(
     accounts,
     pricing,
     metrics: { registry: metrics, access: config.metricsAccess ?? 'loopback-or-admin' },
+    logger,
     models: {
       dataDir: config.dataDir,
       peer,

@@ -2,6 +2,7 @@
 // told what it serves and how loaded it is.
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import type { LevelWithSilent } from 'pino'
 import {
   type Capabilities,
   CapabilitiesSchema,
@@ -9,6 +10,7 @@ import {
   HeartbeatSchema,
   type Load,
 } from '../protocols/index.ts'
+import { createLogger, type Logger, lineLogger } from '../src/log.ts'
 import { DEFAULT_HEARTBEAT_INTERVAL_MS } from '../src/mesh/constants.ts'
 import { GossipBus } from '../src/mesh/gossip.ts'
 import { createMeshPeer, type MeshPeer } from '../src/mesh/peer.ts'
@@ -62,8 +64,12 @@ export interface NodeConfig {
   acceptDeploys?: boolean
   /** Bytes offered for model weights. @default all VRAM, else three quarters of RAM */
   modelMemoryBytes?: number
-  /** Operational messages. @default stderr */
+  /** Operational messages. @default info lines of `logger` */
   log?: (line: string) => void
+  /** Structured JSON logs. @default pino to stderr at `logLevel` */
+  logger?: Logger
+  /** @default 'info' */
+  logLevel?: LevelWithSilent
 }
 
 export interface RunningNode {
@@ -124,7 +130,9 @@ async function startParts(
     for (const e of engines.values()) await e.close()
   })
   const schedulers = new Map<string, Scheduler>()
-  const log = config.log ?? ((line: string) => process.stderr.write(`[node] ${line}\n`))
+  const logger = config.logger ?? createLogger({ role: 'node', ...(config.logLevel ? { level: config.logLevel } : {}) })
+  teardown.push(() => logger.flush())
+  const log = config.log ?? lineLogger(logger)
   const fromFiles = config.models.filter((m) => !m.path.startsWith(CID_PREFIX))
   const fromCids: DeploymentSpec[] = config.models
     .filter((m) => m.path.startsWith(CID_PREFIX))
@@ -273,7 +281,14 @@ async function startParts(
     log,
   })
 
-  await serveInference(peer, { schedulers: () => schedulers, privateKey, modelSha256: (m) => sha256.get(m) })
+  await serveInference(peer, {
+    schedulers: () => schedulers,
+    privateKey,
+    modelSha256: (m) => sha256.get(m),
+    // The request id is the gateway's (its completion id): one id across both logs.
+    onComplete: ({ request, promptTokens, completionTokens }) =>
+      logger.info({ reqId: request.id, model: request.model, promptTokens, completionTokens }, 'inference served'),
+  })
   await serveCapabilities(peer, capabilities)
   const heartbeat = new HeartbeatPublisher({
     bus,

@@ -251,6 +251,7 @@ export async function main(argv: string[]): Promise<void> {
       const { privateKeyToAccount } = await import('viem/accounts')
       const x402 = await gatewayX402(config, chain ? privateKeyToAccount(chain.signerKey).address : '')
       const gw = await startGateway({
+        ...(config.logLevel ? { logLevel: config.logLevel } : {}),
         ...(chain ? { chain } : {}),
         ...(x402 ? { x402 } : {}),
         dataDir: resolve(config.dataDir),
@@ -325,6 +326,7 @@ export async function main(argv: string[]): Promise<void> {
       }
       const { startNode } = await import('../../node/node.ts')
       const node = await startNode({
+        ...(config.logLevel ? { logLevel: config.logLevel } : {}),
         dataDir: resolve(config.dataDir),
         ...(config.listen ? { listen: config.listen } : {}),
         bootstrap: config.bootstrap,

@@ -147,6 +147,7 @@ async function startOnChain(
 
   const gatewayDir = join(dataDir, 'gateway')
   const gateway = await startGateway({
+    ...(config.logLevel ? { logLevel: config.logLevel } : {}),
     dataDir: gatewayDir,
     listen: ['/ip4/127.0.0.1/tcp/0', '/ip4/127.0.0.1/tcp/0/ws'],
     port: config.gateway.port,
@@ -179,6 +180,7 @@ async function startOnChain(
   let node: Awaited<ReturnType<typeof startNode>>
   try {
     node = await startNode({
+      ...(config.logLevel ? { logLevel: config.logLevel } : {}),
       dataDir: join(dataDir, 'node'),
       listen: ['/ip4/127.0.0.1/tcp/0'],
       bootstrap: gateway.multiaddrs(),

@@ -128,6 +128,8 @@ export const ConfigSchema = z.object({
   listen: z.array(Multiaddr).optional(),
   bootstrap: z.array(Multiaddr).default([]),
   heartbeatIntervalMs: z.coerce.number().int().min(50).max(60_000).optional(),
+  /** JSON log lines at this level and above (stderr). @default CLUSTER_LOG_LEVEL, else info */
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).optional(),
   gateway: GatewaySectionSchema.default({ port: 8787, host: '127.0.0.1' }),
   node: NodeSectionSchema.default({
     models: [],
