@@ -28,6 +28,7 @@ import { detectHardware } from './hardware.ts'
 import { HeartbeatPublisher } from './heartbeat.ts'
 import { serveInference } from './inference-service.ts'
 import { LlamaEngine, llamaGpus } from './llama-engine.ts'
+import { nodeMetricsRegistry, serveNodeMetrics } from './metrics.ts'
 import { Scheduler } from './scheduler.ts'
 
 export interface NodeModelConfig {
@@ -70,9 +71,15 @@ export interface NodeConfig {
   logger?: Logger
   /** @default 'info' */
   logLevel?: LevelWithSilent
+  /** Serve Prometheus /metrics on this port (0: any free one), on 127.0.0.1 unless `metricsHost`. Off when absent. */
+  metricsPort?: number
+  /** @default 127.0.0.1 */
+  metricsHost?: string
 }
 
 export interface RunningNode {
+  /** The port of /metrics, when served. */
+  metricsPort: number | undefined
   peer: MeshPeer
   peerId: string
   store: ContentStore
@@ -309,6 +316,18 @@ async function startParts(
   teardown.push(() => started.stop())
   await deployer.start(fromCids)
 
+  let metricsPort: number | undefined
+  if (config.metricsPort != null) {
+    const registry = nodeMetricsRegistry({
+      schedulers: () => schedulers,
+      engines: () => engines,
+      pending: () => started.pending(),
+    })
+    const served = await serveNodeMetrics(registry, config.metricsHost ?? '127.0.0.1', config.metricsPort)
+    metricsPort = served.port
+    teardown.push(() => new Promise((r) => served.server.close(r)))
+  }
+
   // Hash the weights in the background; the next heartbeat announces the new capabilities version.
   const hashing = new AbortController()
   teardown.push(() => hashing.abort())
@@ -325,6 +344,7 @@ async function startParts(
 
   let stopped: Promise<void> | undefined
   const running: RunningNode = {
+    metricsPort,
     peer,
     peerId,
     store,

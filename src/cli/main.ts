@@ -294,6 +294,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--max-queue <n>', 'requests allowed to wait for a free sequence; more are refused as busy')
     .option('--gpu <mode>', 'auto | off')
     .option('--payout-address <0x…>', 'the EVM address your earnings are settled to (claim with `cluster earnings`)')
+    .option('--metrics-port <n>', 'serve Prometheus /metrics on 127.0.0.1 at this port')
     .option('--config <file>', 'a JSON config file')
     .action(async (opts: Record<string, unknown>) => {
       // A cid: value is fetched over IPFS by the node, not a path on this machine.
@@ -310,6 +311,7 @@ export async function main(argv: string[]): Promise<void> {
           ...(opts.maxQueue != null ? { maxQueue: opts.maxQueue as string } : {}),
           ...(opts.gpu ? { gpu: opts.gpu as 'auto' | 'off' } : {}),
           ...(opts.payoutAddress != null ? { payoutAddress: opts.payoutAddress as string } : {}),
+          ...(opts.metricsPort != null ? { metricsPort: opts.metricsPort as string } : {}),
         },
       })
       const { CID } = await import('multiformats/cid')
@@ -340,6 +342,7 @@ export async function main(argv: string[]): Promise<void> {
         payoutAddress: config.node.payoutAddress,
         acceptDeploys: config.node.acceptDeploys,
         ...(config.node.modelMemoryBytes != null ? { modelMemoryBytes: config.node.modelMemoryBytes } : {}),
+        ...(config.node.metricsPort != null ? { metricsPort: config.node.metricsPort } : {}),
       })
       await writePeerJson(resolve(config.dataDir), { peerId: node.peerId, multiaddrs: node.multiaddrs() })
       const fetching = config.node.models.filter((m) => m.path.startsWith('cid:')).map((m) => m.path)

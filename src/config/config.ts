@@ -52,6 +52,8 @@ export const NodeSectionSchema = z.object({
   acceptDeploys: z.boolean().default(true),
   /** Bytes offered for model weights. @default all VRAM, else three quarters of RAM */
   modelMemoryBytes: z.number().int().min(0).optional(),
+  /** Serve Prometheus /metrics on 127.0.0.1 at this port (0: any free one); off when absent. */
+  metricsPort: z.coerce.number().int().min(0).max(65535).optional(),
 })
 
 const EvmAddress = z.string().regex(/^0x[0-9a-fA-F]{40}$/, 'an EVM address, 0x and 40 hex digits')

@@ -6,8 +6,8 @@ import { join } from 'node:path'
 import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
-import type { RunningNode } from '../../node/node.ts'
-import { fundedUser, startTinyNode, tempDir, waitFor } from '../helpers/fixtures.ts'
+import { type RunningNode, startNode } from '../../node/node.ts'
+import { fundedUser, startTinyNode, tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
 
 const LINE =
   /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (-?[0-9.e+-]+|NaN|[+-]Inf)$/
@@ -100,6 +100,40 @@ describe('GET /metrics', () => {
       expect(parse(await res.text()).has('cluster_nodes')).toBe(true)
     } finally {
       await locked.stop()
+    }
+  })
+
+  it('a node serves its own /metrics when asked: queue, active sequences, tokens generated', async () => {
+    const n = await tempDir('metrics-node2')
+    dirs.push(n)
+    const own = await startNode({
+      dataDir: n.path,
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      bootstrap: gw.multiaddrs(),
+      models: [{ path: await tinyModelPath(), id: 'self-metered' }],
+      threads: 1,
+      gpu: false,
+      heartbeatIntervalMs: 200,
+      metricsPort: 0,
+    })
+    try {
+      expect(own.metricsPort).toBeGreaterThan(0)
+      await waitFor(() => gw.directory.nodesServing('self-metered').length === 1, 15_000, 'the node')
+      const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: key, maxRetries: 0 })
+      const done = await client.chat.completions.create({
+        model: 'self-metered',
+        messages: [{ role: 'user', content: 'count' }],
+        max_tokens: 5,
+      })
+      const res = await fetch(`http://127.0.0.1:${own.metricsPort}/metrics`)
+      expect(res.status).toBe(200)
+      const m = parse(await res.text())
+      expect(m.get('cluster_node_tokens_generated_total{model="self-metered"}')).toBe(done.usage?.completion_tokens)
+      expect(m.get('cluster_node_queue_depth{model="self-metered"}')).toBe(0)
+      expect(m.get('cluster_node_active_sequences{model="self-metered"}')).toBe(0)
+      expect((await fetch(`http://127.0.0.1:${own.metricsPort}/other`)).status).toBe(404)
+    } finally {
+      await own.stop()
     }
   })
 })
