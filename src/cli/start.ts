@@ -210,16 +210,25 @@ async function startOnChain(
 
   // Ready when the gateway's Directory lists the node's models: then a first request works.
   await new Promise<void>((ok, fail) => {
-    const check = (): boolean => models.every((m) => gateway.directory.nodesServing(m).length > 0)
+    // Served (heartbeat) and, for the demo model, shown ready in the node's capabilities, so the
+    // Models API says what /v1/models says when dev.json appears.
+    const check = (): boolean =>
+      models.every((m) => gateway.directory.nodesServing(m).length > 0) &&
+      (demoPath == null ||
+        (gateway.directory.get(node.peerId)?.capabilities?.models ?? []).some(
+          (m) => m.id === DEMO_MODEL_ID && m.state === 'ready',
+        ))
     if (check()) return ok()
     const timer = setTimeout(() => fail(new Error('the node did not reach the gateway within 30 s')), 30_000)
     const on = (): void => {
       if (!check()) return
       clearTimeout(timer)
       gateway.directory.off('node:heartbeat', on)
+      gateway.directory.off('node:capabilities', on)
       ok()
     }
     gateway.directory.on('node:heartbeat', on)
+    gateway.directory.on('node:capabilities', on)
   })
 
   // A demo user with some credit, so a first call works as printed.

@@ -114,10 +114,15 @@ describe('models over IPFS: upload → deploy → chat → download → second g
     const onNode = await readFile(join(nodeDir, 'models', `${uploaded.cid}.gguf`))
     expect(createHash('sha256').update(onNode).digest('hex')).toBe(uploaded.sha256)
 
-    const details = (await (await fetch(`${gw.url}/api/models/public/my-small-model`)).json()) as Record<
-      string,
-      unknown
-    >
+    // Serving is known from the heartbeat; the details follow the node's capabilities record, a beat later.
+    const detailsOf = async () =>
+      (await (await fetch(`${gw.url}/api/models/public/my-small-model`)).json()) as Record<string, unknown>
+    await waitFor(
+      async () => ((await detailsOf()).deployments as Array<{ state: string }>)[0]?.state === 'ready',
+      5_000,
+      'the details to say ready',
+    )
+    const details = await detailsOf()
     expect(details.deployments).toEqual([{ nodeId: node.peerId, version: 1, cid: uploaded.cid, state: 'ready' }])
     expect(details.stats).toMatchObject({ nodes: 1 })
     const mine = (await (
