@@ -119,6 +119,20 @@ export class GatewayMetrics {
       },
     })
     new Gauge({
+      name: 'cluster_ledger_usdc_units',
+      help: 'Money in the ledger, in USDC smallest units (1e-6 USD): spendable balances, held by calls in flight, charged by usage (all payers, and x402 payers alone)',
+      labelNames: ['kind'],
+      registers,
+      collect() {
+        const t = deps.ledger.moneyTotals()
+        // Exact while below 2^53 units (9 billion USD); a gauge is a float.
+        this.set({ kind: 'balance' }, Number(t.balance))
+        this.set({ kind: 'held' }, Number(t.held))
+        this.set({ kind: 'spent' }, Number(t.spent))
+        this.set({ kind: 'spent_x402' }, Number(t.spentX402))
+      },
+    })
+    new Gauge({
       name: 'cluster_x402_payments',
       help: 'x402 payments recorded by this gateway',
       registers,

@@ -217,6 +217,11 @@ export interface Ledger {
   transactions(accountId: string, page: { limit: number; cursor?: string }): Promise<TransactionPage>
   /** Calls served across all accounts. */
   totalCalls(): number
+  /**
+   * Money across all accounts, in the token's smallest unit: spendable balances, amounts held by
+   * calls in flight, and what usage has charged (x402 payers' share apart).
+   */
+  moneyTotals(): { balance: bigint; held: bigint; spent: bigint; spentX402: bigint }
 
   // ---- chain ----
   /** Links `address` to the account (idempotent); credits deposits it made before. */

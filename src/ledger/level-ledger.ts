@@ -137,6 +137,8 @@ const newId = (prefix: string, length = 32): string => `${prefix}_${randomUUID()
 
 type Mirrored = Account & { txSeq: number }
 
+const X402_EMAIL_PREFIX = 'x402:'
+
 export class LevelLedger implements Ledger {
   private readonly db: Level<string, string>
   // The database has one owner (level locks its directory), so its state is mirrored in memory.
@@ -568,6 +570,18 @@ export class LevelLedger implements Ledger {
     return this.calls
   }
 
+  moneyTotals(): { balance: bigint; held: bigint; spent: bigint; spentX402: bigint } {
+    const totals = { balance: 0n, held: 0n, spent: 0n, spentX402: 0n }
+    for (const a of this.accountById.values()) {
+      totals.balance += a.balance - a.held
+      totals.held += a.held
+      totals.spent += a.totalSpent
+      // x402 payers' pseudo-accounts (their 'email' is no address a person could register).
+      if (a.email.startsWith(X402_EMAIL_PREFIX)) totals.spentX402 += a.totalSpent
+    }
+    return totals
+  }
+
   // ------------------------------------------------------------------------------------- chain
 
   async linkWallet(accountId: string, address: string): Promise<{ link: WalletLink; credited: Transaction[] }> {
@@ -828,7 +842,7 @@ export class LevelLedger implements Ledger {
 
   // -------------------------------------------------------------------------------------- x402
 
-  private x402Email = (payer: string): string => `x402:${payer.toLowerCase()}`
+  private x402Email = (payer: string): string => `${X402_EMAIL_PREFIX}${payer.toLowerCase()}`
 
   /** The payer's x402 account, created in the mirror (and its writes returned) if new. */
   private ensureX402Account(payer: string): { account: Mirrored; ops: Batch } {

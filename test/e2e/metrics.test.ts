@@ -7,6 +7,7 @@ import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
 import { type RunningNode, startNode } from '../../node/node.ts'
+import { parseUsd } from '../../src/payments/money.ts'
 import { fundedUser, startTinyNode, tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
 
 const LINE =
@@ -77,6 +78,17 @@ describe('GET /metrics', () => {
     expect(value(after, 'cluster_time_to_first_token_seconds_count{model="metered"}')).toBe(1)
     expect(value(after, 'cluster_inference_duration_seconds_count{model="metered"}')).toBe(1)
     expect(value(after, 'cluster_ledger_inferences')).toBe(1)
+    // Money moved by exactly what the user was charged (the account's spent, in USDC units).
+    const spent = (await (
+      await fetch(`${gw.url}/api/auth/me`, { headers: { authorization: `Bearer ${key}` } })
+    ).json()) as {
+      balance: string
+    }
+    expect(
+      value(after, 'cluster_ledger_usdc_units{kind="spent"}') -
+        value(before, 'cluster_ledger_usdc_units{kind="spent"}'),
+    ).toBe(Number(10_000_000n - parseUsd(spent.balance)))
+    expect(value(after, 'cluster_ledger_usdc_units{kind="held"}')).toBe(0)
     // The node's load comes from its heartbeats: the next one after the answer says it is idle.
     await waitFor(
       async () => value(await scrape(), `cluster_node_active_sequences{node="${node.peerId}"}`) === 0,
