@@ -520,6 +520,16 @@ async function throughputBench(
 
   const calls = x402.flatMap((s) => s.calls)
   const cpuRow = (s: TputSample[], k: 'gateway' | 'node' | 'anvil'): string => fmt(median(s.map((x) => x.cpu[k])))
+  const throughputRow = (label: string, s: TputSample[]): string[] => [
+    label,
+    fmt(Math.min(...s.map((x) => x.rps)), 1),
+    fmt(median(s.map((x) => x.rps)), 1),
+    fmt(Math.max(...s.map((x) => x.rps)), 1),
+    cpuRow(s, 'gateway'),
+    cpuRow(s, 'node'),
+    cpuRow(s, 'anvil'),
+    fmt(median(s.map((x) => x.foreign))),
+  ]
   console.log(
     `\nx402 (b) paid calls per second, non-streaming, max_tokens ${TPUT_MAX_TOKENS}, ${CONCURRENCY} concurrent clients, ` +
       `${TPUT_ROUNDS} rounds of x402/key/key/x402 (alternating), ~${TPUT_SECONDS} s per sample ` +
@@ -536,28 +546,7 @@ async function throughputBench(
       'anvil CPU ms/call',
       'others (cores)',
     ],
-    [
-      [
-        'API key',
-        fmt(Math.min(...key.map((s) => s.rps)), 1),
-        fmt(median(key.map((s) => s.rps)), 1),
-        fmt(Math.max(...key.map((s) => s.rps)), 1),
-        cpuRow(key, 'gateway'),
-        cpuRow(key, 'node'),
-        cpuRow(key, 'anvil'),
-        fmt(median(key.map((s) => s.foreign))),
-      ],
-      [
-        'x402 (settled on anvil before each answer)',
-        fmt(Math.min(...x402.map((s) => s.rps)), 1),
-        fmt(median(x402.map((s) => s.rps)), 1),
-        fmt(Math.max(...x402.map((s) => s.rps)), 1),
-        cpuRow(x402, 'gateway'),
-        cpuRow(x402, 'node'),
-        cpuRow(x402, 'anvil'),
-        fmt(median(x402.map((s) => s.foreign))),
-      ],
-    ],
+    [throughputRow('API key', key), throughputRow('x402 (settled on anvil before each answer)', x402)],
   )
   const q = (what: TimedCall['what']): string => {
     const v = byWhat(calls, what)

@@ -14,6 +14,7 @@ import { DepositWatcher } from '../src/chain/watcher.ts'
 import type { Ledger } from '../src/ledger/ledger.ts'
 import { LevelLedger } from '../src/ledger/level-ledger.ts'
 import { GatewaySecret } from '../src/ledger/secrets.ts'
+import { startWithTeardown, type Teardown } from '../src/lifecycle.ts'
 import { createLogger, type Logger, lineLogger } from '../src/log.ts'
 import { Directory } from '../src/mesh/directory.ts'
 import { GossipBus } from '../src/mesh/gossip.ts'
@@ -125,25 +126,12 @@ export interface RunningGateway {
 
 export async function startGateway(config: GatewayConfig): Promise<RunningGateway> {
   await mkdir(config.dataDir, { recursive: true })
-  // What has been started, undone in reverse order by stop() or by a failure part-way through.
-  const teardown: Array<() => unknown> = []
-  const undo = async (): Promise<void> => {
-    for (const step of teardown.splice(0).reverse())
-      await Promise.resolve()
-        .then(step)
-        .catch(() => undefined)
-  }
-  try {
-    return await startParts(config, teardown, undo)
-  } catch (err) {
-    await undo()
-    throw err
-  }
+  return startWithTeardown((teardown, undo) => startParts(config, teardown, undo))
 }
 
 async function startParts(
   config: GatewayConfig,
-  teardown: Array<() => unknown>,
+  teardown: Teardown,
   undo: () => Promise<void>,
 ): Promise<RunningGateway> {
   const ledger = new LevelLedger(join(config.dataDir, 'ledger'))

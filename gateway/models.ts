@@ -1,7 +1,7 @@
 // The Models API: upload a GGUF (streamed into IPFS, versioned, signed into the registry), list
 // public models and their versions, deploy and undeploy on nodes over the mesh, and download the
 // weights through a signed, expiring URL that streams from IPFS (HTTP Range supported).
-import { randomUUID } from 'node:crypto'
+import { randomUUID, timingSafeEqual } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { mkdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -437,7 +437,7 @@ export function modelRoutes(deps: ModelsDeps): Hono<AuthVars> {
     const want = signature(model.id, record.version, record.cid, expires)
     const a = Buffer.from(given)
     const b = Buffer.from(want)
-    if (a.length !== b.length || !(await import('node:crypto')).timingSafeEqual(a, b)) {
+    if (a.length !== b.length || !timingSafeEqual(a, b)) {
       throw denied('The download signature does not match this URL. Ask GET /api/models/:id/download for a new one.')
     }
     if (expires * 1000 < Date.now())
@@ -457,21 +457,8 @@ export function modelRoutes(deps: ModelsDeps): Hono<AuthVars> {
     const cid = parseCid(record.cid)
     const [start, end] = range ?? [0, size - 1]
     const length = size === 0 ? 0 : end - start + 1
-    const iterator = store.cat(cid, { offset: start, length })[Symbol.asyncIterator]()
-    const stream = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        try {
-          const next = await iterator.next()
-          if (next.done) controller.close()
-          else controller.enqueue(next.value)
-        } catch (err) {
-          controller.error(err)
-        }
-      },
-      async cancel() {
-        await iterator.return(undefined)
-      },
-    })
+    // Closing the response (a client gone) returns the iterator, which stops reading blocks.
+    const stream = streamFrom(store.cat(cid, { offset: start, length }))
     const headers: Record<string, string> = {
       'Content-Type': 'application/octet-stream',
       'Content-Length': String(length),
@@ -486,6 +473,10 @@ export function modelRoutes(deps: ModelsDeps): Hono<AuthVars> {
 
   return api
 }
+
+/** ReadableStream.from (Node ≥ 20.6; @types/node 20 does not declare it). */
+const streamFrom = (source: AsyncIterable<Uint8Array>): ReadableStream<Uint8Array> =>
+  (ReadableStream as unknown as { from(s: AsyncIterable<Uint8Array>): ReadableStream<Uint8Array> }).from(source)
 
 /** One `bytes=` range (start-end, start-, -suffix); undefined for none or a form we ignore (multi). */
 export function parseRange(header: string | undefined, size: number): [number, number] | 'unsatisfiable' | undefined {

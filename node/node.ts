@@ -10,6 +10,7 @@ import {
   HeartbeatSchema,
   type Load,
 } from '../protocols/index.ts'
+import { startWithTeardown, type Teardown } from '../src/lifecycle.ts'
 import { createLogger, type Logger, lineLogger } from '../src/log.ts'
 import { DEFAULT_HEARTBEAT_INTERVAL_MS } from '../src/mesh/constants.ts'
 import { GossipBus } from '../src/mesh/gossip.ts'
@@ -110,27 +111,10 @@ async function nextIncarnation(dataDir: string): Promise<number> {
 
 export async function startNode(config: NodeConfig): Promise<RunningNode> {
   await mkdir(config.dataDir, { recursive: true })
-  // What has been started, undone in reverse order by stop() or by a failure part-way through.
-  const teardown: Array<() => unknown> = []
-  const undo = async (): Promise<void> => {
-    for (const step of teardown.splice(0).reverse())
-      await Promise.resolve()
-        .then(step)
-        .catch(() => undefined)
-  }
-  try {
-    return await startParts(config, teardown, undo)
-  } catch (err) {
-    await undo()
-    throw err
-  }
+  return startWithTeardown((teardown, undo) => startParts(config, teardown, undo))
 }
 
-async function startParts(
-  config: NodeConfig,
-  teardown: Array<() => unknown>,
-  undo: () => Promise<void>,
-): Promise<RunningNode> {
+async function startParts(config: NodeConfig, teardown: Teardown, undo: () => Promise<void>): Promise<RunningNode> {
   const engines = new Map<string, Engine>()
   // Engines are closed last, whichever way they came (files or deployments).
   teardown.push(async () => {

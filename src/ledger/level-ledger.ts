@@ -321,20 +321,8 @@ export class LevelLedger implements Ledger {
     this.assertWritable()
     const email = normaliseEmail(input.email)
     if (this.accountByEmail.has(email)) throw new DuplicateEmailError(`${email} is already registered`)
-    const account: Mirrored = {
-      id: newId('usr'),
-      email,
-      role: input.role,
-      passwordHash: input.passwordHash,
-      createdAt: Date.now(),
-      balance: 0n,
-      held: 0n,
-      totalSpent: 0n,
-      totalCalls: 0,
-      txSeq: 0,
-    }
-    this.accountByEmail.set(email, account.id)
-    await this.commit([this.putAccount(account), { type: 'put', key: `e!${email}`, value: account.id }])
+    const { account, ops } = this.addAccount(email, input.role, input.passwordHash)
+    await this.commit(ops)
     return this.publicAccount(account)
   }
 
@@ -849,11 +837,16 @@ export class LevelLedger implements Ledger {
     const email = this.x402Email(payer)
     const id = this.accountByEmail.get(email)
     if (id != null) return { account: this.mirrored(id), ops: [] }
+    return this.addAccount(email, 'user', '')
+  }
+
+  /** A new empty account in the mirror, and the writes that store it (the caller commits them). */
+  private addAccount(email: string, role: Role, passwordHash: string): { account: Mirrored; ops: Batch } {
     const account: Mirrored = {
       id: newId('usr'),
       email,
-      role: 'user',
-      passwordHash: '',
+      role,
+      passwordHash,
       createdAt: Date.now(),
       balance: 0n,
       held: 0n,

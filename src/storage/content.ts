@@ -103,6 +103,8 @@ function putBlockStreamInFront(helia: Helia, libp2p: Libp2p, options: BlockStrea
 }
 
 export class ContentStore {
+  /** CIDs whose every block is known to be local. */
+  private readonly complete = new Set<string>()
   private constructor(
     readonly helia: Helia,
     private readonly fs: UnixFS,
@@ -223,7 +225,11 @@ export class ContentStore {
   ): AsyncGenerator<Uint8Array> {
     // Blocks in flight help only while they come from the network; from the local disk one at a
     // time reads fastest (1.25 GiB here: 338 MiB/s at 1, 90 MiB/s at 8 or 64).
-    const concurrency = (await this.hasAll(cid, opts)) ? 1 : this.blockReadConcurrency
+    // Checked once per CID: blocks are never deleted, so a complete DAG stays complete (each
+    // download or range request would otherwise walk it again: 161 ms for 1.25 GiB).
+    const key = cid.toString()
+    if (!this.complete.has(key) && (await this.hasAll(cid, opts))) this.complete.add(key)
+    const concurrency = this.complete.has(key) ? 1 : this.blockReadConcurrency
     yield* this.fs.cat(cid, { blockReadConcurrency: concurrency, ...opts } as never)
   }
 
