@@ -104,7 +104,14 @@ export class AdminFeed {
       ttftMs: event.ttftMs,
       latencyMs: event.durationMs,
       payer: event.payer ?? 'unknown',
+      ...(event.provider != null ? { provider: event.provider } : {}),
+      ...(event.endpoint != null ? { endpoint: event.endpoint } : {}),
     })
+  }
+
+  /** A routing candidate this gateway cooled down after a failure. */
+  cooldown(payload: Payload<'route:cooldown'>): void {
+    this.emit('route:cooldown', payload)
   }
 
   /** Routes HTTP upgrades for /ws/admin on `server` to this feed; other paths are refused. */

@@ -2,7 +2,7 @@
 // actual cost from the usage (completed, or what was delivered before an abort) and free the rest.
 // A charge needs the node's signed receipt; it is queued for on-chain settlement to the node.
 import type { DoneFrame, WireChatMessage } from '../protocols/index.ts'
-import { type Hold, InsufficientBalanceError, type Ledger } from '../src/ledger/ledger.ts'
+import { type Hold, InsufficientBalanceError, type Ledger, type UsageRecord } from '../src/ledger/ledger.ts'
 import { verifyReceipt } from '../src/mesh/receipts.ts'
 import { costOf, formatUsd } from '../src/payments/money.ts'
 import { insufficientBalance } from './errors.ts'
@@ -87,18 +87,41 @@ export class Billing {
       await this.ledger.release(hold.id)
       return { refused: check.reason }
     }
+    return this.charge(hold, {
+      ...call,
+      payout: { node: call.node, payee: this.payouts.payeeOf(call.node), receipt: JSON.stringify(done.receipt) },
+    })
+  }
+
+  /**
+   * Charges `usage` (or the flat x402 price, or a unit cost) against the hold and frees the rest. With a payout (a mesh
+   * node's receipt) the charge is queued for settlement to that node; without one (an external
+   * provider, which the gateway pays itself) it stays with the gateway. Nothing used: released.
+   */
+  async charge(
+    hold: Hold,
+    call: {
+      model: string
+      requestId: string
+      usage: Usage
+      flat?: bigint
+      /** A price per unit of work (images, audio) instead of tokens: charged even with no tokens. */
+      unitCost?: bigint
+      payout?: UsageRecord['payout']
+    },
+  ): Promise<SettleOutcome> {
     const { usage } = call
-    if (usage.promptTokens === 0 && usage.completionTokens === 0) {
+    if (usage.promptTokens === 0 && usage.completionTokens === 0 && call.unitCost == null) {
       await this.ledger.release(hold.id)
       return { charged: 0n }
     }
-    const cost = call.flat ?? costOf(usage, this.pricing.priceOf(call.model))
+    const cost = call.flat ?? call.unitCost ?? costOf(usage, this.pricing.priceOf(call.model))
     const tx = await this.ledger.settle(hold.id, cost, {
       model: call.model,
       requestId: call.requestId,
       tokensIn: usage.promptTokens,
       tokensOut: usage.completionTokens,
-      payout: { node: call.node, payee: this.payouts.payeeOf(call.node), receipt: JSON.stringify(done.receipt) },
+      ...(call.payout != null ? { payout: call.payout } : {}),
     })
     return { charged: -tx.amount }
   }

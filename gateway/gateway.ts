@@ -33,8 +33,11 @@ import type { ChainDeps } from './chain-routes.ts'
 import { GatewayMetrics, type MetricsAccess } from './metrics.ts'
 import type { ModelsConfig } from './models.ts'
 import { Pricing, type PricingConfig } from './pricing.ts'
+import { enabledProviders, type ProvidersConfig, type UpstreamTimeouts } from './providers/provider.ts'
 import { type RateLimitConfig, TokenBuckets } from './rate-limit.ts'
 import { MeshRouter, type RouterOptions } from './router.ts'
+import { Routing, type RoutingOptions } from './routing.ts'
+import { warmTokenCounter } from './tokens.ts'
 import { X402Gate } from './x402.ts'
 
 export interface GatewayConfig {
@@ -70,6 +73,14 @@ export interface GatewayConfig {
   metricsAccess?: MetricsAccess
   /** The admin WebSocket's bounds (auth timeout, buffered bytes, connections per key). */
   adminFeed?: Omit<AdminFeedOptions, 'accounts' | 'directory'>
+  /** External providers: keys (else from env, e.g. VENICE_API_KEY), base URLs, extra models. */
+  providers?: ProvidersConfig
+  /** Where provider keys and base URLs are read from. @default process.env */
+  env?: NodeJS.ProcessEnv
+  /** Time limits of calls to providers. */
+  providerTimeouts?: UpstreamTimeouts
+  /** Scoring and cool-down of routing candidates. */
+  routing?: RoutingOptions
 }
 
 export interface GatewayX402Config {
@@ -177,6 +188,24 @@ async function startParts(
     feed.inference(event, from)
   })
   const router = new MeshRouter(peer, directory, config.router)
+  const providers = enabledProviders(config.providers, config.env ?? process.env, config.providerTimeouts)
+  teardown.push(() => Promise.all(providers.map((p) => p.close())).then(() => undefined))
+  if (providers.length > 0) {
+    log(`providers: ${providers.map((p) => `${p.name} (${p.baseUrl})`).join(', ')}`)
+    // Counting tokens for a provider that sends no usage needs the encoding loaded.
+    warmTokenCounter()
+  }
+  const gatewayId = peer.peerId.toString()
+  const routing = new Routing(
+    directory,
+    providers,
+    (model) => pricing.priceOf(model),
+    (event) => {
+      logger.warn({ ...event }, 'route candidate cooled down')
+      feed.cooldown({ gateway: gatewayId, ...event })
+    },
+    config.routing,
+  )
   const onComplete = (info: CompletedInference): void => {
     countInference(info.model)
     metrics.inference(info.model, info.ttftMs, info.durationMs, info.usage.promptTokens, info.usage.completionTokens)
@@ -191,6 +220,8 @@ async function startParts(
         ttftMs: info.ttftMs,
         ms: info.durationMs,
         payer: info.payer,
+        endpoint: info.endpoint,
+        ...(info.provider != null ? { provider: info.provider } : {}),
       },
       'inference complete',
     )
@@ -205,6 +236,8 @@ async function startParts(
       ttftMs: info.ttftMs,
       durationMs: info.durationMs,
       payer: info.payer,
+      ...(info.provider != null ? { provider: info.provider } : {}),
+      endpoint: info.endpoint,
       at: Date.now(),
     }
     // Our own gossip does not come back to us: the local feed hears it here.
@@ -245,6 +278,7 @@ async function startParts(
     ...(x402 ? { x402 } : {}),
     directory,
     router,
+    routing,
     onComplete,
     accounts,
     pricing,

@@ -160,7 +160,8 @@ export class MeshRouter {
     )
   }
 
-  private async tryNode(
+  /** Opens the inference on one node: its call, or why it failed (fatal: the request is at fault). */
+  async tryNode(
     peerId: string,
     request: InferenceRequestFrame,
     signal: AbortSignal,

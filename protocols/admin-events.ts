@@ -2,7 +2,7 @@
 // monitor sends. Each event has a type, a unique id, an ISO timestamp and its payload; all of them
 // come from gossip, so any gateway shows the whole mesh.
 import { z } from 'zod'
-import { LoadSchema, UsageSchema } from './schemas.ts'
+import { EndpointSchema, LoadSchema, UsageSchema } from './schemas.ts'
 
 const base = { id: z.string(), timestamp: z.string() }
 const nodeId = z.string()
@@ -37,6 +37,21 @@ export const AdminEventSchema = z.discriminatedUnion('type', [
     ttftMs: z.number(),
     latencyMs: z.number(),
     payer: z.enum(['api_key', 'x402', 'unknown']),
+    /** Set when an external provider served it. */
+    provider: z.string().optional(),
+    endpoint: EndpointSchema.optional(),
+  }),
+  z.object({
+    /** A routing candidate (a mesh node or a provider) failed and is tried last for a while. Local to the gateway that saw it. */
+    type: z.literal('route:cooldown'),
+    ...base,
+    gateway: z.string(),
+    candidate: z.string(),
+    provider: z.string(),
+    model: z.string(),
+    reason: z.string(),
+    failures: z.number(),
+    cooldownMs: z.number(),
   }),
   z.object({
     type: z.enum(['model:deployed', 'model:undeployed']),
@@ -57,6 +72,7 @@ export const ADMIN_EVENT_TYPES: readonly AdminEventType[] = [
   'inference:complete',
   'model:deployed',
   'model:undeployed',
+  'route:cooldown',
 ]
 
 /** What a monitor sends: its key first, then (optionally) which event types it wants. */

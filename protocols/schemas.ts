@@ -118,6 +118,10 @@ export type Usage = z.infer<typeof UsageSchema>
 export const FinishReasonSchema = z.enum(['stop', 'length', 'abort'])
 export type FinishReason = z.infer<typeof FinishReasonSchema>
 
+/** The inference endpoints of the HTTP API, as events and routing name them. */
+export const EndpointSchema = z.enum(['chat', 'embeddings', 'rerank', 'images', 'transcriptions', 'speech'])
+export type EndpointName = z.infer<typeof EndpointSchema>
+
 /** Events any peer may gossip for monitors; the sender is the signed gossip author. */
 export const ClusterEventSchema = z.discriminatedUnion('type', [
   z.object({
@@ -132,6 +136,10 @@ export const ClusterEventSchema = z.discriminatedUnion('type', [
     durationMs: count,
     /** How the caller paid (absent from peers that predate it). */
     payer: z.enum(['api_key', 'x402']).optional(),
+    /** The external provider that served it (nodePeerId is then `provider:<name>`); absent: a mesh node. */
+    provider: z.string().min(1).max(64).optional(),
+    /** Which endpoint (absent: chat, from peers that predate it). */
+    endpoint: EndpointSchema.optional(),
     at: count,
   }),
 ])

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
 import { type RunningNode, startNode } from '../../node/node.ts'
 import { tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
+import { type StandIn, startStandIn } from '../helpers/upstream.ts'
 
 const BASE = 'https://api.clusterprotocol.ai'
 
@@ -20,6 +21,7 @@ describe('the docs’ curl examples, as written', () => {
   let gw: RunningGateway
   let node: RunningNode
   let key = ''
+  let venice: StandIn
   const cleanups: Array<() => Promise<void>> = []
   const run = (example: string): Promise<{ code: number; out: string }> =>
     sh(example.replaceAll(BASE, gw.url).replaceAll('sk-cluster-YOUR_KEY', key).replaceAll('YOUR_API_KEY', key))
@@ -29,7 +31,15 @@ describe('the docs’ curl examples, as written', () => {
     const g = await tempDir('docs-gw')
     const n = await tempDir('docs-node')
     cleanups.push(g.remove, n.remove)
-    gw = await startGateway({ dataDir: g.path, listen: ['/ip4/127.0.0.1/tcp/0'], port: 0 })
+    // Venice, stood in for on loopback: the docs' venice-pinned examples go to it.
+    venice = await startStandIn({ name: 'venice', apiKey: 'venice-key-for-tests' })
+    cleanups.push(() => venice.close())
+    gw = await startGateway({
+      dataDir: g.path,
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      port: 0,
+      providers: { venice: { apiKey: 'venice-key-for-tests', baseUrl: venice.url } },
+    })
     const model = await tinyModelPath()
     // The tiny model under the docs' model names, so the examples' requests are served as written.
     node = await startNode({
@@ -139,7 +149,7 @@ describe('the docs’ curl examples, as written', () => {
     expect(new Set(chunks.map((c) => c.id)).size).toBe(1)
   })
 
-  it('venice-pinned request is accepted (routing to providers comes later)', async () => {
+  it('venice-pinned request goes to Venice, with the model under its Venice id', async () => {
     const { out } = await run(`curl -s -X POST https://api.clusterprotocol.ai/v1/chat/completions \\
 -H "Authorization: Bearer sk-cluster-YOUR_KEY" \\
 -H "Content-Type: application/json" \\
@@ -152,7 +162,12 @@ describe('the docs’ curl examples, as written', () => {
 "temperature": 0.7,
 "max_tokens": 256
 }'`)
-    expect((JSON.parse(out) as { object: string }).object).toBe('chat.completion')
+    const body = JSON.parse(out) as { object: string; choices: Array<{ message: { content: string } }> }
+    expect(body.object).toBe('chat.completion')
+    expect(body.choices[0]?.message.content).toBe('Hello from venice')
+    const sent = venice.requestsTo('/v1/chat/completions').at(-1)
+    expect(sent?.body).toMatchObject({ model: 'llama-3.3-70b', temperature: 0.7, max_tokens: 256 })
+    expect(sent?.body).not.toHaveProperty('provider')
   })
 
   it('dashboard stats', async () => {

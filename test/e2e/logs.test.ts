@@ -1,31 +1,11 @@
 // Structured logs: one JSON line per request with its id, and a chat completion's id followed from
 // the gateway's log into the node's; the id is answered in X-Request-Id; no secret in any line.
-import { Writable } from 'node:stream'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
 import { type RunningNode, startNode } from '../../node/node.ts'
 import { createLogger } from '../../src/log.ts'
 import { fundedUser, tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
-
-/** A pino destination that keeps every line. */
-function memory(): { stream: Writable; lines: () => Array<Record<string, unknown>>; raw: () => string } {
-  let text = ''
-  const stream = new Writable({
-    write(chunk, _enc, done) {
-      text += String(chunk)
-      done()
-    },
-  })
-  return {
-    stream,
-    raw: () => text,
-    lines: () =>
-      text
-        .split('\n')
-        .filter((l) => l !== '')
-        .map((l) => JSON.parse(l) as Record<string, unknown>),
-  }
-}
+import { memoryLog as memory } from '../helpers/memory-log.ts'
 
 describe('structured logs', () => {
   let gw: RunningGateway

@@ -1,0 +1,530 @@
+// POST /v1/chat/completions: validate, reserve the most the call can cost, route (mesh nodes and
+// external providers, scored; failover before the first token), then stream or return the answer
+// and settle exactly once — from a node's signed receipt, or from a provider's usage.
+import type { Context } from 'hono'
+import type {
+  DoneFrame,
+  FinishReason,
+  InferenceRequestFrame,
+  InferenceResponseFrame,
+  Usage,
+} from '../protocols/index.ts'
+import type { Directory } from '../src/mesh/directory.ts'
+import type { AuthVars } from './api-routes.ts'
+import { requireAuth } from './api-routes.ts'
+import type { Billing } from './billing.ts'
+import { ApiError, invalidRequest, noNodes } from './errors.ts'
+import { Meter } from './meter.ts'
+import { clientSignal, readJsonBody } from './node-request.ts'
+import {
+  type CompletionMeta,
+  chunkBody,
+  completionBody,
+  newCompletionId,
+  parseChatRequest,
+  toSampling,
+  toWireMessages,
+  usageChunkBody,
+} from './openai.ts'
+import { PROVIDERS } from './providers/catalog.ts'
+import {
+  contentOf,
+  openProviderChat,
+  type ProviderChatAnswer,
+  parseEvent,
+  upstreamChatBody,
+  usageOf,
+} from './providers/chat.ts'
+import type { Failure } from './providers/upstream-call.ts'
+import type { InferenceCall, MeshRouter } from './router.ts'
+import type { Candidate, RoutePlan, Routing, Scored } from './routing.ts'
+import { streamEvents } from './sse.ts'
+import { countChatTokens, countTokens } from './tokens.ts'
+import type { SettlementOutcome, X402Gate } from './x402.ts'
+
+export interface CompletedInference {
+  requestId: string
+  model: string
+  /** The node that served it, or `provider:<name>`. */
+  nodePeerId: string
+  /** Set when an external provider served it. */
+  provider?: string
+  endpoint: 'chat' | 'embeddings' | 'rerank' | 'images' | 'transcriptions' | 'speech'
+  usage: Usage
+  finishReason: FinishReason
+  ttftMs: number
+  durationMs: number
+  /** Who paid: an API key's balance, or an x402 payment. */
+  payer: 'api_key' | 'x402'
+}
+
+export interface ChatDeps {
+  directory: Directory
+  router: MeshRouter
+  routing: Routing
+  billing: Billing | undefined
+  x402?: X402Gate | undefined
+  onComplete?: ((info: CompletedInference) => void) | undefined
+}
+
+/** Request fields some provider understands and others do not (sent only to that one). */
+const FOREIGN_FIELDS: ReadonlySet<string> = new Set(Object.values(PROVIDERS).flatMap((p) => p.extraFields ?? []))
+
+const clientClosed = (): ApiError =>
+  new ApiError(400, 'The client closed the request.', 'invalid_request_error', 'client_closed')
+
+type Answer =
+  | { kind: 'node'; scored: Scored; call: InferenceCall; end: () => void; t0: number }
+  | { kind: 'provider'; scored: Scored; answer: ProviderChatAnswer; end: () => void; t0: number }
+
+interface Tried {
+  key: string
+  outcome: string
+}
+
+/**
+ * Tries the plan's candidates in order until one answers. When none does: a provider's 4xx/429
+ * (the most telling answer) with its real status, else the pinned provider's or the mesh's 503.
+ */
+async function route(
+  deps: ChatDeps,
+  plan: RoutePlan,
+  frame: InferenceRequestFrame,
+  clientBody: Record<string, unknown>,
+  signal: AbortSignal,
+): Promise<{ answer: Answer; tried: Tried[] }> {
+  const tried: Tried[] = []
+  const failures: Array<{ candidate: Candidate; failure?: Failure }> = []
+  for (const scored of plan.ordered) {
+    if (signal.aborted) throw clientClosed()
+    const { candidate } = scored
+    const end = deps.routing.begin(candidate, frame.model)
+    const t0 = performance.now()
+    if (candidate.kind === 'node') {
+      const result = await deps.router.tryNode(candidate.node.peerId, frame, signal)
+      if ('call' in result) return { answer: { kind: 'node', scored, call: result.call, end, t0 }, tried }
+      end()
+      if (result.fatal) throw result.fatal
+      if (signal.aborted) throw clientClosed()
+      if (result.outcome !== 'busy') deps.routing.failure(candidate, frame.model, result.outcome)
+      tried.push({ key: candidate.key, outcome: result.outcome })
+      failures.push({ candidate })
+      continue
+    }
+    const body = upstreamChatBody(candidate.upstream, clientBody, candidate.upstreamModel, FOREIGN_FIELDS)
+    const result = await openProviderChat(candidate.upstream, body, signal)
+    if ('answer' in result) return { answer: { kind: 'provider', scored, answer: result.answer, end, t0 }, tried }
+    end()
+    if (signal.aborted) throw clientClosed()
+    if (result.failure.providerFault) deps.routing.failure(candidate, frame.model, result.failure.outcome)
+    tried.push({ key: candidate.key, outcome: result.failure.outcome })
+    failures.push({ candidate, failure: result.failure })
+  }
+  const passOn = failures.find((f) => f.failure != null && f.failure.error.status < 500)?.failure
+  if (passOn != null) throw passOn.error
+  // One candidate, or one pinned provider: its own error says most.
+  const last = failures.at(-1)
+  if ((plan.mode === 'pinned' || failures.length === 1) && last?.failure != null) throw last.failure.error
+  const allBusy = tried.length > 0 && tried.every((t) => t.outcome === 'busy')
+  throw noNodes(
+    frame.model,
+    allBusy
+      ? `All ${tried.length} node(s) serving it are at capacity.`
+      : `${tried.length} candidate(s) were tried and failed (${tried.map((t) => `${t.key}: ${t.outcome}`).join(', ')}).`,
+  )
+}
+
+export function chatRoute(deps: ChatDeps) {
+  return async (c: Context<AuthVars>): Promise<Response> => {
+    const auth = c.get('auth')
+    const payment = c.get('x402')
+    if (payment == null) requireAuth(c)
+    const signal = clientSignal(c)
+    let json: unknown
+    try {
+      json = await readJsonBody(c)
+    } catch {
+      throw invalidRequest('The request body is not valid JSON.')
+    }
+    const req = parseChatRequest(json)
+    const meta: CompletionMeta = { id: newCompletionId(), created: Math.floor(Date.now() / 1000), model: req.model }
+    // The completion id is the request's id from here on: it goes to the node in the request frame.
+    c.set('requestId', meta.id)
+    c.header('X-Request-Id', meta.id)
+    const frame: InferenceRequestFrame = {
+      type: 'request',
+      id: meta.id,
+      model: req.model,
+      messages: toWireMessages(req.messages),
+      sampling: toSampling(req),
+    }
+    // Unknown model or provider: a 4xx before any money moves.
+    const plan = deps.routing.plan(req.model, 'chat', req.provider)
+    // API key: the maximum cost is reserved now (x402: the middleware verified the payment).
+    const keyMeter = auth != null ? new Meter(deps.billing, auth.account.id, req.model, meta.id) : undefined
+    if (keyMeter != null && deps.billing != null) {
+      await keyMeter.reserve(
+        deps.billing.maxCost(
+          req.model,
+          frame.messages,
+          frame.sampling.maxTokens,
+          contextSizeOf(deps.directory, req.model),
+        ),
+      )
+    }
+
+    const started = performance.now()
+    const cancel = new AbortController()
+    const onClientGone = (): void => cancel.abort()
+    signal.addEventListener('abort', onClientGone, { once: true })
+    let routed: { answer: Answer; tried: Tried[] }
+    try {
+      routed = await route(deps, plan, frame, json as Record<string, unknown>, cancel.signal)
+    } catch (err) {
+      signal.removeEventListener('abort', onClientGone)
+      await keyMeter?.cancel()
+      throw err
+    }
+    const { answer } = routed
+    // x402: a candidate answered, so the payment is used now (its flat price), and settles alongside.
+    let settlement: Promise<SettlementOutcome> | undefined
+    let meter = keyMeter as Meter
+    if (payment != null) {
+      const used = await (deps.x402 as X402Gate).use(payment, meta.id)
+      settlement = used.settlement
+      meter = new Meter(deps.billing, used.account.id, req.model, meta.id, payment.amount - payment.debtPaid)
+      await meter.reserveFlat()
+    }
+    const ttftMs = performance.now() - started
+    const servedBy = answer.kind === 'node' ? answer.call.nodePeerId : `provider:${answer.scored.candidate.provider}`
+    const complete = (finishReason: FinishReason, usage: Usage): void =>
+      deps.onComplete?.({
+        requestId: meta.id,
+        model: req.model,
+        nodePeerId: servedBy,
+        ...(answer.kind === 'provider' ? { provider: answer.scored.candidate.provider } : {}),
+        endpoint: 'chat',
+        usage,
+        finishReason,
+        ttftMs: Math.round(ttftMs),
+        durationMs: Math.round(performance.now() - started),
+        payer: payment != null ? 'x402' : 'api_key',
+      })
+
+    // Where it went, and why.
+    c.header('x-cluster-provider', answer.scored.candidate.provider)
+    c.header('x-cluster-route', deps.routing.describe(plan, answer.scored, routed.tried))
+    if (answer.kind === 'node') c.header('x-cluster-node', answer.call.nodePeerId)
+    const ctx: Served = { c, deps, meta, signal, cancel, onClientGone, meter, settlement, complete, started }
+    if (answer.kind === 'node') {
+      return serveNode(ctx, answer, req.stream === true, req.stream_options?.include_usage === true)
+    }
+    return serveProvider(ctx, answer, frame, req.stream_options?.include_usage === true)
+  }
+}
+
+interface Served {
+  c: Context<AuthVars>
+  deps: ChatDeps
+  meta: CompletionMeta
+  signal: AbortSignal
+  cancel: AbortController
+  onClientGone: () => void
+  meter: Meter
+  settlement: Promise<SettlementOutcome> | undefined
+  complete: (finishReason: FinishReason, usage: Usage) => void
+  started: number
+}
+
+const paymentError = (reason: string) => ({
+  error: {
+    message: `The x402 payment failed to settle (${reason}); this request is recorded as unpaid and the payer is not served again until it pays for it.`,
+    type: 'payment_error',
+    code: 'payment_failed',
+    param: null,
+  },
+})
+
+const streamError = (message: string, code: string) => ({
+  error: { message, type: 'server_error', code, param: null },
+})
+
+/** A plain answer is delivered whole or not at all: its payment is told in the headers. */
+async function settledHeaders(s: Served): Promise<void> {
+  const settled = await s.settlement
+  if (settled?.status === 'failed') {
+    throw (s.deps.x402 as X402Gate).required(s.c, '/v1/chat/completions', `settlement_failed: ${settled.reason}`)
+  }
+  if (settled?.status === 'settled') s.c.header(settled.header.name, settled.header.value)
+}
+
+async function serveNode(
+  s: Served,
+  answer: Extract<Answer, { kind: 'node' }>,
+  stream: boolean,
+  includeUsage: boolean,
+): Promise<Response> {
+  const { c, meta, signal, cancel, meter, settlement, complete } = s
+  const { call } = answer
+  const firstAt = performance.now()
+  const measured = (done: DoneFrame): void =>
+    s.deps.routing.success(answer.scored.candidate, s.meta.model, {
+      ttftMs: firstAt - answer.t0,
+      tokens: done.usage.completionTokens,
+      generationMs: performance.now() - firstAt,
+    })
+  if (!stream) {
+    try {
+      const { text, done } = await collect(call, meter)
+      // A plain answer is delivered whole or not at all: a client gone by now pays nothing.
+      if (signal.aborted) throw clientClosed()
+      await meter.finish(call.nodePeerId, done, false)
+      measured(done)
+      complete(done.finishReason, done.usage)
+      await settledHeaders(s)
+      return c.json(completionBody(meta, text, done.finishReason, done.usage))
+    } finally {
+      answer.end()
+      signal.removeEventListener('abort', s.onClientGone)
+      // A plain answer is delivered whole or not at all: a failed one costs nothing.
+      await meter.cancel()
+    }
+  }
+
+  return streamEvents(c, cancel, async (sse) => {
+    // The role chunk leaves in the same write as the first chunk after it (one write, one
+    // packet for the client's first token). JSON has no raw newline: one `data:` line each.
+    let head = `data: ${JSON.stringify(chunkBody(meta, { role: 'assistant', content: '' }, null, includeUsage))}\n\n`
+    const send = async (body: unknown): Promise<void> => {
+      const event = `${head}data: ${JSON.stringify(body)}\n\n`
+      head = ''
+      await sse.write(event)
+    }
+    let finished = false
+    let done: DoneFrame | undefined
+    // A settlement that fails ends the stream with an error event; the request stays unpaid.
+    let unpaid: string | undefined
+    void settlement?.then((o) => {
+      if (o.status === 'failed') unpaid = o.reason
+    })
+    try {
+      let frame: InferenceResponseFrame = call.first
+      for (;;) {
+        if (cancel.signal.aborted) {
+          if (frame.type === 'done') done = frame
+          break
+        }
+        if (unpaid != null) {
+          await send(paymentError(unpaid))
+          break
+        }
+        if (frame.type === 'delta') {
+          if (frame.text.length > 0) await send(chunkBody(meta, { content: frame.text }, null, includeUsage))
+          // Counted once written: an abort pays for what was delivered.
+          meter.delivered(frame.tokens)
+        } else if (frame.type === 'done') {
+          done = frame
+          await meter.finish(call.nodePeerId, frame, false)
+          measured(frame)
+          await send(chunkBody(meta, {}, frame.finishReason, includeUsage))
+          if (includeUsage) await send(usageChunkBody(meta, frame.usage))
+          // The answer is out; its payment is told before [DONE] (it did not hold the stream).
+          const settled = await settlement
+          if (settled?.status === 'failed') await send(paymentError(settled.reason))
+          // The headers left before the settlement ended: its PAYMENT-RESPONSE comes as an SSE
+          // comment (ignored by SSE parsers, readable by whoever wants the receipt).
+          if (settled?.status === 'settled') await sse.write(`: ${settled.header.name}: ${settled.header.value}\n\n`)
+          await sse.write('data: [DONE]\n\n')
+          complete(frame.finishReason, frame.usage)
+          finished = true
+          break
+        } else {
+          await send(streamError(frame.message, frame.code))
+          break
+        }
+        const next = await call.rest.next()
+        if (next.done) {
+          await send(streamError('The node closed the stream early.', 'node_failed'))
+          break
+        }
+        frame = next.value
+      }
+    } catch {
+      if (!cancel.signal.aborted) {
+        s.deps.routing.failure(answer.scored.candidate, s.meta.model, 'mid_stream')
+        await send(streamError('The node failed mid-stream.', 'node_failed')).catch(() => undefined)
+      }
+    } finally {
+      answer.end()
+      signal.removeEventListener('abort', s.onClientGone)
+      if (finished) call.close()
+      else {
+        // The client left: the node was told to stop; its done frame brings the receipt.
+        if (cancel.signal.aborted && done == null) done = await call.drain()
+        call.abort()
+      }
+      // Billed for what reached the client, with the node's receipt; a failed node, nothing.
+      await meter.finish(call.nodePeerId, cancel.signal.aborted ? done : undefined, true)
+    }
+  })
+}
+
+const finishOf = (body: unknown): FinishReason => {
+  const choices = (body as { choices?: Array<{ finish_reason?: unknown }> })?.choices
+  const reason = Array.isArray(choices) ? choices.find((ch) => ch?.finish_reason != null)?.finish_reason : undefined
+  return reason === 'length' ? 'length' : 'stop'
+}
+
+async function serveProvider(
+  s: Served,
+  answer: Extract<Answer, { kind: 'provider' }>,
+  frame: InferenceRequestFrame,
+  includeUsage: boolean,
+): Promise<Response> {
+  const { c, signal, cancel, meter, settlement, complete } = s
+  const reply = answer.answer
+  const promptCount = (): Promise<number> => countChatTokens(frame.messages)
+  if (!reply.stream) {
+    try {
+      if (signal.aborted) throw clientClosed()
+      // Billed from the provider's usage; counted by us when it sends none (and then shown to the client).
+      const usage = reply.usage ?? {
+        promptTokens: await promptCount(),
+        completionTokens: await countTokens(reply.content),
+      }
+      await meter.finishProvider(usage)
+      s.deps.routing.success(answer.scored.candidate, s.meta.model, { ttftMs: performance.now() - answer.t0 })
+      complete(finishOf(reply.body), usage)
+      await settledHeaders(s)
+      const body = reply.usage != null ? reply.body : { ...reply.body, usage: usageWire(usage) }
+      return c.json(body)
+    } finally {
+      answer.end()
+      signal.removeEventListener('abort', s.onClientGone)
+      await meter.cancel()
+    }
+  }
+
+  return streamEvents(c, cancel, async (sse) => {
+    const firstAt = performance.now()
+    let text = ''
+    let usage: Usage | undefined
+    let finish: FinishReason = 'stop'
+    let finished = false
+    let unpaid: string | undefined
+    void settlement?.then((o) => {
+      if (o.status === 'failed') unpaid = o.reason
+    })
+    const abortUpstream = (): void => {
+      reply.body.destroy()
+    }
+    cancel.signal.addEventListener('abort', abortUpstream, { once: true })
+    try {
+      const pending = [...reply.held]
+      for (;;) {
+        let event = pending.shift()
+        if (event == null) {
+          const next = await reply.rest.next()
+          if (next.done) break
+          event = next.value
+        }
+        if (cancel.signal.aborted) break
+        if (unpaid != null) {
+          await sse.write(`data: ${JSON.stringify(paymentError(unpaid))}\n\n`)
+          break
+        }
+        if (event.data === '[DONE]') {
+          finished = true
+          break
+        }
+        const data = parseEvent(event)
+        const u = usageOf(data)
+        if (u != null) usage = u
+        const choices = (data as { choices?: unknown[] } | undefined)?.choices
+        // The usage chunk we asked for is the client's only when it asked for it too.
+        if (u != null && Array.isArray(choices) && choices.length === 0 && !includeUsage) continue
+        const piece = contentOf(data)
+        text += piece
+        if (finishOf(data) === 'length') finish = 'length'
+        await sse.write(`${event.event ? `event: ${event.event}\n` : ''}data: ${event.data}\n\n`)
+      }
+      if (!finished && !cancel.signal.aborted) {
+        await sse.write(
+          `data: ${JSON.stringify(streamError('The provider ended the stream early.', 'provider_failed'))}\n\n`,
+        )
+      }
+    } catch {
+      if (!cancel.signal.aborted) {
+        await sse
+          .write(`data: ${JSON.stringify(streamError('The provider failed mid-stream.', 'provider_failed'))}\n\n`)
+          .catch(() => undefined)
+      }
+    } finally {
+      cancel.signal.removeEventListener('abort', abortUpstream)
+      answer.end()
+      signal.removeEventListener('abort', s.onClientGone)
+      // Billed for what was delivered: the provider's usage when it sent it at the end; else counted.
+      const delivered = await countTokens(text)
+      const billed: Usage =
+        finished && usage != null
+          ? usage
+          : { promptTokens: usage?.promptTokens ?? (await promptCount()), completionTokens: delivered }
+      if (finished || cancel.signal.aborted) await meter.finishProvider(billed)
+      else await meter.cancel()
+      if (finished) {
+        s.deps.routing.success(answer.scored.candidate, s.meta.model, {
+          ttftMs: firstAt - answer.t0,
+          tokens: billed.completionTokens,
+          generationMs: performance.now() - firstAt,
+        })
+        const settled = await settlement
+        if (settled?.status === 'failed') await sse.write(`data: ${JSON.stringify(paymentError(settled.reason))}\n\n`)
+        if (settled?.status === 'settled') await sse.write(`: ${settled.header.name}: ${settled.header.value}\n\n`)
+        await sse.write('data: [DONE]\n\n')
+        complete(finish, billed)
+      }
+      reply.body.destroy()
+    }
+  })
+}
+
+const usageWire = (u: Usage) => ({
+  prompt_tokens: u.promptTokens,
+  completion_tokens: u.completionTokens,
+  total_tokens: u.promptTokens + u.completionTokens,
+})
+
+/** Reads a whole answer (non-streaming requests). */
+async function collect(call: InferenceCall, meter: Meter): Promise<{ text: string; done: DoneFrame }> {
+  let text = ''
+  let frame: InferenceResponseFrame = call.first
+  try {
+    for (;;) {
+      if (frame.type === 'delta') {
+        text += frame.text
+        meter.delivered(frame.tokens)
+      } else if (frame.type === 'done') {
+        call.close()
+        return { text, done: frame }
+      } else {
+        throw new ApiError(502, `The node failed: ${frame.message}`, 'server_error', 'node_failed')
+      }
+      const next = await call.rest.next()
+      if (next.done)
+        throw new ApiError(502, 'The node closed the stream before finishing.', 'server_error', 'node_failed')
+      frame = next.value
+    }
+  } catch (err) {
+    call.abort()
+    if (err instanceof ApiError) throw err
+    throw new ApiError(502, 'The node failed while answering.', 'server_error', 'node_failed')
+  }
+}
+
+export function contextSizeOf(directory: Directory, model: string): number | undefined {
+  const sizes = directory
+    .nodesServing(model)
+    .map((n) => n.capabilities?.models.find((m) => m.id === model)?.contextSize)
+    .filter((n): n is number => n != null)
+  return sizes.length > 0 ? Math.max(...sizes) : undefined
+}
