@@ -12,8 +12,9 @@ import type {
 import type { Directory } from '../src/mesh/directory.ts'
 import type { AuthVars } from './api-routes.ts'
 import { requireAuth } from './api-routes.ts'
+import { type Answered, clientClosed, tryCandidates } from './attempts.ts'
 import type { Billing } from './billing.ts'
-import { ApiError, invalidRequest, noNodes } from './errors.ts'
+import { ApiError, invalidRequest } from './errors.ts'
 import { Meter } from './meter.ts'
 import { clientSignal, readJsonBody } from './node-request.ts'
 import {
@@ -35,9 +36,8 @@ import {
   upstreamChatBody,
   usageOf,
 } from './providers/chat.ts'
-import type { Failure } from './providers/upstream-call.ts'
 import type { InferenceCall, MeshRouter } from './router.ts'
-import type { Candidate, RoutePlan, Routing, Scored } from './routing.ts'
+import type { RoutePlan, Routing } from './routing.ts'
 import { streamEvents } from './sse.ts'
 import { countChatTokens, countTokens } from './tokens.ts'
 import type { SettlementOutcome, X402Gate } from './x402.ts'
@@ -70,68 +70,27 @@ export interface ChatDeps {
 /** Request fields some provider understands and others do not (sent only to that one). */
 const FOREIGN_FIELDS: ReadonlySet<string> = new Set(Object.values(PROVIDERS).flatMap((p) => p.extraFields ?? []))
 
-const clientClosed = (): ApiError =>
-  new ApiError(400, 'The client closed the request.', 'invalid_request_error', 'client_closed')
+type Answer = { kind: 'node'; call: InferenceCall } | { kind: 'provider'; answer: ProviderChatAnswer }
 
-type Answer =
-  | { kind: 'node'; scored: Scored; call: InferenceCall; end: () => void; t0: number }
-  | { kind: 'provider'; scored: Scored; answer: ProviderChatAnswer; end: () => void; t0: number }
-
-interface Tried {
-  key: string
-  outcome: string
-}
-
-/**
- * Tries the plan's candidates in order until one answers. When none does: a provider's 4xx/429
- * (the most telling answer) with its real status, else the pinned provider's or the mesh's 503.
- */
-async function route(
+/** Tries the plan's candidates in order until one answers (tryCandidates picks the error otherwise). */
+function route(
   deps: ChatDeps,
   plan: RoutePlan,
   frame: InferenceRequestFrame,
   clientBody: Record<string, unknown>,
   signal: AbortSignal,
-): Promise<{ answer: Answer; tried: Tried[] }> {
-  const tried: Tried[] = []
-  const failures: Array<{ candidate: Candidate; failure?: Failure }> = []
-  for (const scored of plan.ordered) {
-    if (signal.aborted) throw clientClosed()
-    const { candidate } = scored
-    const end = deps.routing.begin(candidate, frame.model)
-    const t0 = performance.now()
+): Promise<Answered<Answer>> {
+  return tryCandidates<Answer>(deps.routing, plan, frame.model, signal, async ({ candidate }) => {
     if (candidate.kind === 'node') {
       const result = await deps.router.tryNode(candidate.node.peerId, frame, signal)
-      if ('call' in result) return { answer: { kind: 'node', scored, call: result.call, end, t0 }, tried }
-      end()
-      if (result.fatal) throw result.fatal
-      if (signal.aborted) throw clientClosed()
-      if (result.outcome !== 'busy') deps.routing.failure(candidate, frame.model, result.outcome)
-      tried.push({ key: candidate.key, outcome: result.outcome })
-      failures.push({ candidate })
-      continue
+      if ('call' in result) return { value: { kind: 'node', call: result.call } }
+      return { nodeOutcome: result.outcome, fatal: result.fatal }
     }
     const body = upstreamChatBody(candidate.upstream, clientBody, candidate.upstreamModel, FOREIGN_FIELDS)
     const result = await openProviderChat(candidate.upstream, body, signal)
-    if ('answer' in result) return { answer: { kind: 'provider', scored, answer: result.answer, end, t0 }, tried }
-    end()
-    if (signal.aborted) throw clientClosed()
-    if (result.failure.providerFault) deps.routing.failure(candidate, frame.model, result.failure.outcome)
-    tried.push({ key: candidate.key, outcome: result.failure.outcome })
-    failures.push({ candidate, failure: result.failure })
-  }
-  const passOn = failures.find((f) => f.failure != null && f.failure.error.status < 500)?.failure
-  if (passOn != null) throw passOn.error
-  // One candidate, or one pinned provider: its own error says most.
-  const last = failures.at(-1)
-  if ((plan.mode === 'pinned' || failures.length === 1) && last?.failure != null) throw last.failure.error
-  const allBusy = tried.length > 0 && tried.every((t) => t.outcome === 'busy')
-  throw noNodes(
-    frame.model,
-    allBusy
-      ? `All ${tried.length} node(s) serving it are at capacity.`
-      : `${tried.length} candidate(s) were tried and failed (${tried.map((t) => `${t.key}: ${t.outcome}`).join(', ')}).`,
-  )
+    if ('answer' in result) return { value: { kind: 'provider', answer: result.answer } }
+    return result
+  })
 }
 
 export function chatRoute(deps: ChatDeps) {
@@ -177,7 +136,7 @@ export function chatRoute(deps: ChatDeps) {
     const cancel = new AbortController()
     const onClientGone = (): void => cancel.abort()
     signal.addEventListener('abort', onClientGone, { once: true })
-    let routed: { answer: Answer; tried: Tried[] }
+    let routed: Answered<Answer>
     try {
       routed = await route(deps, plan, frame, json as Record<string, unknown>, cancel.signal)
     } catch (err) {
@@ -185,7 +144,7 @@ export function chatRoute(deps: ChatDeps) {
       await keyMeter?.cancel()
       throw err
     }
-    const { answer } = routed
+    const answer = routed
     // x402: a candidate answered, so the payment is used now (its flat price), and settles alongside.
     let settlement: Promise<SettlementOutcome> | undefined
     let meter = keyMeter as Meter
@@ -196,13 +155,14 @@ export function chatRoute(deps: ChatDeps) {
       await meter.reserveFlat()
     }
     const ttftMs = performance.now() - started
-    const servedBy = answer.kind === 'node' ? answer.call.nodePeerId : `provider:${answer.scored.candidate.provider}`
+    const servedBy =
+      answer.value.kind === 'node' ? answer.value.call.nodePeerId : `provider:${answer.scored.candidate.provider}`
     const complete = (finishReason: FinishReason, usage: Usage): void =>
       deps.onComplete?.({
         requestId: meta.id,
         model: req.model,
         nodePeerId: servedBy,
-        ...(answer.kind === 'provider' ? { provider: answer.scored.candidate.provider } : {}),
+        ...(answer.value.kind === 'provider' ? { provider: answer.scored.candidate.provider } : {}),
         endpoint: 'chat',
         usage,
         finishReason,
@@ -214,12 +174,13 @@ export function chatRoute(deps: ChatDeps) {
     // Where it went, and why.
     c.header('x-cluster-provider', answer.scored.candidate.provider)
     c.header('x-cluster-route', deps.routing.describe(plan, answer.scored, routed.tried))
-    if (answer.kind === 'node') c.header('x-cluster-node', answer.call.nodePeerId)
     const ctx: Served = { c, deps, meta, signal, cancel, onClientGone, meter, settlement, complete, started }
-    if (answer.kind === 'node') {
-      return serveNode(ctx, answer, req.stream === true, req.stream_options?.include_usage === true)
+    const { value } = answer
+    if (value.kind === 'node') {
+      c.header('x-cluster-node', value.call.nodePeerId)
+      return serveNode(ctx, answer, value.call, req.stream === true, req.stream_options?.include_usage === true)
     }
-    return serveProvider(ctx, answer, frame, req.stream_options?.include_usage === true)
+    return serveProvider(ctx, answer, value.answer, frame, req.stream_options?.include_usage === true)
   }
 }
 
@@ -260,12 +221,12 @@ async function settledHeaders(s: Served): Promise<void> {
 
 async function serveNode(
   s: Served,
-  answer: Extract<Answer, { kind: 'node' }>,
+  answer: Answered<Answer>,
+  call: InferenceCall,
   stream: boolean,
   includeUsage: boolean,
 ): Promise<Response> {
   const { c, meta, signal, cancel, meter, settlement, complete } = s
-  const { call } = answer
   const firstAt = performance.now()
   const measured = (done: DoneFrame): void =>
     s.deps.routing.success(answer.scored.candidate, s.meta.model, {
@@ -377,12 +338,12 @@ const finishOf = (body: unknown): FinishReason => {
 
 async function serveProvider(
   s: Served,
-  answer: Extract<Answer, { kind: 'provider' }>,
+  answer: Answered<Answer>,
+  reply: ProviderChatAnswer,
   frame: InferenceRequestFrame,
   includeUsage: boolean,
 ): Promise<Response> {
   const { c, signal, cancel, meter, settlement, complete } = s
-  const reply = answer.answer
   const promptCount = (): Promise<number> => countChatTokens(frame.messages)
   if (!reply.stream) {
     try {

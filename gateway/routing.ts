@@ -41,14 +41,14 @@ export interface CooldownEvent {
 
 export interface RoutingOptions {
   /** Cool-down after a first failure; doubles with each failure in a row. @default 5000 */
-  cooldownBaseMs?: number
+  cooldownBaseMs?: number | undefined
   /** @default 60000 */
-  cooldownMaxMs?: number
+  cooldownMaxMs?: number | undefined
   /** Milliseconds of score per dollar per million output tokens: how much price weighs. @default 20 */
-  priceWeightMs?: number
+  priceWeightMs?: number | undefined
   /** Measurements older than this are forgotten (the candidate is explored again). @default 300000 */
-  staleMs?: number
-  now?: () => number
+  staleMs?: number | undefined
+  now?: (() => number) | undefined
 }
 
 /** How fast the averages follow new measurements. */

@@ -20,6 +20,37 @@ export const GatewaySectionSchema = z.object({
       default: TokenPrices.optional(),
       models: z.record(z.string(), TokenPrices).optional(),
       x402: z.record(z.string(), Dollars).optional(),
+      /** Dollars per image, per transcription, per 1,000 characters of speech (API keys). */
+      units: z
+        .object({ image: Dollars.optional(), transcription: Dollars.optional(), speechPer1kChars: Dollars.optional() })
+        .optional(),
+    })
+    .optional(),
+  /**
+   * External providers, by name (venice, groq, together, fireworks, deepinfra, sambanova, phala,
+   * redpill, openrouter). Keys are best left to the env (VENICE_API_KEY, …); base URLs to
+   * CLUSTER_PROVIDER_<NAME>_BASE_URL. A provider is enabled when it has a key.
+   */
+  providers: z
+    .record(
+      z.string().regex(/^[a-z]+$/, 'a provider name'),
+      z
+        .object({
+          apiKey: z.string().min(1).optional(),
+          baseUrl: z.url({ protocol: /^https?$/ }).optional(),
+          models: z.record(z.string().min(1), z.string().min(1)).optional(),
+          price: TokenPrices.optional(),
+          enabled: z.boolean().optional(),
+        })
+        .strict(),
+    )
+    .optional(),
+  /** Routing: price weight (ms of score per $/M output tokens) and cool-down of failed candidates. */
+  routing: z
+    .object({
+      priceWeightMs: z.number().min(0).optional(),
+      cooldownBaseMs: z.number().int().min(0).optional(),
+      cooldownMaxMs: z.number().int().min(0).optional(),
     })
     .optional(),
   /** Token bucket per API key (or client address). */
@@ -215,8 +246,12 @@ export function gatewayExtras(config: Config): {
   adminEmail?: string
   models?: NonNullable<Config['gateway']['models']>
   metricsAccess?: NonNullable<Config['gateway']['metricsAccess']>
+  providers?: NonNullable<Config['gateway']['providers']>
+  routing?: NonNullable<Config['gateway']['routing']>
 } {
   return {
+    ...(config.gateway.providers ? { providers: config.gateway.providers } : {}),
+    ...(config.gateway.routing ? { routing: config.gateway.routing } : {}),
     ...(config.gateway.metricsAccess ? { metricsAccess: config.gateway.metricsAccess } : {}),
     ...(config.gateway.models ? { models: config.gateway.models } : {}),
     ...(config.gateway.pricing ? { pricing: config.gateway.pricing } : {}),
