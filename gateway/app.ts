@@ -13,6 +13,7 @@ import type { Billing } from './billing.ts'
 import { type ChainDeps, chainRoutes } from './chain-routes.ts'
 import { type CompletedInference, chatRoute } from './chat.ts'
 import { ApiError, modelNotFound, rateLimited, unauthorized } from './errors.ts'
+import { MAX_AUDIO_BYTES, mediaRoutes } from './media-routes.ts'
 import type { GatewayMetrics, MetricsAccess } from './metrics.ts'
 import { type ModelsDeps, modelRoutes, modelsDeployedBy } from './models.ts'
 import type { Pricing } from './pricing.ts'
@@ -56,6 +57,8 @@ export interface AppDeps {
 const REQUEST_ID = /^[\w.:-]{1,128}$/
 
 const LOOPBACK_ADDRESS = /^(127\.|::1$|::ffff:127\.)/
+
+const TRANSCRIPTIONS_PATH = '/v1/audio/transcriptions'
 
 /** Uploads carry their own size limit (the model's), checked as the file streams in. */
 const UPLOAD_PATH = '/api/models/upload'
@@ -151,6 +154,9 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
   const inferenceMax = deps.maxBodyBytes ?? 8 * 1024 * 1024
   const inferenceBodies = limitBody(inferenceMax)
   const otherBodies = limitBody(64 * 1024)
+  // An audio file to transcribe, with its form fields.
+  const audioMax = MAX_AUDIO_BYTES + 64 * 1024
+  const audioBodies = limitBody(audioMax)
   app.use('*', async (c, next) => {
     // Only requests that carry a body pay for the check (it materialises the request stream).
     const length = c.req.header('content-length')
@@ -158,9 +164,10 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
     if (length == null && !chunked) return next()
     if (c.req.path === UPLOAD_PATH) return next()
     const v1 = isV1(c.req.path)
-    if (chunked) return v1 ? inferenceBodies(c, next) : otherBodies(c, next)
+    const audio = c.req.path === TRANSCRIPTIONS_PATH
+    if (chunked) return audio ? audioBodies(c, next) : v1 ? inferenceBodies(c, next) : otherBodies(c, next)
     // A declared length is checked as bodyLimit does, without materialising the request.
-    const max = v1 ? inferenceMax : 64 * 1024
+    const max = audio ? audioMax : v1 ? inferenceMax : 64 * 1024
     if (Number.parseInt(length ?? '0', 10) > max) return tooLarge(c, max)
     return next()
   })
@@ -300,6 +307,7 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
   })
 
   app.post('/v1/chat/completions', chatRoute(deps))
+  mediaRoutes(app, deps)
 
   return app
 }

@@ -32,12 +32,12 @@ export const ChatCompletionRequestSchema = z.object({
 })
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequestSchema>
 
-/** Parses a JSON body into a request, or throws a 400 naming the first bad field. */
-export function parseChatRequest(body: unknown): ChatCompletionRequest {
+/** Parses a JSON body with `schema`, or throws a 400 naming the first bad field. */
+export function parseBody<T extends z.ZodType>(schema: T, body: unknown): z.infer<T> {
   if (body === null || typeof body !== 'object' || Array.isArray(body)) {
     throw invalidRequest('The request body must be a JSON object.')
   }
-  const parsed = ChatCompletionRequestSchema.safeParse(body)
+  const parsed = schema.safeParse(body)
   if (!parsed.success) {
     const issue = parsed.error.issues[0]
     const path = issue?.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('') ?? ''
@@ -47,6 +47,11 @@ export function parseChatRequest(body: unknown): ChatCompletionRequest {
     throw invalidRequest(message, param || null)
   }
   return parsed.data
+}
+
+/** Parses a JSON body into a chat request, or throws a 400 naming the first bad field. */
+export function parseChatRequest(body: unknown): ChatCompletionRequest {
+  return parseBody(ChatCompletionRequestSchema, body)
 }
 
 /** Flattens OpenAI messages to the wire's plain-text messages. */

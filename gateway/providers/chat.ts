@@ -7,7 +7,7 @@ import type { Readable } from 'node:stream'
 import type { EventSourceMessage } from 'eventsource-parser'
 import type { Usage } from '../../protocols/index.ts'
 import type { Provider } from './provider.ts'
-import { callUpstream, type Failure, readText, sseEvents, transportFailure } from './upstream-call.ts'
+import { callUpstream, type Failure, forwardBody, readText, sseEvents, transportFailure } from './upstream-call.ts'
 
 export type ProviderChatAnswer =
   | { stream: false; body: Record<string, unknown>; usage: Usage | undefined; content: string }
@@ -19,20 +19,14 @@ export type ProviderChatAnswer =
       body: Readable
     }
 
-/** The body sent upstream: the client's JSON with our changes. */
+/** The body sent upstream for a chat: forwardBody, and a stream asks for usage (to bill it). */
 export function upstreamChatBody(
   provider: Provider,
   clientBody: Record<string, unknown>,
   upstreamModel: string,
   foreignFields: ReadonlySet<string>,
 ): Record<string, unknown> {
-  const out: Record<string, unknown> = {}
-  for (const [k, v] of Object.entries(clientBody)) {
-    if (k === 'provider') continue
-    if (foreignFields.has(k) && !provider.extraFields.has(k)) continue
-    out[k] = v
-  }
-  out.model = upstreamModel
+  const out = forwardBody(provider, clientBody, upstreamModel, foreignFields)
   if (clientBody.stream === true) {
     const opts = clientBody.stream_options
     out.stream_options = { ...(opts != null && typeof opts === 'object' ? opts : {}), include_usage: true }

@@ -17,6 +17,26 @@ export type Failure = {
   providerFault: boolean
 }
 
+/**
+ * The client's JSON as sent upstream: `provider` removed, fields only another provider understands
+ * dropped, the model under the provider's id. Everything else passes as the client sent it.
+ */
+export function forwardBody(
+  provider: Provider,
+  clientBody: Record<string, unknown>,
+  upstreamModel: string,
+  foreignFields: ReadonlySet<string>,
+): Record<string, unknown> {
+  const out: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(clientBody)) {
+    if (k === 'provider') continue
+    if (foreignFields.has(k) && !provider.extraFields.has(k)) continue
+    out[k] = v
+  }
+  out.model = upstreamModel
+  return out
+}
+
 /** Largest error or JSON body read from an upstream. */
 const MAX_JSON_BYTES = 32 * 1024 * 1024
 

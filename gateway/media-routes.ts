@@ -1,0 +1,245 @@
+// /v1/images/generations, /v1/audio/transcriptions and /v1/audio/speech: served by the external
+// providers that offer them (the mesh's nodes serve text), with OpenAI's request and response
+// shapes, failover before anything is answered, and billing per unit for API keys (per image, per
+// transcription, per 1,000 characters of speech) or per request with x402.
+import { Readable } from 'node:stream'
+import type { Hono } from 'hono'
+import { z } from 'zod'
+import type { AuthVars } from './api-routes.ts'
+import { type Answered, tryCandidates } from './attempts.ts'
+import type { ChatDeps } from './chat.ts'
+import { invalidRequest } from './errors.ts'
+import { clientSignal, readJsonBody } from './node-request.ts'
+import { parseBody } from './openai.ts'
+import { PaidCall } from './paid-call.ts'
+import type { Pricing } from './pricing.ts'
+import { type Endpoint, PROVIDERS } from './providers/catalog.ts'
+import type { UpstreamResponse } from './providers/provider.ts'
+import { callUpstream, forwardBody, readText, transportFailure } from './providers/upstream-call.ts'
+import type { Candidate, RoutePlan } from './routing.ts'
+
+export interface MediaDeps extends ChatDeps {
+  pricing: Pricing
+}
+
+/** Largest audio file accepted for transcription (OpenAI's limit). */
+export const MAX_AUDIO_BYTES = 25 * 1024 * 1024
+
+const FOREIGN_FIELDS: ReadonlySet<string> = new Set(Object.values(PROVIDERS).flatMap((p) => p.extraFields ?? []))
+
+const provider = z.string().min(1).optional()
+
+const ImagesSchema = z.object({
+  model: z.string().min(1, 'must be a non-empty string'),
+  prompt: z.string().min(1, 'must be a non-empty string').max(32_000),
+  n: z.number().int().min(1).max(4, 'at most 4 images per request').nullish(),
+  size: z
+    .string()
+    .regex(/^(\d{2,5}x\d{2,5}|auto)$/, 'must be WIDTHxHEIGHT, e.g. 1024x1024')
+    .nullish(),
+  response_format: z.enum(['url', 'b64_json']).nullish(),
+  quality: z.string().max(32).nullish(),
+  style: z.string().max(32).nullish(),
+  user: z.string().max(256).optional(),
+  provider,
+})
+
+const SpeechSchema = z.object({
+  model: z.string().min(1, 'must be a non-empty string'),
+  input: z.string().min(1, 'must be a non-empty string').max(4096, 'at most 4096 characters'),
+  voice: z.string().min(1).max(64),
+  response_format: z.enum(['mp3', 'opus', 'aac', 'flac', 'wav', 'pcm']).nullish(),
+  speed: z.number().min(0.25).max(4).nullish(),
+  instructions: z.string().max(4096).nullish(),
+  provider,
+})
+
+const TranscriptionFields = z.object({
+  model: z.string().min(1, 'must be a non-empty string'),
+  language: z
+    .string()
+    .regex(/^[a-z]{2,3}(-[A-Za-z]{2,4})?$/, 'an ISO-639 code, e.g. en')
+    .optional(),
+  prompt: z.string().max(4096).optional(),
+  response_format: z.enum(['json', 'text', 'srt', 'verbose_json', 'vtt']).optional(),
+  temperature: z.coerce.number().min(0).max(1).optional(),
+  provider,
+})
+
+async function jsonBody(c: Parameters<typeof readJsonBody>[0]): Promise<Record<string, unknown>> {
+  try {
+    return (await readJsonBody(c)) as Record<string, unknown>
+  } catch {
+    throw invalidRequest('The request body is not valid JSON.')
+  }
+}
+
+type ProviderCandidate = Extract<Candidate, { kind: 'provider' }>
+
+/** Sends to the plan's providers in turn until one answers 2xx. */
+function sendToProviders(
+  deps: MediaDeps,
+  plan: RoutePlan,
+  model: string,
+  endpoint: Endpoint,
+  signal: AbortSignal,
+  build: (candidate: ProviderCandidate) => Promise<{ body: string | Buffer; contentType: string }>,
+): Promise<Answered<UpstreamResponse>> {
+  return tryCandidates<UpstreamResponse>(deps.routing, plan, model, signal, async ({ candidate }) => {
+    // These endpoints have no mesh candidates (plan() gives none).
+    if (candidate.kind === 'node') return { nodeOutcome: 'unsupported' }
+    const req = await build(candidate)
+    const sent = await callUpstream(candidate.upstream, endpoint, { ...req, signal })
+    if ('failure' in sent) return sent
+    return { value: sent.res }
+  })
+}
+
+const jsonFor =
+  (json: Record<string, unknown>) =>
+  async (candidate: ProviderCandidate): Promise<{ body: string; contentType: string }> => ({
+    body: JSON.stringify(forwardBody(candidate.upstream, json, candidate.upstreamModel, FOREIGN_FIELDS)),
+    contentType: 'application/json',
+  })
+
+/** Reads a whole JSON answer; one that is not JSON is the provider's fault. */
+async function readJson(answer: Answered<UpstreamResponse>): Promise<Record<string, unknown>> {
+  const text = await readText(answer.value.body)
+  const parsed = JSON.parse(text) as unknown
+  if (parsed == null || typeof parsed !== 'object') throw new Error('not a JSON object')
+  return parsed as Record<string, unknown>
+}
+
+export function mediaRoutes(app: Hono<AuthVars>, deps: MediaDeps): void {
+  app.post('/v1/images/generations', async (c) => {
+    const json = await jsonBody(c)
+    const req = parseBody(ImagesSchema, json)
+    const n = req.n ?? 1
+    const plan = deps.routing.plan(req.model, 'images', req.provider)
+    const call = await PaidCall.open(c, deps, 'images', req.model, BigInt(n) * deps.pricing.units.image, 'img')
+    const signal = clientSignal(c)
+    let answer: Answered<UpstreamResponse>
+    try {
+      answer = await sendToProviders(deps, plan, req.model, 'images', signal, jsonFor(json))
+    } catch (err) {
+      await call.release()
+      throw err
+    }
+    try {
+      const body = await readJson(answer).catch((err: unknown) => {
+        deps.routing.failure(answer.scored.candidate, req.model, 'bad_answer')
+        throw transportFailure((answer.scored.candidate as ProviderCandidate).upstream, err).error
+      })
+      const images = Array.isArray(body.data) ? Math.min(body.data.length, n) : n
+      await call.answered(plan, answer)
+      await call.meter?.finishProvider(
+        { promptTokens: 0, completionTokens: 0 },
+        BigInt(images) * deps.pricing.units.image,
+      )
+      deps.routing.success(answer.scored.candidate, req.model, { ttftMs: performance.now() - answer.t0 })
+      call.complete({ provider: answer.scored.candidate.provider }, { promptTokens: 0, completionTokens: 0 }, 0)
+      await call.settledHeaders('/v1/images/generations')
+      return c.json(body)
+    } finally {
+      answer.end()
+      await call.release()
+    }
+  })
+
+  app.post('/v1/audio/speech', async (c) => {
+    const json = await jsonBody(c)
+    const req = parseBody(SpeechSchema, json)
+    const plan = deps.routing.plan(req.model, 'speech', req.provider)
+    const cost = deps.pricing.speechCost(req.input.length)
+    const call = await PaidCall.open(c, deps, 'speech', req.model, cost, 'speech')
+    const signal = clientSignal(c)
+    let answer: Answered<UpstreamResponse>
+    try {
+      answer = await sendToProviders(deps, plan, req.model, 'speech', signal, jsonFor(json))
+      await call.answered(plan, answer)
+      // The provider took the work: it is charged now (its price depends only on the input).
+      await call.meter?.finishProvider({ promptTokens: 0, completionTokens: 0 }, cost)
+    } catch (err) {
+      await call.release()
+      throw err
+    }
+    const ttft = performance.now() - answer.t0
+    const res = answer.value
+    const ended = (ok: boolean): void => {
+      answer.end()
+      if (!ok) return
+      deps.routing.success(answer.scored.candidate, req.model, { ttftMs: ttft })
+      call.complete({ provider: answer.scored.candidate.provider }, { promptTokens: 0, completionTokens: 0 }, ttft)
+    }
+    res.body.once('end', () => ended(true))
+    res.body.once('error', () => ended(false))
+    res.body.once('close', () => answer.end())
+    const type = res.headers['content-type']
+    // The audio streams back as it arrives.
+    return c.body(Readable.toWeb(res.body) as ReadableStream<Uint8Array>, 200, {
+      'content-type': typeof type === 'string' ? type : 'application/octet-stream',
+    })
+  })
+
+  app.post('/v1/audio/transcriptions', async (c) => {
+    const type = c.req.header('content-type') ?? ''
+    if (!type.startsWith('multipart/form-data')) {
+      throw invalidRequest('Send the audio as multipart/form-data with a `file` and a `model`.', 'file')
+    }
+    let form: FormData
+    try {
+      form = await c.req.formData()
+    } catch {
+      throw invalidRequest('The multipart body could not be read.', 'file')
+    }
+    const file = form.get('file')
+    if (!(file instanceof Blob) || file.size === 0)
+      throw invalidRequest("'file' is required: the audio to transcribe.", 'file')
+    if (file.size > MAX_AUDIO_BYTES) {
+      throw invalidRequest(`The audio file exceeds ${MAX_AUDIO_BYTES} bytes.`, 'file', 'file_too_large')
+    }
+    const fields: Record<string, string> = {}
+    form.forEach((v, k) => {
+      if (typeof v === 'string') fields[k] = v
+    })
+    const req = parseBody(TranscriptionFields, fields)
+    const plan = deps.routing.plan(req.model, 'transcriptions', req.provider)
+    const cost = deps.pricing.units.transcription
+    const call = await PaidCall.open(c, deps, 'transcriptions', req.model, cost, 'stt')
+    const signal = clientSignal(c)
+    const name = (file as File).name || 'audio'
+    let answer: Answered<UpstreamResponse>
+    try {
+      answer = await sendToProviders(deps, plan, req.model, 'transcriptions', signal, async (candidate) => {
+        const out = new FormData()
+        for (const [k, v] of Object.entries(fields)) if (k !== 'provider' && k !== 'model') out.append(k, v)
+        out.append('model', candidate.upstreamModel)
+        out.append('file', file, name)
+        // Serialized by the platform's own multipart encoder (boundary included).
+        const encoded = new Response(out)
+        return {
+          body: Buffer.from(await encoded.arrayBuffer()),
+          contentType: encoded.headers.get('content-type') ?? 'multipart/form-data',
+        }
+      })
+    } catch (err) {
+      await call.release()
+      throw err
+    }
+    try {
+      const text = await readText(answer.value.body)
+      await call.answered(plan, answer)
+      await call.meter?.finishProvider({ promptTokens: 0, completionTokens: 0 }, cost)
+      deps.routing.success(answer.scored.candidate, req.model, { ttftMs: performance.now() - answer.t0 })
+      call.complete({ provider: answer.scored.candidate.provider }, { promptTokens: 0, completionTokens: 0 }, 0)
+      await call.settledHeaders('/v1/audio/transcriptions')
+      const upstreamType = answer.value.headers['content-type']
+      return c.body(text, 200, {
+        'content-type': typeof upstreamType === 'string' ? upstreamType : 'application/json',
+      })
+    } finally {
+      answer.end()
+      await call.release()
+    }
+  })
+}
