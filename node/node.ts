@@ -1,5 +1,5 @@
-// A node peer: joins the mesh, loads its models, serves inference over libp2p, and keeps the mesh
-// told what it serves and how loaded it is.
+// A node peer: joins the mesh, loads its models, serves inference (chat, embeddings, rerank) over
+// libp2p, and keeps the mesh told what it serves and how loaded it is.
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { LevelWithSilent } from 'pino'
@@ -31,6 +31,7 @@ import { serveInference } from './inference-service.ts'
 import { LlamaEngine, llamaGpus } from './llama-engine.ts'
 import { nodeMetricsRegistry, serveNodeMetrics } from './metrics.ts'
 import { Scheduler } from './scheduler.ts'
+import { serveVectors } from './vectors-service.ts'
 
 export interface NodeModelConfig {
   /** A GGUF file, or `cid:<CID>` to fetch the weights over IPFS from the mesh. */
@@ -279,6 +280,15 @@ async function startParts(config: NodeConfig, teardown: Teardown, undo: () => Pr
     // The request id is the gateway's (its completion id): one id across both logs.
     onComplete: ({ request, promptTokens, completionTokens }) =>
       logger.info({ reqId: request.id, model: request.model, promptTokens, completionTokens }, 'inference served'),
+  })
+  await serveVectors(peer, {
+    engines: () => engines,
+    privateKey,
+    modelSha256: (m) => sha256.get(m),
+    onComplete: ({ request, promptTokens }) =>
+      logger.info({ reqId: request.id, model: request.model, task: request.type, promptTokens }, 'vectors served'),
+    onFailure: ({ request, error }) =>
+      logger.warn({ reqId: request.id, model: request.model, task: request.type, err: error }, 'vectors failed'),
   })
   await serveCapabilities(peer, capabilities)
   const heartbeat = new HeartbeatPublisher({
