@@ -41,6 +41,7 @@ export interface VectorsServiceOptions {
   modelSha256?: (model: string) => string | undefined
   /** Requests waiting per engine. @default DEFAULT_VECTORS_MAX_QUEUE */
   maxQueue?: number
+  /** A request answered (its reply sent). */
   onComplete?: (info: { request: VectorsRequestFrame; promptTokens: number }) => void
   /** Why a request failed inside the node (not the requester's fault), for the operator. */
   onFailure?: (info: { request: VectorsRequestFrame; error: unknown }) => void
@@ -189,7 +190,6 @@ async function handleStream(
 
   try {
     const reply = await queueOf(engine).run(() => answer(request, engine, cancel.signal), cancel.signal)
-    options.onComplete?.({ request, promptTokens: reply.promptTokens })
     if (stream.writeStatus !== 'writable') return
     const receipt = await signReceipt(options.privateKey, {
       v: 1,
@@ -208,6 +208,7 @@ async function handleStream(
         ? { type: 'embeddings', vectors: reply.vectors, dimensions: reply.dimensions, usage, receipt }
         : { type: 'scores', scores: reply.scores, usage, receipt }
     await sendBytes(stream, encodeOwnFrame(frame, MAX_VECTORS_REPLY_BYTES), cancel.signal)
+    options.onComplete?.({ request, promptTokens: reply.promptTokens })
     await stream.close().catch(() => undefined)
   } catch (err) {
     if (cancel.signal.aborted) {
