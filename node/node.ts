@@ -31,7 +31,7 @@ import { serveInference } from './inference-service.ts'
 import { LlamaEngine, llamaGpus } from './llama-engine.ts'
 import { nodeMetricsRegistry, serveNodeMetrics } from './metrics.ts'
 import { Scheduler } from './scheduler.ts'
-import { serveVectors } from './vectors-service.ts'
+import { serveVectors, type VectorsService } from './vectors-service.ts'
 
 export interface NodeModelConfig {
   /** A GGUF file, or `cid:<CID>` to fetch the weights over IPFS from the mesh. */
@@ -181,6 +181,7 @@ async function startParts(config: NodeConfig, teardown: Teardown, undo: () => Pr
   const sha256 = new Map<string, string>()
 
   let deployer: Deployer | undefined
+  let vectors: VectorsService | undefined
   const capabilities = (): Capabilities => ({
     v: 1,
     peerId,
@@ -239,7 +240,8 @@ async function startParts(config: NodeConfig, teardown: Teardown, undo: () => Pr
       const deadline = Date.now() + UNDEPLOY_DRAIN_MS
       while (scheduler != null && Date.now() < deadline) {
         const l = scheduler.load()
-        if (l.active + l.queued === 0) break
+        const v = vectors?.load(engine) ?? { running: 0, queued: 0 }
+        if (l.active + l.queued + v.running + v.queued === 0) break
         await new Promise((r) => setTimeout(r, 50))
       }
     },
@@ -281,7 +283,7 @@ async function startParts(config: NodeConfig, teardown: Teardown, undo: () => Pr
     onComplete: ({ request, promptTokens, completionTokens }) =>
       logger.info({ reqId: request.id, model: request.model, promptTokens, completionTokens }, 'inference served'),
   })
-  await serveVectors(peer, {
+  vectors = await serveVectors(peer, {
     engines: () => engines,
     privateKey,
     modelSha256: (m) => sha256.get(m),
