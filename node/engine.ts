@@ -1,5 +1,6 @@
 // The Engine interface: what a node's model can do, behind one shape. A generation is a token
-// stream the Scheduler advances one step at a time, so several can be decoded in one batch.
+// stream the Scheduler advances one step at a time, so several can be decoded in one batch;
+// embeddings and rerank are one call each, over the whole request.
 import type { FinishReason, Sampling, ServedModel, WireChatMessage } from '../protocols/index.ts'
 
 export interface ChatGenerationRequest {
@@ -27,7 +28,21 @@ export interface TokenStream {
   release(): Promise<void>
 }
 
-/** A loaded model that can serve chat by token streams. */
+export interface EmbedResult {
+  /** One per input, in input order, as the model produced it (not normalized). */
+  vectors: Float32Array[]
+  /** Tokens evaluated for all inputs, with the ones the model adds around each (BOS, EOS). */
+  tokens: number
+}
+
+export interface RankResult {
+  /** One per document, in document order: probability of relevance, 0–1. */
+  scores: number[]
+  /** Tokens evaluated for all query/document pairs, prompt template included. */
+  tokens: number
+}
+
+/** A loaded model that can serve chat by token streams, and embeddings or rerank when describe() lists them. */
 export interface Engine {
   readonly modelId: string
   /** How many generations can hold a sequence at once. */
@@ -37,6 +52,19 @@ export interface Engine {
   openChat(request: ChatGenerationRequest): Promise<TokenStream>
   /** Tokens generated over the engine's lifetime (a counter tests and metrics watch). */
   readonly generatedTokens: number
+  /** Length of the vectors embed() returns, when the model embeds. */
+  readonly embeddingDimensions?: number
+  /**
+   * One vector per input. Throws EngineError: context_length_exceeded when an input does not fit,
+   * invalid_request when the model does not embed. Stops between inputs once `signal` aborts.
+   */
+  embed?(input: string[], signal?: AbortSignal): Promise<EmbedResult>
+  /**
+   * Scores each document's relevance to the query. Throws EngineError: context_length_exceeded when a
+   * pair does not fit, invalid_request when the model does not rerank. Stops between documents once `signal` aborts.
+   */
+  rank?(query: string, documents: string[], signal?: AbortSignal): Promise<RankResult>
+  /** Frees the model; embed or rank calls under way end with EngineError('internal'). */
   close(): Promise<void>
 }
 

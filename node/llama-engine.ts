@@ -1,6 +1,7 @@
 // The node-llama-cpp engine: loads a GGUF (validated first, since llama.cpp aborts the process on
 // some malformed files), renders chats with the model's own template, and exposes each request as
-// a token stream on one sequence of a shared context, so the Scheduler can batch them.
+// a token stream on one sequence of a shared context, so the Scheduler can batch them. Embeddings
+// and rerank run in contexts of their own, created on first use.
 import { availableParallelism } from 'node:os'
 import {
   type ChatHistoryItem,
@@ -9,14 +10,24 @@ import {
   type Llama,
   type LlamaContext,
   type LlamaContextSequence,
+  type LlamaEmbeddingContext,
   LlamaLogLevel,
   type LlamaModel,
+  type LlamaRankingContext,
   resolveChatWrapper,
   type Token,
 } from 'node-llama-cpp'
 import type { ServedModel } from '../protocols/index.ts'
 import { type GgufSummary, validateGguf } from '../src/models/gguf.ts'
-import { type ChatGenerationRequest, type Engine, EngineError, type StepResult, type TokenStream } from './engine.ts'
+import {
+  type ChatGenerationRequest,
+  type EmbedResult,
+  type Engine,
+  EngineError,
+  type RankResult,
+  type StepResult,
+  type TokenStream,
+} from './engine.ts'
 
 export interface LlamaEngineOptions {
   modelPath: string
@@ -28,6 +39,11 @@ export interface LlamaEngineOptions {
   slots?: number
   /** Context size of each sequence in tokens. @default min(model's trained context, 4096) */
   contextSize?: number
+  /**
+   * Context size of the embedding and of the ranking context (each made on first use, one sequence):
+   * the longest input, or query/document pair, they take. @default min(model's trained context, DEFAULT_VECTOR_CONTEXT_SIZE)
+   */
+  vectorContextSize?: number
   /** GPU backend. @default 'auto' */
   gpu?: 'auto' | false
   /** IPFS CID of the weights, when known. */
@@ -44,6 +60,27 @@ export function defaultThreads(parameterCount: number): number {
   if (parameterCount < 100_000_000) return 1
   return cores
 }
+
+/** Cap of the default context size for embeddings and rerank: enough for a long passage, small in memory. */
+export const DEFAULT_VECTOR_CONTEXT_SIZE = 2048
+
+/**
+ * Tokens decoded per step in the embedding and ranking contexts. There every token of a batch is an
+ * output, and llama.cpp sizes its output buffer by the batch: measured on the 1b preset (128k
+ * vocabulary), a 2048-token batch took +2 GB, a 512-token one +0.5 GB. Longer inputs are decoded in
+ * steps: with causal attention, last-token pooling (and none, and rank) gives the same vector either
+ * way (measured: identical); mean and CLS pooling do not (measured: off by up to 0.26), so models
+ * that pool so get the whole input in one batch.
+ */
+const VECTOR_BATCH_SIZE = 512
+
+/** llama.cpp's pooling types (GGUF `<arch>.pooling_type`). */
+const POOLING_MEAN = 1
+const POOLING_CLS = 2
+const POOLING_RANK = 4
+
+/** Documents ranked between two looks at the caller's signal. */
+const RANK_SLICE = 8
 
 let llamaInstances = new Map<string, Promise<Llama>>()
 
@@ -68,10 +105,24 @@ function slug(text: string): string {
     .replace(/^-+|-+$/g, '')
 }
 
+/** How the embedding and ranking contexts are made, and what the model can do with them. */
+interface VectorSettings {
+  tasks: ServedModel['tasks']
+  contextSize: number
+  batchSize: number
+  threads: number
+}
+
 export class LlamaEngine implements Engine {
   generatedTokens = 0
+  readonly embeddingDimensions?: number
   private readonly free: LlamaContextSequence[] = []
   private readonly slotOf = new Map<LlamaContextSequence, number>()
+  private embedding: Promise<LlamaEmbeddingContext> | undefined
+  private ranking: Promise<LlamaRankingContext> | undefined
+  /** Aborted by close(): embed and rank calls under way stop at their next input. */
+  private readonly closing = new AbortController()
+  private readonly vectorCalls = new Set<Promise<unknown>>()
 
   private constructor(
     readonly modelId: string,
@@ -81,7 +132,9 @@ export class LlamaEngine implements Engine {
     private readonly chatWrapper: ChatWrapper,
     private readonly summary: GgufSummary,
     private readonly cid: string | undefined,
+    private readonly vectors: VectorSettings,
   ) {
+    if (vectors.tasks.includes('embeddings')) this.embeddingDimensions = model.embeddingVectorSize
     // Sequence ids follow creation order; remember each one's index to hand the lowest out first.
     for (let i = 0; i < slots; i++) {
       const sequence = context.getSequence()
@@ -114,7 +167,21 @@ export class LlamaEngine implements Engine {
           })
         : resolveChatWrapper(model, { warningLogs: false })
       const id = options.modelId ?? (slug(summary.name) || slug(options.modelPath.split('/').pop() ?? 'model'))
-      return new LlamaEngine(id, slots, model, context, wrapper, summary, options.cid)
+      const vectorContextSize =
+        options.vectorContextSize ?? Math.min(summary.contextLength, DEFAULT_VECTOR_CONTEXT_SIZE)
+      const pooling = model.fileInfo.architectureMetadata.pooling_type as number | undefined
+      // Mean and CLS pooling (and attention that looks ahead) need the whole input in one batch.
+      const wholeInput =
+        pooling === POOLING_MEAN ||
+        pooling === POOLING_CLS ||
+        model.fileInfo.architectureMetadata.attention?.causal === false
+      const vectors: VectorSettings = {
+        tasks: modelTasks(model),
+        contextSize: vectorContextSize,
+        batchSize: wholeInput ? vectorContextSize : Math.min(VECTOR_BATCH_SIZE, vectorContextSize),
+        threads,
+      }
+      return new LlamaEngine(id, slots, model, context, wrapper, summary, options.cid, vectors)
     } catch (err) {
       await model.dispose()
       throw err
@@ -132,8 +199,105 @@ export class LlamaEngine implements Engine {
       parameters: this.summary.parameterCount,
       sizeBytes: this.summary.sizeBytes,
       state: 'ready',
-      tasks: ['chat'],
+      tasks: [...this.vectors.tasks],
     }
+  }
+
+  async embed(input: string[], signal?: AbortSignal): Promise<EmbedResult> {
+    if (!this.vectors.tasks.includes('embeddings')) {
+      throw new EngineError('invalid_request', `the model ${this.modelId} does not serve embeddings`)
+    }
+    return this.vectorCall(signal, async (stop) => {
+      const context = await this.embeddingContext()
+      const lengths = input.map((text) => context.calculateInputLength(text))
+      this.checkFits(lengths, 'input')
+      const vectors: Float32Array[] = []
+      for (const text of input) {
+        stop.throwIfAborted()
+        const { vector } = await context.getEmbeddingFor(text)
+        if (vector.length !== this.embeddingDimensions) {
+          throw new EngineError('internal', `the model gave a vector of ${vector.length} values`)
+        }
+        vectors.push(Float32Array.from(vector))
+      }
+      return { vectors, tokens: lengths.reduce((a, b) => a + b, 0) }
+    })
+  }
+
+  async rank(query: string, documents: string[], signal?: AbortSignal): Promise<RankResult> {
+    if (!this.vectors.tasks.includes('rerank')) {
+      throw new EngineError('invalid_request', `the model ${this.modelId} does not serve rerank`)
+    }
+    return this.vectorCall(signal, async (stop) => {
+      const context = await this.rankingContext()
+      const lengths = documents.map((document) => context.calculateInputLength(query, document))
+      this.checkFits(lengths, 'query + document')
+      const scores: number[] = []
+      for (let i = 0; i < documents.length; i += RANK_SLICE) {
+        stop.throwIfAborted()
+        scores.push(...(await context.rankAll(query, documents.slice(i, i + RANK_SLICE))))
+      }
+      return { scores, tokens: lengths.reduce((a, b) => a + b, 0) }
+    })
+  }
+
+  /** node-llama-cpp refuses an input of the context's size or more (it needs one cell past it). */
+  private checkFits(lengths: number[], what: string): void {
+    const limit = this.vectors.contextSize - 1
+    const index = lengths.findIndex((n) => n > limit)
+    if (index < 0) return
+    throw new EngineError(
+      'context_length_exceeded',
+      `${what} ${index} is ${lengths[index]} tokens; this model takes at most ${limit} per ${what}`,
+    )
+  }
+
+  /**
+   * Runs one embed or rank call: stops it when the caller's signal or close() aborts, and lets
+   * close() wait for it before freeing the contexts.
+   */
+  private async vectorCall<T>(signal: AbortSignal | undefined, run: (stop: AbortSignal) => Promise<T>): Promise<T> {
+    if (this.closing.signal.aborted) throw new EngineError('internal', `the model ${this.modelId} was unloaded`)
+    const stop = signal ? AbortSignal.any([signal, this.closing.signal]) : this.closing.signal
+    const call = run(stop)
+    this.vectorCalls.add(call)
+    try {
+      return await call
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason
+      if (this.closing.signal.aborted) throw new EngineError('internal', `the model ${this.modelId} was unloaded`)
+      throw err
+    } finally {
+      this.vectorCalls.delete(call)
+    }
+  }
+
+  private embeddingContext(): Promise<LlamaEmbeddingContext> {
+    if (this.embedding == null) {
+      const created = this.model.createEmbeddingContext(this.vectorContextOptions())
+      this.embedding = created
+      // A failed creation (memory) is tried again by the next call.
+      created.catch(() => {
+        if (this.embedding === created) this.embedding = undefined
+      })
+    }
+    return this.embedding
+  }
+
+  private rankingContext(): Promise<LlamaRankingContext> {
+    if (this.ranking == null) {
+      const created = this.model.createRankingContext(this.vectorContextOptions())
+      this.ranking = created
+      created.catch(() => {
+        if (this.ranking === created) this.ranking = undefined
+      })
+    }
+    return this.ranking
+  }
+
+  private vectorContextOptions(): { contextSize: number; batchSize: number; threads: number } {
+    const { contextSize, batchSize, threads } = this.vectors
+    return { contextSize, batchSize, threads }
   }
 
   async openChat(request: ChatGenerationRequest): Promise<TokenStream> {
@@ -195,6 +359,12 @@ export class LlamaEngine implements Engine {
   }
 
   async close(): Promise<void> {
+    this.closing.abort()
+    await Promise.allSettled(this.vectorCalls)
+    for (const created of [this.embedding, this.ranking]) {
+      const context = await created?.catch(() => undefined)
+      await context?.dispose()
+    }
     await this.context.dispose()
     await this.model.dispose()
   }
@@ -212,6 +382,19 @@ export class LlamaEngine implements Engine {
     const { contextText } = this.chatWrapper.generateContextState({ chatHistory: history })
     return contextText.tokenize(this.model.tokenizer)
   }
+}
+
+/**
+ * What a loaded model can do. Embeddings: any decoder except a reranker, whose pooled output is its
+ * label scores rather than a vector. Rerank: a model with a ranking head (node-llama-cpp's own test).
+ */
+function modelTasks(model: LlamaModel): ServedModel['tasks'] {
+  const tasks: ServedModel['tasks'] = ['chat']
+  const insights = model.fileInsights
+  const pooling = model.fileInfo.architectureMetadata.pooling_type as number | undefined
+  if (!(insights.hasEncoder && insights.hasDecoder) && pooling !== POOLING_RANK) tasks.push('embeddings')
+  if (insights.supportsRanking) tasks.push('rerank')
+  return tasks
 }
 
 /** One generation: pulls tokens one at a time, detokenizes safely and applies stop sequences. */

@@ -1,5 +1,5 @@
-// A node peer: joins the mesh, loads its models, serves inference over libp2p, and keeps the mesh
-// told what it serves and how loaded it is.
+// A node peer: joins the mesh, loads its models, serves inference (chat, embeddings, rerank) over
+// libp2p, and keeps the mesh told what it serves and how loaded it is.
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { LevelWithSilent } from 'pino'
@@ -31,6 +31,7 @@ import { serveInference } from './inference-service.ts'
 import { LlamaEngine, llamaGpus } from './llama-engine.ts'
 import { nodeMetricsRegistry, serveNodeMetrics } from './metrics.ts'
 import { Scheduler } from './scheduler.ts'
+import { serveVectors, type VectorsService } from './vectors-service.ts'
 
 export interface NodeModelConfig {
   /** A GGUF file, or `cid:<CID>` to fetch the weights over IPFS from the mesh. */
@@ -180,6 +181,7 @@ async function startParts(config: NodeConfig, teardown: Teardown, undo: () => Pr
   const sha256 = new Map<string, string>()
 
   let deployer: Deployer | undefined
+  let vectors: VectorsService | undefined
   const capabilities = (): Capabilities => ({
     v: 1,
     peerId,
@@ -238,7 +240,8 @@ async function startParts(config: NodeConfig, teardown: Teardown, undo: () => Pr
       const deadline = Date.now() + UNDEPLOY_DRAIN_MS
       while (scheduler != null && Date.now() < deadline) {
         const l = scheduler.load()
-        if (l.active + l.queued === 0) break
+        const v = vectors?.load(engine) ?? { running: 0, queued: 0 }
+        if (l.active + l.queued + v.running + v.queued === 0) break
         await new Promise((r) => setTimeout(r, 50))
       }
     },
@@ -279,6 +282,15 @@ async function startParts(config: NodeConfig, teardown: Teardown, undo: () => Pr
     // The request id is the gateway's (its completion id): one id across both logs.
     onComplete: ({ request, promptTokens, completionTokens }) =>
       logger.info({ reqId: request.id, model: request.model, promptTokens, completionTokens }, 'inference served'),
+  })
+  vectors = await serveVectors(peer, {
+    engines: () => engines,
+    privateKey,
+    modelSha256: (m) => sha256.get(m),
+    onComplete: ({ request, promptTokens }) =>
+      logger.info({ reqId: request.id, model: request.model, task: request.type, promptTokens }, 'vectors served'),
+    onFailure: ({ request, error }) =>
+      logger.warn({ reqId: request.id, model: request.model, task: request.type, err: error }, 'vectors failed'),
   })
   await serveCapabilities(peer, capabilities)
   const heartbeat = new HeartbeatPublisher({

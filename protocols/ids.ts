@@ -16,6 +16,9 @@ export const REGISTRY_PROTOCOL = '/cluster/registry/1.0.0'
 /** A gateway asks a node to deploy (fetch over IPFS, load, serve) or undeploy a model. */
 export const DEPLOY_PROTOCOL = '/cluster/deploy/1.0.0'
 
+/** One embeddings or rerank request per stream: request → embeddings | scores | error. Closing the stream cancels. */
+export const VECTORS_PROTOCOL = '/cluster/vectors/1.0.0'
+
 /** kad-dht protocol id: private, so our peers never join or answer the public IPFS DHT. */
 export const DHT_PROTOCOL = '/cluster/kad/1.0.0'
 
@@ -42,7 +45,14 @@ export const STREAM_LIMITS = {
   capabilities: { maxInboundStreams: 32, maxOutboundStreams: 32 },
   registry: { maxInboundStreams: 8, maxOutboundStreams: 8 },
   deploy: { maxInboundStreams: 16, maxOutboundStreams: 16 },
+  vectors: { maxInboundStreams: 64, maxOutboundStreams: 64 },
 } as const
+
+/**
+ * Largest embeddings reply (bytes of its frame): 2048 vectors of 4096 float32 dimensions, base64,
+ * fit. A node refuses a request whose reply would not, before computing anything.
+ */
+export const MAX_VECTORS_REPLY_BYTES = 64 * 1024 * 1024
 
 // --- Blocks (weights between peers) ---
 

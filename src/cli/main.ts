@@ -425,8 +425,10 @@ export async function main(argv: string[]): Promise<void> {
   const model = program.command('model').description('model files')
   model
     .command('synth')
-    .description('write a llama GGUF with random weights (for load tests; its output is noise)')
-    .addOption(new Option('--preset <name>', 'model shape').choices(['tiny', 'small', '1b']).default('tiny'))
+    .description('write a GGUF with random weights (for load tests; its output is noise)')
+    .addOption(
+      new Option('--preset <name>', 'model shape').choices(['tiny', 'small', '1b', 'rerank-tiny']).default('tiny'),
+    )
     .requiredOption('--out <file>', 'where to write the .gguf')
     .option('--seed <n>', 'random seed', (v) => Number.parseInt(v, 10))
     .action(async (opts: { preset: SynthPresetName; out: string; seed?: number }) => {

@@ -1,5 +1,6 @@
 // Writes llama-architecture GGUF models with random weights, so demos, tests and benches can run
-// real node-llama-cpp inference with the shape (and cost) of a real model but no download.
+// real node-llama-cpp inference with the shape (and cost) of a real model but no download. One
+// preset is a qwen3 reranker (ranking head, rank pooling) for the embeddings and rerank paths.
 
 import type { FileHandle } from 'node:fs/promises'
 import { mkdir, open, rename, rm } from 'node:fs/promises'
@@ -16,11 +17,19 @@ import {
   tensorByteSize,
 } from './gguf-format.ts'
 
-export type SynthPresetName = 'tiny' | 'small' | '1b'
+export type SynthPresetName = 'tiny' | 'small' | '1b' | 'rerank-tiny'
 
 export type SynthPreset = {
   /** Human label used in `general.name`. */
   label: string
+  /** llama, or qwen3: llama's layout plus an RMSNorm over each attention head's queries and keys. */
+  architecture: 'llama' | 'qwen3'
+  /**
+   * A ranking head, laid out as llama.cpp's conversions of Qwen3-Reranker are: `cls.output.weight`
+   * with one row per label (yes, no), rank pooling and a rerank prompt template. qwen3 only: llama.cpp
+   * reads `cls.output` for that architecture and ends its rank pooling in a softmax over the labels.
+   */
+  rerank?: boolean
   contextLength: number
   embeddingLength: number
   blockCount: number
@@ -38,6 +47,7 @@ export type SynthPreset = {
 export const SYNTH_PRESETS: Readonly<Record<SynthPresetName, SynthPreset>> = {
   tiny: {
     label: 'Cluster demo tiny (random weights)',
+    architecture: 'llama',
     contextLength: 4096,
     embeddingLength: 128,
     blockCount: 2,
@@ -52,6 +62,7 @@ export const SYNTH_PRESETS: Readonly<Record<SynthPresetName, SynthPreset>> = {
   /** ~60 MB: big enough to span many IPFS blocks (deploy and fetch tests), still quick to load. */
   small: {
     label: 'Cluster demo small (random weights)',
+    architecture: 'llama',
     contextLength: 4096,
     embeddingLength: 512,
     blockCount: 12,
@@ -65,6 +76,7 @@ export const SYNTH_PRESETS: Readonly<Record<SynthPresetName, SynthPreset>> = {
   },
   '1b': {
     label: 'Cluster demo 1B (random weights)',
+    architecture: 'llama',
     contextLength: 131_072,
     embeddingLength: 2048,
     blockCount: 16,
@@ -75,6 +87,22 @@ export const SYNTH_PRESETS: Readonly<Record<SynthPresetName, SynthPreset>> = {
     specialTokenCount: 256,
     ropeFreqBase: 500_000,
     rmsEpsilon: 1e-5,
+  },
+  /** The tiny shape as a qwen3 reranker (~0.7 MB): scores query/document pairs in [0, 1]. */
+  'rerank-tiny': {
+    label: 'Cluster demo rerank tiny (random weights)',
+    architecture: 'qwen3',
+    rerank: true,
+    contextLength: 4096,
+    embeddingLength: 128,
+    blockCount: 2,
+    feedForwardLength: 384,
+    headCount: 4,
+    headCountKv: 2,
+    vocabSize: 2048,
+    specialTokenCount: 16,
+    ropeFreqBase: 1_000_000,
+    rmsEpsilon: 1e-6,
   },
 }
 
@@ -92,6 +120,15 @@ export type SynthesizeOptions = {
 }
 
 export type SynthesizeResult = { path: string; bytes: number; preset: string }
+
+/** Labels of the ranking head's rows, in the order llama.cpp's Qwen3-Reranker conversion writes them. */
+export const RERANK_LABELS = ['yes', 'no'] as const
+
+/**
+ * The rerank prompt (`tokenizer.chat_template.rerank`); node-llama-cpp and llama-server fill in
+ * {query} and {document}. The score is the probability of the first label after it.
+ */
+export const RERANK_TEMPLATE = 'Query: {query}\nDocument: {document}\nIs the document relevant to the query? Answer:'
 
 /** Llama 3 instruct chat template: node-llama-cpp recognises it and picks its Llama 3 wrapper. */
 export const LLAMA3_CHAT_TEMPLATE =
@@ -252,15 +289,21 @@ function planTensors(p: SynthPreset): TensorPlan[] {
   const matrix = (name: string, dims: number[]): void => {
     list.push({ name, dims, ggmlType: GGML_TYPE_Q8_0, fill: 'random' })
   }
-  const norm = (name: string): void => {
-    list.push({ name, dims: [p.embeddingLength], ggmlType: GGML_TYPE_F32, fill: 'ones' })
+  const norm = (name: string, width = p.embeddingLength): void => {
+    list.push({ name, dims: [width], ggmlType: GGML_TYPE_F32, fill: 'ones' })
   }
   // Embeddings are tied (no output.weight), as in Llama 3.2 1B: llama.cpp reuses token_embd.
   matrix('token_embd.weight', [p.embeddingLength, p.vocabSize])
   norm('output_norm.weight')
+  // The ranking head maps the last token's hidden state to one logit per label.
+  if (p.rerank) matrix('cls.output.weight', [p.embeddingLength, RERANK_LABELS.length])
   for (let i = 0; i < p.blockCount; i++) {
     norm(`blk.${i}.attn_norm.weight`)
     matrix(`blk.${i}.attn_q.weight`, [p.embeddingLength, p.embeddingLength])
+    if (p.architecture === 'qwen3') {
+      norm(`blk.${i}.attn_q_norm.weight`, headDim)
+      norm(`blk.${i}.attn_k_norm.weight`, headDim)
+    }
     matrix(`blk.${i}.attn_k.weight`, [p.embeddingLength, kvDim])
     matrix(`blk.${i}.attn_v.weight`, [p.embeddingLength, kvDim])
     matrix(`blk.${i}.attn_output.weight`, [p.embeddingLength, p.embeddingLength])
@@ -285,23 +328,24 @@ function byteSize(t: Pick<GgufTensorHeader, 'ggmlType' | 'dims'>): number {
 
 function buildMetadata(p: SynthPreset, name: string, vocab: SynthVocab): Map<string, GgufKv> {
   const headDim = p.embeddingLength / p.headCount
-  return new Map<string, GgufKv>([
-    ['general.architecture', kv.string('llama')],
+  const arch = p.architecture
+  const metadata = new Map<string, GgufKv>([
+    ['general.architecture', kv.string(arch)],
     ['general.type', kv.string('model')],
     ['general.name', kv.string(name)],
     ['general.file_type', kv.u32(FILE_TYPE_MOSTLY_Q8_0)],
     ['general.quantization_version', kv.u32(2)],
     ['general.alignment', kv.u32(GGUF_DEFAULT_ALIGNMENT)],
-    ['llama.vocab_size', kv.u32(p.vocabSize)],
-    ['llama.context_length', kv.u32(p.contextLength)],
-    ['llama.embedding_length', kv.u32(p.embeddingLength)],
-    ['llama.block_count', kv.u32(p.blockCount)],
-    ['llama.feed_forward_length', kv.u32(p.feedForwardLength)],
-    ['llama.rope.dimension_count', kv.u32(headDim)],
-    ['llama.rope.freq_base', kv.f32(p.ropeFreqBase)],
-    ['llama.attention.head_count', kv.u32(p.headCount)],
-    ['llama.attention.head_count_kv', kv.u32(p.headCountKv)],
-    ['llama.attention.layer_norm_rms_epsilon', kv.f32(p.rmsEpsilon)],
+    [`${arch}.vocab_size`, kv.u32(p.vocabSize)],
+    [`${arch}.context_length`, kv.u32(p.contextLength)],
+    [`${arch}.embedding_length`, kv.u32(p.embeddingLength)],
+    [`${arch}.block_count`, kv.u32(p.blockCount)],
+    [`${arch}.feed_forward_length`, kv.u32(p.feedForwardLength)],
+    [`${arch}.rope.dimension_count`, kv.u32(headDim)],
+    [`${arch}.rope.freq_base`, kv.f32(p.ropeFreqBase)],
+    [`${arch}.attention.head_count`, kv.u32(p.headCount)],
+    [`${arch}.attention.head_count_kv`, kv.u32(p.headCountKv)],
+    [`${arch}.attention.layer_norm_rms_epsilon`, kv.f32(p.rmsEpsilon)],
     ['tokenizer.ggml.model', kv.string('gpt2')],
     ['tokenizer.ggml.pre', kv.string('llama-bpe')],
     ['tokenizer.ggml.tokens', kv.strings(vocab.tokens)],
@@ -315,7 +359,16 @@ function buildMetadata(p: SynthPreset, name: string, vocab: SynthVocab): Map<str
     ['tokenizer.ggml.add_eos_token', kv.bool(false)],
     ['tokenizer.chat_template', kv.string(LLAMA3_CHAT_TEMPLATE)],
   ])
+  if (p.rerank) {
+    metadata.set(`${arch}.pooling_type`, kv.u32(POOLING_TYPE_RANK))
+    metadata.set(`${arch}.classifier.output_labels`, kv.strings(RERANK_LABELS))
+    metadata.set('tokenizer.chat_template.rerank', kv.string(RERANK_TEMPLATE))
+  }
+  return metadata
 }
+
+/** llama.cpp's LLAMA_POOLING_TYPE_RANK. */
+const POOLING_TYPE_RANK = 4
 
 /** xorshift128: fast, seedable, and plenty random for weights nobody will train. */
 function makeRng(seed: number): () => number {
@@ -473,7 +526,7 @@ async function writeAll(fh: FileHandle, data: Uint8Array): Promise<void> {
 }
 
 /**
- * Writes a random-weight llama GGUF for a preset. The file appears under its final name only when
+ * Writes a random-weight GGUF (llama or qwen3) for a preset. The file appears under its final name only when
  * complete (written beside it, then renamed), so a reader never sees a half-written model.
  */
 export async function synthesizeGguf(opts: SynthesizeOptions): Promise<SynthesizeResult> {

@@ -75,7 +75,12 @@ describe('gateway + two nodes over libp2p', () => {
       'capabilities with the sha256',
     )
     const caps = gw.directory.get(nodeA.peerId)?.capabilities
-    expect(caps?.models[0]).toMatchObject({ id: MODEL, state: 'ready', tasks: ['chat'], architecture: 'llama' })
+    expect(caps?.models[0]).toMatchObject({
+      id: MODEL,
+      state: 'ready',
+      tasks: ['chat', 'embeddings'],
+      architecture: 'llama',
+    })
     expect(caps?.hardware.cpu.cores).toBeGreaterThan(0)
     expect(caps?.hardware.ramBytes).toBeGreaterThan(0)
     expect(caps?.prices[0]?.model).toBe(MODEL)

@@ -1,15 +1,15 @@
-// Shared fixtures for tests: the tiny synthetic model (generated once per machine into the temp
+// Shared fixtures for tests: the synthetic models (generated once per test process into the temp
 // dir; the generator is deterministic) and temp data dirs that are removed after the run.
 import { existsSync, unlinkSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { synthesizeGguf } from '../../src/models/synth.ts'
+import { type SynthPresetName, synthesizeGguf } from '../../src/models/synth.ts'
 
 const generated = new Map<string, Promise<string>>()
 
 /** A synthetic model of a preset, generated once per test process (removed at exit). */
-function presetModel(preset: 'tiny' | 'small', seed: number): Promise<string> {
+function presetModel(preset: SynthPresetName, seed: number): Promise<string> {
   let path = generated.get(preset)
   if (path == null) {
     path = (async () => {
@@ -34,6 +34,9 @@ export const tinyModelPath = (): Promise<string> => presetModel('tiny', 7)
 
 /** The small model (~55 MB, many IPFS blocks): for fetch and deploy tests. */
 export const smallModelPath = (): Promise<string> => presetModel('small', 11)
+
+/** The tiny qwen3 reranker (~0.7 MB): chat and rerank, no embeddings. */
+export const rerankModelPath = (): Promise<string> => presetModel('rerank-tiny', 13)
 
 export async function tempDir(prefix: string): Promise<{ path: string; remove: () => Promise<void> }> {
   const path = await mkdtemp(join(tmpdir(), `cluster-${prefix}-`))

@@ -7,7 +7,7 @@ import { getLlama, Llama3_1ChatWrapper, Llama3ChatWrapper, LlamaLogLevel, resolv
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { InvalidModelError, inspectGguf, sha256File, validateGguf } from '../../src/models/gguf.ts'
 import { encodeGgufHeader, GGUF_DEFAULT_ALIGNMENT, kv } from '../../src/models/gguf-format.ts'
-import { SYNTH_PRESETS, synthesizeGguf } from '../../src/models/synth.ts'
+import { RERANK_LABELS, RERANK_TEMPLATE, SYNTH_PRESETS, synthesizeGguf } from '../../src/models/synth.ts'
 
 let dir = ''
 let tinyPath = ''
@@ -121,6 +121,38 @@ describe('synthesizeGguf (tiny)', () => {
       const wrapper = resolveChatWrapper(model)
       expect(wrapper instanceof Llama3_1ChatWrapper || wrapper instanceof Llama3ChatWrapper).toBe(true)
 
+      await context.dispose()
+      await model.dispose()
+    } finally {
+      await llama.dispose()
+    }
+  })
+})
+
+describe('synthesizeGguf (rerank-tiny)', () => {
+  it('writes a qwen3 with per-head Q/K norms and a two-label ranking head that node-llama-cpp can rank with', async () => {
+    const p = SYNTH_PRESETS['rerank-tiny']
+    const res = await synthesizeGguf({ preset: 'rerank-tiny', out: join(dir, 'rerank.gguf'), seed: 3 })
+    const headDim = p.embeddingLength / p.headCount
+    const summary = await validateGguf(res.path)
+    expect(summary).toMatchObject({
+      architecture: 'qwen3',
+      embeddingLength: p.embeddingLength,
+      // The llama tensors, plus q/k norms in each block and the ranking head (one row per label).
+      parameterCount: expectedParams(p) + p.blockCount * 2 * headDim + p.embeddingLength * RERANK_LABELS.length,
+    })
+    const llama = await getLlama({ gpu: false, logLevel: LlamaLogLevel.error })
+    try {
+      const model = await llama.loadModel({ modelPath: res.path })
+      expect(model.fileInsights.supportsRanking).toBe(true)
+      expect(model.fileInfo.metadata.tokenizer['chat_template.rerank']).toBe(RERANK_TEMPLATE)
+      const context = await model.createRankingContext({ contextSize: 256, threads: 1 })
+      const scores = await context.rankAll('what is the cluster', ['the cluster answers', 'water is wet'])
+      expect(scores).toHaveLength(2)
+      for (const s of scores) {
+        expect(s).toBeGreaterThan(0)
+        expect(s).toBeLessThan(1)
+      }
       await context.dispose()
       await model.dispose()
     } finally {
