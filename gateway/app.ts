@@ -14,6 +14,7 @@ import { type ChainDeps, chainRoutes } from './chain-routes.ts'
 import { type CompletedInference, chatRoute } from './chat.ts'
 import { ApiError, modelNotFound, rateLimited, unauthorized } from './errors.ts'
 import { MAX_AUDIO_BYTES, mediaRoutes } from './media-routes.ts'
+import type { MeshVectors } from './mesh-vectors.ts'
 import type { GatewayMetrics, MetricsAccess } from './metrics.ts'
 import { type ModelsDeps, modelRoutes, modelsDeployedBy } from './models.ts'
 import type { Pricing } from './pricing.ts'
@@ -21,6 +22,7 @@ import { MESH_PROVIDER } from './providers/catalog.ts'
 import type { TokenBuckets } from './rate-limit.ts'
 import type { MeshRouter } from './router.ts'
 import type { Routing } from './routing.ts'
+import { vectorsRoutes } from './vectors-routes.ts'
 import { PaymentRequiredError, type X402Gate } from './x402.ts'
 
 export type { CompletedInference } from './chat.ts'
@@ -30,6 +32,8 @@ export interface AppDeps {
   router: MeshRouter
   /** Candidates (mesh nodes, external providers), their scores and measurements. */
   routing: Routing
+  /** Embeddings and rerank on mesh nodes. */
+  vectors: MeshVectors
   accounts: Accounts
   pricing: Pricing
   /** Billing off (undefined) serves authenticated calls without charging: for benchmarks only. */
@@ -308,6 +312,7 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
 
   app.post('/v1/chat/completions', chatRoute(deps))
   mediaRoutes(app, deps)
+  vectorsRoutes(app, deps)
 
   return app
 }

@@ -30,6 +30,7 @@ import { AdminFeed, type AdminFeedOptions } from './admin-ws.ts'
 import { type CompletedInference, createApp } from './app.ts'
 import { Billing } from './billing.ts'
 import type { ChainDeps } from './chain-routes.ts'
+import { MeshVectors } from './mesh-vectors.ts'
 import { GatewayMetrics, type MetricsAccess } from './metrics.ts'
 import type { ModelsConfig } from './models.ts'
 import { Pricing, type PricingConfig } from './pricing.ts'
@@ -279,6 +280,7 @@ async function startParts(
     directory,
     router,
     routing,
+    vectors: new MeshVectors(peer, directory),
     onComplete,
     accounts,
     pricing,

@@ -166,8 +166,7 @@ export class Routing {
       if (task == null) {
         return invalidRequest(`The mesh does not serve ${endpoint}; pin a provider that does.`, 'provider')
       }
-      if (this.directory.knowsModel(model)) return noNodes(model)
-      return modelNotFound(model)
+      return this.meshMissing(model, endpoint, task)
     }
     if (pinned != null) {
       const enabled = this.providers.find((p) => p.name === pinned)
@@ -180,6 +179,18 @@ export class Routing {
         )
       }
       return invalidRequest(`The provider '${pinned}' does not serve ${endpoint}.`, 'provider', 'unsupported_endpoint')
+    }
+    return this.meshMissing(model, endpoint, task)
+  }
+
+  /** No mesh node can take it: the model lacks the task (400), its nodes are gone (503), or nobody has it (404). */
+  private meshMissing(model: string, endpoint: Endpoint, task: Task | undefined): ApiError {
+    if (task != null && task !== 'chat' && this.directory.nodesServing(model).length > 0) {
+      return invalidRequest(
+        `The model '${model}' does not support ${endpoint} on this cluster.`,
+        'model',
+        'unsupported_endpoint',
+      )
     }
     if (task != null && this.directory.knowsModel(model)) return noNodes(model)
     return modelNotFound(model)

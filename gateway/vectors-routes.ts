@@ -2,13 +2,13 @@
 // mesh nodes whose model can embed or rank (node-llama-cpp, over /cluster/vectors/1.0.0, paid from
 // their signed receipts) or by providers that offer them; billed per prompt token with API keys,
 // per request with x402.
-import type { Hono } from 'hono'
+import type { Context, Hono } from 'hono'
 import { z } from 'zod'
 import { type DoneFrame, encodeVector, type Receipt, type Usage } from '../protocols/index.ts'
 import { costOf } from '../src/payments/money.ts'
 import type { AuthVars } from './api-routes.ts'
 import { type Attempt, tryCandidates } from './attempts.ts'
-import { ApiError, invalidRequest } from './errors.ts'
+import { invalidRequest } from './errors.ts'
 import type { MediaDeps } from './media-routes.ts'
 import { type EmbedResult, type MeshVectors, MeshVectorsError, type RerankResult } from './mesh-vectors.ts'
 import { clientSignal, readJsonBody } from './node-request.ts'
@@ -102,7 +102,7 @@ const doneOf = (usage: Usage, receipt: Receipt): DoneFrame => ({ type: 'done', f
 export function vectorsRoutes(app: Hono<AuthVars>, deps: VectorsDeps): void {
   /** Routes one request and settles it: the node's receipt, or the provider's (else our) token count. */
   async function serve<T extends EmbedResult | RerankResult>(
-    c: Parameters<Parameters<typeof app.post>[1]>[0],
+    c: Context<AuthVars>,
     endpoint: 'embeddings' | 'rerank',
     model: string,
     pinned: string | undefined,
@@ -155,8 +155,19 @@ export function vectorsRoutes(app: Hono<AuthVars>, deps: VectorsDeps): void {
     const json = await jsonBody(c)
     const req = parseBody(EmbeddingsSchema, json)
     const input = typeof req.input === 'string' ? [req.input] : req.input
-    const { served, usage } = await serve<EmbedResult>(c, 'embeddings', req.model, req.provider, input, json, (peerId, id, signal) =>
-      deps.vectors.embed(peerId, { id, model: req.model, input, ...(req.dimensions != null ? { dimensions: req.dimensions } : {}) }, signal),
+    const { served, usage } = await serve<EmbedResult>(
+      c,
+      'embeddings',
+      req.model,
+      req.provider,
+      input,
+      json,
+      (peerId, id, signal) =>
+        deps.vectors.embed(
+          peerId,
+          { id, model: req.model, input, ...(req.dimensions != null ? { dimensions: req.dimensions } : {}) },
+          signal,
+        ),
     )
     if (served.kind === 'provider') return c.json(served.body)
     const base64 = req.encoding_format === 'base64'
@@ -183,7 +194,8 @@ export function vectorsRoutes(app: Hono<AuthVars>, deps: VectorsDeps): void {
       req.provider,
       [req.query, ...documents],
       json,
-      (peerId, id, signal) => deps.vectors.rerank(peerId, { id, model: req.model, query: req.query, documents }, signal),
+      (peerId, id, signal) =>
+        deps.vectors.rerank(peerId, { id, model: req.model, query: req.query, documents }, signal),
     )
     if (served.kind === 'provider') return c.json(served.body)
     const ranked = served.result.scores
@@ -211,5 +223,3 @@ async function jsonBody(c: Parameters<typeof readJsonBody>[0]): Promise<Record<s
     throw invalidRequest('The request body is not valid JSON.')
   }
 }
-
-export { ApiError }
