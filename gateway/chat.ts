@@ -27,7 +27,7 @@ import {
   toWireMessages,
   usageChunkBody,
 } from './openai.ts'
-import { PROVIDERS } from './providers/catalog.ts'
+import { MESH_PROVIDER, PROVIDERS } from './providers/catalog.ts'
 import {
   contentOf,
   openProviderChat,
@@ -174,7 +174,7 @@ export function chatRoute(deps: ChatDeps) {
     // Where it went, and why.
     c.header('x-cluster-provider', answer.scored.candidate.provider)
     c.header('x-cluster-route', deps.routing.describe(plan, answer.scored, routed.tried))
-    const ctx: Served = { c, deps, meta, signal, cancel, onClientGone, meter, settlement, complete, started }
+    const ctx: Served = { c, frame, deps, meta, signal, cancel, onClientGone, meter, settlement, complete, started }
     const { value } = answer
     if (value.kind === 'node') {
       c.header('x-cluster-node', value.call.nodePeerId)
@@ -186,6 +186,8 @@ export function chatRoute(deps: ChatDeps) {
 
 interface Served {
   c: Context<AuthVars>
+  /** The request as sent to the node (a continuation re-sends it). */
+  frame: InferenceRequestFrame
   deps: ChatDeps
   meta: CompletionMeta
   signal: AbortSignal
@@ -226,7 +228,7 @@ async function serveNode(
   stream: boolean,
   includeUsage: boolean,
 ): Promise<Response> {
-  const { c, meta, signal, cancel, meter, settlement, complete } = s
+  const { c, meta, signal, cancel, meter, settlement, complete, frame } = s
   const firstAt = performance.now()
   const measured = (done: DoneFrame): void =>
     s.deps.routing.success(answer.scored.candidate, s.meta.model, {
@@ -268,27 +270,52 @@ async function serveNode(
     void settlement?.then((o) => {
       if (o.status === 'failed') unpaid = o.reason
     })
+    // The node answering now: another one when the first dies mid-stream (continued from what was sent).
+    let current = call
+    let text = ''
+    let continued = 0
+    const tried = new Set<string>([call.nodePeerId])
+    /** The node failed mid-answer: the answer goes on on another node, or the stream ends with an error. */
+    const resume = async (why: string): Promise<InferenceResponseFrame | undefined> => {
+      if (cancel.signal.aborted) return undefined
+      if (continued === 0) s.deps.routing.failure(answer.scored.candidate, meta.model, why)
+      current.abort()
+      const next = await continueElsewhere(s, frame, text, meter.deliveredTokens, tried, cancel.signal)
+      if (next == null) {
+        await send(streamError(`The node failed mid-stream (${why}).`, 'node_failed')).catch(() => undefined)
+        return undefined
+      }
+      continued++
+      tried.add(next.nodePeerId)
+      current = next
+      // For whoever reads the stream closely: where it went on (SSE parsers skip comments).
+      await sse.write(`: x-cluster-continued-on: ${next.nodePeerId}\n\n`)
+      return next.first
+    }
     try {
-      let frame: InferenceResponseFrame = call.first
+      let next: InferenceResponseFrame | undefined = current.first
       for (;;) {
+        if (next == null) break
+        const f: InferenceResponseFrame = next
         if (cancel.signal.aborted) {
-          if (frame.type === 'done') done = frame
+          if (f.type === 'done') done = f
           break
         }
         if (unpaid != null) {
           await send(paymentError(unpaid))
           break
         }
-        if (frame.type === 'delta') {
-          if (frame.text.length > 0) await send(chunkBody(meta, { content: frame.text }, null, includeUsage))
+        if (f.type === 'delta') {
+          if (f.text.length > 0) await send(chunkBody(meta, { content: f.text }, null, includeUsage))
+          text += f.text
           // Counted once written: an abort pays for what was delivered.
-          meter.delivered(frame.tokens)
-        } else if (frame.type === 'done') {
-          done = frame
-          await meter.finish(call.nodePeerId, frame, false)
-          measured(frame)
-          await send(chunkBody(meta, {}, frame.finishReason, includeUsage))
-          if (includeUsage) await send(usageChunkBody(meta, frame.usage))
+          meter.delivered(f.tokens)
+        } else if (f.type === 'done') {
+          done = f
+          await meter.finish(current.nodePeerId, f, false)
+          if (continued === 0) measured(f)
+          await send(chunkBody(meta, {}, f.finishReason, includeUsage))
+          if (includeUsage) await send(usageChunkBody(meta, f.usage))
           // The answer is out; its payment is told before [DONE] (it did not hold the stream).
           const settled = await settlement
           if (settled?.status === 'failed') await send(paymentError(settled.reason))
@@ -296,38 +323,84 @@ async function serveNode(
           // comment (ignored by SSE parsers, readable by whoever wants the receipt).
           if (settled?.status === 'settled') await sse.write(`: ${settled.header.name}: ${settled.header.value}\n\n`)
           await sse.write('data: [DONE]\n\n')
-          complete(frame.finishReason, frame.usage)
+          complete(f.finishReason, f.usage)
           finished = true
           break
+        } else if (f.code === 'internal') {
+          next = await resume('internal')
+          continue
         } else {
-          await send(streamError(frame.message, frame.code))
+          await send(streamError(f.message, f.code))
           break
         }
-        const next = await call.rest.next()
-        if (next.done) {
-          await send(streamError('The node closed the stream early.', 'node_failed'))
-          break
+        try {
+          const r = await current.rest.next()
+          next = r.done ? await resume('closed') : r.value
+        } catch {
+          next = await resume('reset')
         }
-        frame = next.value
       }
     } catch {
       if (!cancel.signal.aborted) {
-        s.deps.routing.failure(answer.scored.candidate, s.meta.model, 'mid_stream')
         await send(streamError('The node failed mid-stream.', 'node_failed')).catch(() => undefined)
       }
     } finally {
       answer.end()
       signal.removeEventListener('abort', s.onClientGone)
-      if (finished) call.close()
+      if (finished) current.close()
       else {
         // The client left: the node was told to stop; its done frame brings the receipt.
-        if (cancel.signal.aborted && done == null) done = await call.drain()
-        call.abort()
+        if (cancel.signal.aborted && done == null) done = await current.drain()
+        current.abort()
       }
       // Billed for what reached the client, with the node's receipt; a failed node, nothing.
-      await meter.finish(call.nodePeerId, cancel.signal.aborted ? done : undefined, true)
+      await meter.finish(current.nodePeerId, cancel.signal.aborted ? done : undefined, true)
     }
   })
+}
+
+/** How many times one answer may move to another node. */
+const MAX_CONTINUATIONS = 2
+
+/**
+ * Continues an answer whose node died mid-stream on another node serving the model: the request
+ * again, with what was already sent as the start of the assistant's turn (the engine continues a
+ * last assistant message) and max_tokens less what was delivered. Undefined when no node takes it.
+ * The dead node gave no receipt, so its part is not charged; the new node's receipt counts the
+ * prefix as prompt.
+ */
+async function continueElsewhere(
+  s: Served,
+  request: InferenceRequestFrame,
+  sent: string,
+  deliveredTokens: number,
+  tried: ReadonlySet<string>,
+  signal: AbortSignal,
+): Promise<InferenceCall | undefined> {
+  if (tried.size > MAX_CONTINUATIONS) return undefined
+  let plan: RoutePlan
+  try {
+    plan = s.deps.routing.plan(request.model, 'chat', MESH_PROVIDER)
+  } catch {
+    return undefined
+  }
+  const messages = [...request.messages]
+  const last = messages.at(-1)
+  if (last?.role === 'assistant') messages[messages.length - 1] = { ...last, content: last.content + sent }
+  else messages.push({ role: 'assistant', content: sent })
+  const max = request.sampling.maxTokens
+  if (max != null && deliveredTokens >= max) return undefined
+  const resumed: InferenceRequestFrame = {
+    ...request,
+    messages,
+    sampling: { ...request.sampling, ...(max != null ? { maxTokens: max - deliveredTokens } : {}) },
+  }
+  for (const { candidate } of plan.ordered) {
+    if (candidate.kind !== 'node' || tried.has(candidate.node.peerId) || signal.aborted) continue
+    const result = await s.deps.router.tryNode(candidate.node.peerId, resumed, signal)
+    if ('call' in result) return result.call
+  }
+  return undefined
 }
 
 const finishOf = (body: unknown): FinishReason => {
