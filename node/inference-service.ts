@@ -4,27 +4,22 @@
 // for what was generated; a reset cancels without an answer.
 import type { Connection, PrivateKey, Stream } from '@libp2p/interface'
 import {
-  decodeFrames,
-  encodeFrame,
+  type encodeFrame,
   encodeOwnFrame,
   INFERENCE_PROTOCOL,
-  type InferenceErrorCode,
   type InferenceRequestFrame,
   InferenceRequestFrameSchema,
   type InferenceResponseFrame,
-  InferenceResponseFrameSchema,
-  InvalidMessageError,
-  MessageTooLargeError,
+  type InferenceResponseFrameSchema,
   STREAM_LIMITS,
 } from '../protocols/index.ts'
 import type { MeshPeer } from '../src/mesh/peer.ts'
 import { signReceipt } from '../src/mesh/receipts.ts'
-import { sendBytes } from '../src/mesh/streams.ts'
 import { EngineError } from './engine.ts'
+import { readRequest, sendError } from './request-stream.ts'
 import type { Scheduler } from './scheduler.ts'
 
 /** How long a requester may take to send its request frame after opening the stream. */
-const REQUEST_TIMEOUT_MS = 10_000
 
 export interface InferenceServiceOptions {
   /** The scheduler serving each model id. */
@@ -51,36 +46,15 @@ function send(stream: Stream, frame: Parameters<typeof encodeFrame<typeof Infere
   stream.send(encodeOwnFrame<InferenceResponseFrame>(frame))
 }
 
-async function sendError(stream: Stream, code: InferenceErrorCode, message: string): Promise<void> {
-  if (stream.writeStatus !== 'writable') return
-  await sendBytes(stream, encodeFrame(InferenceResponseFrameSchema, { type: 'error', code, message }))
-  await stream.close().catch(() => stream.abort(new Error('close failed')))
-}
-
 async function handleStream(
   stream: Stream,
   connection: Connection,
   node: string,
   options: InferenceServiceOptions,
 ): Promise<void> {
-  const frames = decodeFrames(stream, InferenceRequestFrameSchema)
-  let request: InferenceRequestFrame
-  const timer = setTimeout(() => stream.abort(new Error('no request frame in time')), REQUEST_TIMEOUT_MS)
-  try {
-    const first = await frames.next()
-    if (first.done) {
-      await stream.close().catch(() => undefined)
-      return
-    }
-    request = first.value
-  } catch (err) {
-    const why =
-      err instanceof MessageTooLargeError || err instanceof InvalidMessageError ? err.message : 'unreadable request'
-    await sendError(stream, 'invalid_request', why).catch(() => stream.abort(err as Error))
-    return
-  } finally {
-    clearTimeout(timer)
-  }
+  const opened = await readRequest(stream, InferenceRequestFrameSchema)
+  if (opened == null) return
+  const { request, rest: frames } = opened
 
   const scheduler = options.schedulers().get(request.model)
   if (scheduler == null) {

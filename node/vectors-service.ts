@@ -3,17 +3,11 @@
 // receipt signed by the node's peer key, or with an error frame. Closing the stream cancels.
 import type { Connection, PrivateKey, Stream } from '@libp2p/interface'
 import {
-  decodeFrames,
   type EmbeddingsFrame,
   type EmbedRequestFrame,
-  ErrorFrameSchema,
-  encodeFrame,
   encodeOwnFrame,
   encodeVector,
-  type InferenceErrorCode,
-  InvalidMessageError,
   MAX_VECTORS_REPLY_BYTES,
-  MessageTooLargeError,
   type RerankRequestFrame,
   type ScoresFrame,
   STREAM_LIMITS,
@@ -25,9 +19,9 @@ import type { MeshPeer } from '../src/mesh/peer.ts'
 import { signReceipt } from '../src/mesh/receipts.ts'
 import { sendBytes } from '../src/mesh/streams.ts'
 import { type Engine, EngineError } from './engine.ts'
+import { readRequest, sendError } from './request-stream.ts'
 
 /** How long a requester may take to send its request frame after opening the stream. */
-const REQUEST_TIMEOUT_MS = 10_000
 
 /** Requests that may wait per engine behind the one it runs; one more is refused as busy. */
 export const DEFAULT_VECTORS_MAX_QUEUE = 4
@@ -126,12 +120,6 @@ export async function serveVectors(peer: MeshPeer, options: VectorsServiceOption
   }
 }
 
-async function sendError(stream: Stream, code: InferenceErrorCode, message: string): Promise<void> {
-  if (stream.writeStatus !== 'writable') return
-  await sendBytes(stream, encodeFrame(ErrorFrameSchema, { type: 'error', code, message }))
-  await stream.close().catch(() => stream.abort(new Error('close failed')))
-}
-
 async function handleStream(
   stream: Stream,
   connection: Connection,
@@ -139,24 +127,9 @@ async function handleStream(
   options: VectorsServiceOptions,
   queueOf: (engine: Engine) => OneAtATime,
 ): Promise<void> {
-  const frames = decodeFrames(stream, VectorsRequestFrameSchema)
-  let request: VectorsRequestFrame
-  const timer = setTimeout(() => stream.abort(new Error('no request frame in time')), REQUEST_TIMEOUT_MS)
-  try {
-    const first = await frames.next()
-    if (first.done) {
-      await stream.close().catch(() => undefined)
-      return
-    }
-    request = first.value
-  } catch (err) {
-    const why =
-      err instanceof MessageTooLargeError || err instanceof InvalidMessageError ? err.message : 'unreadable request'
-    await sendError(stream, 'invalid_request', why).catch(() => stream.abort(err as Error))
-    return
-  } finally {
-    clearTimeout(timer)
-  }
+  const opened = await readRequest(stream, VectorsRequestFrameSchema)
+  if (opened == null) return
+  const { request, rest: frames } = opened
 
   const engine = options.engines().get(request.model)
   if (engine == null) {

@@ -4,21 +4,18 @@
 // speech through a provider stood in for on loopback. Exactly that price moves on chain, once.
 import { ExactEvmScheme } from '@x402/evm/exact/client'
 import { wrapFetchWithPayment, x402Client } from '@x402/fetch'
-import { type Address, createPublicClient, type Hex, http } from 'viem'
+import { type Address, createPublicClient, http } from 'viem'
 import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
 import type { RunningNode } from '../../node/node.ts'
 import { startNode } from '../../node/node.ts'
 import { testUsdcAbi } from '../../src/chain/artifacts.ts'
-import { type DevChain, devChainViem, fundWallet, startDevChain, testAccounts } from '../../src/chain/devchain.ts'
-import { embeddedFacilitator, type Network } from '../../src/payments/x402.ts'
+import { type DevChain, devChainViem, fundWallet, startDevChain } from '../../src/chain/devchain.ts'
+import type { Network } from '../../src/payments/x402.ts'
 import { rerankModelPath, tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
 import { type StandIn, standInSpeech, startStandIn } from '../helpers/upstream.ts'
-
-const accounts = testAccounts()
-const gatewayKey = (accounts[1] as { privateKey: Hex }).privateKey
-const payTo = privateKeyToAccount(gatewayKey).address
+import { x402Sections } from '../helpers/x402-gateway.ts'
 
 describe('x402 on every endpoint', () => {
   let chain: DevChain
@@ -66,32 +63,7 @@ describe('x402 on every endpoint', () => {
         venice: { apiKey: 'venice-key', baseUrl: venice.url },
         together: { apiKey: 'together-key', baseUrl: together.url, models: { 'tts-1': 'tg-tts' } },
       },
-      chain: {
-        rpcUrl: chain.rpcUrl,
-        chainId: chain.chainId,
-        usdc: chain.usdc,
-        escrow: chain.escrow,
-        signerKey: gatewayKey,
-        confirmations: 0,
-        pollIntervalMs: 200,
-        settleIntervalMs: 3_600_000,
-      },
-      x402: {
-        settings: {
-          network,
-          asset: chain.usdc,
-          assetDomain: { name: 'USD Coin', version: '2' },
-          payTo,
-          maxTimeoutSeconds: 60,
-        },
-        facilitator: embeddedFacilitator({
-          rpcUrl: chain.rpcUrl,
-          chainId: chain.chainId,
-          privateKey: (accounts[5] as { privateKey: Hex }).privateKey,
-          multicall3: chain.multicall3,
-        }),
-        rpcUrl: chain.rpcUrl,
-      },
+      ...x402Sections(chain),
     })
     cleanups.unshift(() => gw.stop())
     node = await startNode({

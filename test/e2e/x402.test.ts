@@ -16,15 +16,14 @@ import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
 import type { RunningNode } from '../../node/node.ts'
 import { clusterEscrowAbi, testUsdcAbi } from '../../src/chain/artifacts.ts'
 import { type DevChain, devChainViem, fundWallet, startDevChain, testAccounts } from '../../src/chain/devchain.ts'
-import { authorizationUsed, embeddedFacilitator, type Network, X402_REASONS } from '../../src/payments/x402.ts'
+import { authorizationUsed, type Network, X402_REASONS } from '../../src/payments/x402.ts'
 import { startTinyNode, tempDir, waitFor } from '../helpers/fixtures.ts'
+import { payTo, x402Sections } from '../helpers/x402-gateway.ts'
 
 const MODEL = 'tiny-x402'
 const PATH = '/v1/chat/completions'
 const PRICE = 3000n // $0.003, the docs' price
 const accounts = testAccounts()
-const gatewayKey = (accounts[1] as { privateKey: Hex }).privateKey
-const payTo = privateKeyToAccount(gatewayKey).address
 const nodePayout = (accounts[3] as { address: Address }).address
 
 describe('x402: pay per request, no account', () => {
@@ -144,35 +143,11 @@ describe('x402: pay per request, no account', () => {
     listen: ['/ip4/127.0.0.1/tcp/0'],
     rateLimit: { capacity: 10_000, refillPerSecond: 1_000 },
     log: () => undefined,
-    chain: {
-      rpcUrl: chain.rpcUrl,
-      chainId: chain.chainId,
-      usdc: chain.usdc,
-      escrow: chain.escrow,
-      signerKey: gatewayKey,
-      confirmations: 0,
-      pollIntervalMs: 200,
-      settleIntervalMs: 3_600_000,
-    },
-    x402: {
-      settings: {
-        network,
-        asset: chain.usdc,
-        assetDomain: { name: 'USD Coin', version: '2' },
-        payTo,
-        maxTimeoutSeconds: 60,
-      },
-      facilitator: embeddedFacilitator({
-        rpcUrl: chain.rpcUrl,
-        chainId: chain.chainId,
-        privateKey: (accounts[5] as { privateKey: Hex }).privateKey,
-        multicall3: chain.multicall3,
-      }),
-      rpcUrl: chain.rpcUrl,
+    ...x402Sections(chain, {
       // Short, so that the tests can show a settlement left pending and then reconciled.
       settleTimeoutMs: 2_000,
       reconcileIntervalMs,
-    },
+    }),
   })
 
   beforeAll(async () => {
