@@ -21,6 +21,7 @@ import {
   type CompletionMeta,
   chunkBody,
   completionBody,
+  meshUnsupported,
   newCompletionId,
   parseChatRequest,
   toSampling,
@@ -118,7 +119,7 @@ export function chatRoute(deps: ChatDeps) {
       sampling: toSampling(req),
     }
     // Unknown model or provider: a 4xx before any money moves.
-    const plan = deps.routing.plan(req.model, 'chat', req.provider)
+    const plan = deps.routing.plan(req.model, 'chat', req.provider, meshUnsupported(req))
     // API key: the maximum cost is reserved now (x402: the middleware verified the payment).
     const keyMeter = auth != null ? new Meter(deps.billing, auth.account.id, req.model, meta.id) : undefined
     if (keyMeter != null && deps.billing != null) {

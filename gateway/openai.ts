@@ -6,13 +6,18 @@ import type { FinishReason, Sampling, Usage, WireChatMessage } from '../protocol
 import { invalidRequest } from './errors.ts'
 
 const TextPart = z.object({ type: z.literal('text'), text: z.string() })
+/** Any other part (image_url, input_audio, file, …): passed on to providers, which understand them. */
+const OtherPart = z.looseObject({ type: z.string().min(1).max(64) })
 
-const Content = z.union([z.string(), z.array(TextPart).min(1)])
+const Content = z.union([z.string(), z.array(z.union([TextPart, OtherPart])).min(1)])
 
-const Message = z.object({
-  role: z.enum(['system', 'developer', 'user', 'assistant']),
-  content: Content.nullable(),
+const Message = z.looseObject({
+  role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
+  content: Content.nullish(),
   name: z.string().optional(),
+  /** An assistant's calls to tools (providers only). */
+  tool_calls: z.array(z.unknown()).max(128).optional(),
+  tool_call_id: z.string().max(256).optional(),
 })
 
 export const ChatCompletionRequestSchema = z.object({
@@ -29,6 +34,10 @@ export const ChatCompletionRequestSchema = z.object({
   n: z.literal(1, 'only n = 1 is supported').nullish(),
   provider: z.string().min(1).optional(),
   user: z.string().optional(),
+  /** Tools and structured output: providers only (the mesh's nodes generate plain text). */
+  tools: z.array(z.unknown()).max(512).optional(),
+  tool_choice: z.unknown().optional(),
+  response_format: z.looseObject({ type: z.string() }).nullish(),
 })
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequestSchema>
 
@@ -54,11 +63,31 @@ export function parseChatRequest(body: unknown): ChatCompletionRequest {
   return parseBody(ChatCompletionRequestSchema, body)
 }
 
-/** Flattens OpenAI messages to the wire's plain-text messages. */
+/**
+ * Why a mesh node cannot serve this request (nodes take plain-text chats), or undefined when one can:
+ * tools, structured output, tool messages, or content parts other than text go to providers only.
+ */
+export function meshUnsupported(req: ChatCompletionRequest): string | undefined {
+  if (req.tools != null && req.tools.length > 0) return 'tools'
+  if (req.tool_choice != null && req.tool_choice !== 'none') return 'tool_choice'
+  if (req.response_format != null && req.response_format.type !== 'text') return 'response_format'
+  for (const m of req.messages) {
+    if (m.role === 'tool' || (m.tool_calls != null && m.tool_calls.length > 0)) return 'tool messages'
+    if (Array.isArray(m.content) && m.content.some((p) => p.type !== 'text')) return 'non-text content parts'
+  }
+  return undefined
+}
+
+/** Flattens OpenAI messages to the wire's plain-text messages (for a request meshUnsupported() accepts). */
 export function toWireMessages(messages: ChatCompletionRequest['messages']): WireChatMessage[] {
   return messages.map((m) => ({
-    role: m.role === 'developer' ? 'system' : m.role,
-    content: m.content == null ? '' : typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join(''),
+    role: m.role === 'developer' ? 'system' : m.role === 'tool' ? 'user' : m.role,
+    content:
+      m.content == null
+        ? ''
+        : typeof m.content === 'string'
+          ? m.content
+          : m.content.map((p) => ('text' in p && typeof p.text === 'string' ? p.text : '')).join(''),
   }))
 }
 

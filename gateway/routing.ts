@@ -123,8 +123,10 @@ export class Routing {
    * The candidates for `model` on `endpoint`, best first. Throws the documented errors: an unknown
    * provider (400, listing the valid ones), a pinned provider that is not enabled or cannot serve
    * it (503 / 404), a model nobody serves (404), or one whose nodes are all gone (503).
+   * `meshCannot` names what in the request the mesh's nodes cannot do (tools, images, …): no node
+   * is a candidate then.
    */
-  plan(model: string, endpoint: Endpoint, pinned?: string): RoutePlan {
+  plan(model: string, endpoint: Endpoint, pinned?: string, meshCannot?: string): RoutePlan {
     const task: Task | undefined =
       endpoint === 'chat' || endpoint === 'embeddings' || endpoint === 'rerank' ? endpoint : undefined
     if (pinned != null && !this.providerNames().includes(pinned)) {
@@ -135,7 +137,14 @@ export class Routing {
       )
     }
     const candidates: Candidate[] = []
-    if ((pinned == null || pinned === MESH_PROVIDER) && task != null) {
+    const meshRefusal = (): ApiError =>
+      invalidRequest(
+        `The cluster's nodes generate plain-text chats; ${meshCannot} need a provider that supports them.`,
+        pinned === MESH_PROVIDER ? 'provider' : 'model',
+        'unsupported_by_mesh',
+      )
+    if (meshCannot != null && pinned === MESH_PROVIDER) throw meshRefusal()
+    if ((pinned == null || pinned === MESH_PROVIDER) && task != null && meshCannot == null) {
       for (const node of this.nodesFor(model, task)) {
         candidates.push({ kind: 'node', key: `cluster:${node.peerId}`, provider: MESH_PROVIDER, node })
       }
@@ -147,7 +156,12 @@ export class Routing {
       if (upstreamModel == null) continue
       candidates.push({ kind: 'provider', key: p.name, provider: p.name, upstream: p, upstreamModel })
     }
-    if (candidates.length === 0) throw this.nothingFor(model, endpoint, pinned, task)
+    if (candidates.length === 0) {
+      if (meshCannot != null && pinned == null && task != null && this.nodesFor(model, task).length > 0) {
+        throw meshRefusal()
+      }
+      throw this.nothingFor(model, endpoint, pinned, task)
+    }
     const ordered = candidates
       .map((candidate) => this.score(candidate, model, endpoint))
       .sort(

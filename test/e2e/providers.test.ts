@@ -315,6 +315,40 @@ describe('provider routing', () => {
     expect(after.transactions[0]?.tokensOut).toBe(expectedOut)
   })
 
+  it('tools and image parts go to providers as sent; the mesh is never given what it cannot do', async () => {
+    const body = {
+      model: 'mix-model',
+      messages: [
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'What is here?' },
+            { type: 'image_url', image_url: { url: 'data:image/png;base64,AAAA' } },
+          ],
+        },
+        {
+          role: 'assistant',
+          content: null,
+          tool_calls: [{ id: 'c1', type: 'function', function: { name: 'look', arguments: '{}' } }],
+        },
+        { role: 'tool', tool_call_id: 'c1', content: 'a cat' },
+      ],
+      tools: [{ type: 'function', function: { name: 'look', parameters: { type: 'object' } } }],
+    }
+    const r = await chat(body)
+    expect(r.status).toBe(200)
+    expect(r.headers.get('x-cluster-provider')).toBe('groq')
+    expect(route(r)).not.toContain('cluster:')
+    const sent = up.groq.requestsTo(CHAT).at(-1)?.body as typeof body
+    expect(sent.tools).toEqual(body.tools)
+    expect(sent.messages).toEqual(body.messages)
+    const mesh = await chat({ ...body, provider: 'cluster' })
+    expect(mesh.status).toBe(400)
+    const err = (await mesh.json()) as { error: { code: string; message: string } }
+    expect(err.error.code).toBe('unsupported_by_mesh')
+    expect(err.error.message).toContain('tools')
+  })
+
   it('venice_parameters go to Venice and come back in its answer; never to another provider', async () => {
     const params = { include_venice_system_prompt: false, enable_e2ee: true }
     const r = await chat({ model: 'llama-3.3-70b-instruct', provider: 'venice', venice_parameters: params })
