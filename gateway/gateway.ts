@@ -203,13 +203,17 @@ async function startParts(
     (model) => pricing.priceOf(model),
     (event) => {
       logger.warn({ ...event }, 'route candidate cooled down')
+      metrics.cooldown(event.provider, event.reason)
       feed.cooldown({ gateway: gatewayId, ...event })
     },
     config.routing,
   )
   const onComplete = (info: CompletedInference): void => {
     countInference(info.model)
-    metrics.inference(info.model, info.ttftMs, info.durationMs, info.usage.promptTokens, info.usage.completionTokens)
+    metrics.inference(info.model, info.ttftMs, info.durationMs, info.usage.promptTokens, info.usage.completionTokens, {
+      endpoint: info.endpoint,
+      provider: info.provider ?? 'cluster',
+    })
     logger.info(
       {
         reqId: info.requestId,

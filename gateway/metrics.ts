@@ -20,6 +20,8 @@ export class GatewayMetrics {
   private readonly inferenceSeconds: Histogram<'model'>
   private readonly tokens: Counter<'model' | 'direction'>
   private readonly errors: Counter<'code'>
+  private readonly served: Counter<'endpoint' | 'provider'>
+  private readonly cooldowns: Counter<'provider' | 'reason'>
 
   constructor(deps: { directory: Directory; bus: GossipBus; ledger: Ledger }) {
     const registers = [this.registry]
@@ -60,6 +62,18 @@ export class GatewayMetrics {
       name: 'cluster_errors_total',
       help: 'Error answers, by error code',
       labelNames: ['code'],
+      registers,
+    })
+    this.served = new Counter({
+      name: 'cluster_inferences_total',
+      help: 'Completed inference calls, by endpoint and by who served them (cluster = a mesh node, else the provider)',
+      labelNames: ['endpoint', 'provider'],
+      registers,
+    })
+    this.cooldowns = new Counter({
+      name: 'cluster_route_cooldowns_total',
+      help: 'Routing candidates cooled down after a failure, by provider (cluster = a mesh node) and reason',
+      labelNames: ['provider', 'reason'],
       registers,
     })
     new Gauge({
@@ -151,7 +165,20 @@ export class GatewayMetrics {
     this.errors.inc({ code })
   }
 
-  inference(model: string, ttftMs: number, durationMs: number, promptTokens: number, completionTokens: number): void {
+  /** A routing candidate was cooled down. */
+  cooldown(provider: string, reason: string): void {
+    this.cooldowns.inc({ provider, reason })
+  }
+
+  inference(
+    model: string,
+    ttftMs: number,
+    durationMs: number,
+    promptTokens: number,
+    completionTokens: number,
+    served: { endpoint: string; provider: string } = { endpoint: 'chat', provider: 'cluster' },
+  ): void {
+    this.served.inc(served)
     this.ttft.observe({ model }, ttftMs / 1000)
     this.inferenceSeconds.observe({ model }, durationMs / 1000)
     this.tokens.inc({ model, direction: 'in' }, promptTokens)

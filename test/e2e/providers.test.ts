@@ -194,6 +194,10 @@ describe('provider routing', () => {
     const again = await chat({ model: 'fo500-model', max_tokens: 8 })
     expect(again.headers.get('x-cluster-provider')).toBe('together')
     expect(route(again)).toContain('groq=cooldown')
+    // And in the metrics: the cool-down, and the calls each provider served.
+    const metrics = await (await fetch(`${gw.url}/metrics`)).text()
+    expect(metrics).toMatch(/cluster_route_cooldowns_total\{provider="groq",reason="http_500"\} [1-9]/)
+    expect(metrics).toMatch(/cluster_inferences_total\{endpoint="chat",provider="together"\} [1-9]/)
   })
 
   it('failover on a timeout (no answer within the first-token time)', async () => {
