@@ -213,10 +213,28 @@ export class Routing {
   private statsOf(key: string): Stats {
     let s = this.stats.get(key)
     if (s == null) {
+      if (this.stats.size >= this.pruneAt) this.prune()
       s = new Stats()
       this.stats.set(key, s)
     }
     return s
+  }
+
+  /** Forgets candidates not measured for a long while (nodes come and go; their entries must not pile up). */
+  private prune(): void {
+    const now = this.now()
+    for (const [key, s] of this.stats) {
+      if (s.inflight === 0 && s.coolUntil <= now && now - s.lastAt > 2 * this.staleMs) this.stats.delete(key)
+    }
+    this.pruneAt = Math.max(1024, this.stats.size * 2)
+  }
+
+  /** Entries kept before the next prune. */
+  private pruneAt = 1024
+
+  /** How many candidate/model pairs are measured now (for tests). */
+  get measuredCount(): number {
+    return this.stats.size
   }
 
   private score(candidate: Candidate, model: string, endpoint: Endpoint): Scored {

@@ -284,6 +284,42 @@ describe('provider routing', () => {
     expect(text).toMatch(/"usage":\{"prompt_tokens":\d+,"completion_tokens":6/)
   })
 
+  it('a client that leaves a provider stream pays for what it got; nothing stays held', async () => {
+    const key = await fundedUser(gw, 'leaver@example.com')
+    const controller = new AbortController()
+    const r = await fetch(`${gw.url}${CHAT}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
+      body: JSON.stringify({
+        model: 'llama-3.3-70b-instruct',
+        provider: 'sambanova',
+        stream: true,
+        messages: [{ role: 'user', content: 'count' }],
+      }),
+      signal: controller.signal,
+    })
+    const reader = (r.body as ReadableStream<Uint8Array>).getReader()
+    let text = ''
+    while (!/"content":"\s?two"/.test(text)) text += new TextDecoder().decode((await reader.read()).value)
+    controller.abort()
+    const account = await gw.accounts.ledger.findAccountByEmail('leaver@example.com')
+    await waitFor(
+      async () =>
+        (await gw.ledger.transactions(account?.id as string, { limit: 5 })).transactions.some(
+          (t) => t.type === 'usage',
+        ),
+      5_000,
+      'the usage row',
+    )
+    const row = (await gw.ledger.transactions(account?.id as string, { limit: 5 })).transactions.find(
+      (t) => t.type === 'usage',
+    )
+    // Two or three of six words reached it: counted by us (the provider's usage comes only at the end).
+    expect(row?.tokensOut).toBeGreaterThanOrEqual(2)
+    expect(row?.tokensOut).toBeLessThan(6)
+    expect((await gw.ledger.getAccount(account?.id as string))?.held).toBe(0n)
+  })
+
   it("usage is billed from the provider's numbers", async () => {
     const key = await fundedUser(gw, 'usage@example.com')
     const r = await chat({ model: 'llama-3.3-70b-instruct', provider: 'groq' }, key)

@@ -128,4 +128,17 @@ describe('the routing plan', () => {
     )
     expect(header).toMatch(/^[\x20-\x7e]+$/)
   })
+
+  it('forgets candidates not measured for long, so departed nodes do not pile up', () => {
+    const now = { t: 0 }
+    const { routing } = setup(now)
+    const [groq] = routing.plan('m', 'chat').ordered.map((s) => s.candidate)
+    for (let i = 0; i < 1024; i++) routing.success(groq as never, `old-${i}`, { ttftMs: 10 })
+    const old = routing.measuredCount
+    expect(old).toBe(1026) // and the plan's two
+    now.t += 700_000
+    for (let i = 0; i < 1100; i++) routing.success(groq as never, `new-${i}`, { ttftMs: 10 })
+    // The old ones went at the next prune; the new ones stay.
+    expect(routing.measuredCount).toBe(1100)
+  })
 })
