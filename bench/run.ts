@@ -1,4 +1,4 @@
-// Entry point of `npm run bench [-- name…]`: runs the named benches (mesh, batching, gateway, billing, gas, x402, weights), all
+// Entry point of `npm run bench [-- name…]`: runs the named benches (mesh, batching, gateway, billing, gas, x402, weights, providers), all
 // by default, one after the other. Each prints a table and one line per figure. Every child
 // process is stopped when a bench ends, also when it fails or the run is interrupted.
 import { stopAll } from './lib.ts'
@@ -13,6 +13,7 @@ const BENCHES: Record<string, () => Promise<void>> = {
   'local-read': async () => (await import('./local-read.ts')).localReadBench(),
   'admin-ws': async () => (await import('./admin-ws.ts')).adminWsBench(),
   weights: async () => (await import('./weights.ts')).weightsBench(),
+  providers: async () => (await import('./providers.ts')).providersBench(),
 }
 
 const names = process.argv.slice(2)
