@@ -112,16 +112,18 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
       await next()
     } finally {
       if (!c.res.headers.has('X-Request-Id')) c.res.headers.set('X-Request-Id', c.get('requestId') as string)
-      deps.logger?.info(
-        {
-          reqId: c.get('requestId'),
-          method: c.req.method,
-          path: c.req.path,
-          status: c.res.status,
-          ms: Math.round((performance.now() - started) * 10) / 10,
-        },
-        'request',
-      )
+      const line = {
+        reqId: c.get('requestId'),
+        method: c.req.method,
+        path: c.req.path,
+        status: c.res.status,
+        ms: Math.round((performance.now() - started) * 10) / 10,
+      }
+      // Written after the answer has left (a stream's first token included), not in front of it.
+      if (deps.logger != null) {
+        const logger = deps.logger
+        setImmediate(() => logger.info(line, 'request'))
+      }
     }
   })
 

@@ -456,16 +456,23 @@ async function serveProvider(
     cancel.signal.addEventListener('abort', abortUpstream, { once: true })
     try {
       const pending = [...reply.held]
+      // The events held until the first token leave in one write (one packet for the first token).
+      let out = ''
       for (;;) {
         let event = pending.shift()
         if (event == null) {
+          if (out !== '') {
+            await sse.write(out)
+            out = ''
+          }
           const next = await reply.rest.next()
           if (next.done) break
           event = next.value
         }
         if (cancel.signal.aborted) break
         if (unpaid != null) {
-          await sse.write(`data: ${JSON.stringify(paymentError(unpaid))}\n\n`)
+          await sse.write(`${out}data: ${JSON.stringify(paymentError(unpaid))}\n\n`)
+          out = ''
           break
         }
         if (event.data === '[DONE]') {
@@ -481,8 +488,9 @@ async function serveProvider(
         const piece = contentOf(data)
         text += piece
         if (finishOf(data) === 'length') finish = 'length'
-        await sse.write(`${event.event ? `event: ${event.event}\n` : ''}data: ${event.data}\n\n`)
+        out += `${event.event ? `event: ${event.event}\n` : ''}data: ${event.data}\n\n`
       }
+      if (out !== '') await sse.write(out)
       if (!finished && !cancel.signal.aborted) {
         await sse.write(
           `data: ${JSON.stringify(streamError('The provider ended the stream early.', 'provider_failed'))}\n\n`,
@@ -499,11 +507,13 @@ async function serveProvider(
       answer.end()
       signal.removeEventListener('abort', s.onClientGone)
       // Billed for what was delivered: the provider's usage when it sent it at the end; else counted.
-      const delivered = await countTokens(text)
       const billed: Usage =
         finished && usage != null
           ? usage
-          : { promptTokens: usage?.promptTokens ?? (await promptCount()), completionTokens: delivered }
+          : {
+              promptTokens: usage?.promptTokens ?? (await promptCount()),
+              completionTokens: await countTokens(text),
+            }
       if (finished || cancel.signal.aborted) await meter.finishProvider(billed)
       else await meter.cancel()
       if (finished) {
@@ -518,7 +528,10 @@ async function serveProvider(
         await sse.write('data: [DONE]\n\n')
         complete(finish, billed)
       }
-      reply.body.destroy()
+      // A finished answer's body is read to its end (its connection goes back to the pool);
+      // anything else is cut off.
+      if (finished && !cancel.signal.aborted) reply.body.resume()
+      else reply.body.destroy()
     }
   })
 }

@@ -30,6 +30,7 @@ import { AdminFeed, type AdminFeedOptions } from './admin-ws.ts'
 import { type CompletedInference, createApp } from './app.ts'
 import { Billing } from './billing.ts'
 import type { ChainDeps } from './chain-routes.ts'
+import { EventBatcher } from './event-batcher.ts'
 import { MeshVectors } from './mesh-vectors.ts'
 import { GatewayMetrics, type MetricsAccess } from './metrics.ts'
 import type { ModelsConfig } from './models.ts'
@@ -184,10 +185,16 @@ async function startParts(
   const feed = new AdminFeed({ accounts, directory, ...config.adminFeed })
   teardown.push(() => feed.close())
   bus.subscribe('events', ClusterEventSchema, (event, from) => {
-    if (event.type !== 'inference:complete') return
-    countInference(event.model)
-    feed.inference(event, from)
+    const list = event.type === 'inference:batch' ? event.events : event.type === 'inference:complete' ? [event] : []
+    for (const e of list) {
+      countInference(e.model)
+      feed.inference(e, from)
+    }
   })
+  const events = new EventBatcher((event) => {
+    void bus.publish('events', ClusterEventSchema, event).catch(() => undefined)
+  })
+  teardown.push(() => events.flush())
   const router = new MeshRouter(peer, directory, config.router)
   const providers = enabledProviders(config.providers, config.env ?? process.env, config.providerTimeouts)
   teardown.push(() => Promise.all(providers.map((p) => p.close())).then(() => undefined))
@@ -208,7 +215,12 @@ async function startParts(
     },
     config.routing,
   )
+  // What a completed call leaves behind (counts, metrics, a log line, events) runs after its answer has
+  // been written, not in front of it.
   const onComplete = (info: CompletedInference): void => {
+    setImmediate(recordCompleted, info)
+  }
+  const recordCompleted = (info: CompletedInference): void => {
     countInference(info.model)
     metrics.inference(info.model, info.ttftMs, info.durationMs, info.usage.promptTokens, info.usage.completionTokens, {
       endpoint: info.endpoint,
@@ -247,7 +259,7 @@ async function startParts(
     }
     // Our own gossip does not come back to us: the local feed hears it here.
     feed.inference(event, peer.peerId.toString())
-    void bus.publish('events', ClusterEventSchema, event).catch(() => undefined)
+    events.add(event)
   }
   let chain: (GatewayChain & { deps: ChainDeps }) | undefined
   if (config.chain != null) {

@@ -122,25 +122,39 @@ export type FinishReason = z.infer<typeof FinishReasonSchema>
 export const EndpointSchema = z.enum(['chat', 'embeddings', 'rerank', 'images', 'transcriptions', 'speech'])
 export type EndpointName = z.infer<typeof EndpointSchema>
 
-/** Events any peer may gossip for monitors; the sender is the signed gossip author. */
+const InferenceCompleteSchema = z.object({
+  v: z.literal(1),
+  type: z.literal('inference:complete'),
+  requestId: z.string().min(1).max(128),
+  model: modelId,
+  nodePeerId: peerId,
+  usage: UsageSchema,
+  finishReason: FinishReasonSchema,
+  ttftMs: count,
+  durationMs: count,
+  /** How the caller paid (absent from peers that predate it). */
+  payer: z.enum(['api_key', 'x402']).optional(),
+  /** The external provider that served it (nodePeerId is then `provider:<name>`); absent: a mesh node. */
+  provider: z.string().min(1).max(64).optional(),
+  /** Which endpoint (absent: chat, from peers that predate it). */
+  endpoint: EndpointSchema.optional(),
+  at: count,
+})
+export type InferenceCompleteEvent = z.infer<typeof InferenceCompleteSchema>
+
+/** Most inference events one batch carries (a batch stays well under MAX_GOSSIP_BYTES). */
+export const MAX_EVENTS_PER_BATCH = 64
+
+/**
+ * Events any peer may gossip for monitors; the sender is the signed gossip author. A busy gateway
+ * sends its completed inferences in batches (one signed message for many), a quiet one one by one.
+ */
 export const ClusterEventSchema = z.discriminatedUnion('type', [
+  InferenceCompleteSchema,
   z.object({
     v: z.literal(1),
-    type: z.literal('inference:complete'),
-    requestId: z.string().min(1).max(128),
-    model: modelId,
-    nodePeerId: peerId,
-    usage: UsageSchema,
-    finishReason: FinishReasonSchema,
-    ttftMs: count,
-    durationMs: count,
-    /** How the caller paid (absent from peers that predate it). */
-    payer: z.enum(['api_key', 'x402']).optional(),
-    /** The external provider that served it (nodePeerId is then `provider:<name>`); absent: a mesh node. */
-    provider: z.string().min(1).max(64).optional(),
-    /** Which endpoint (absent: chat, from peers that predate it). */
-    endpoint: EndpointSchema.optional(),
-    at: count,
+    type: z.literal('inference:batch'),
+    events: z.array(InferenceCompleteSchema).min(1).max(MAX_EVENTS_PER_BATCH),
   }),
 ])
 export type ClusterEvent = z.infer<typeof ClusterEventSchema>
