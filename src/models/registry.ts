@@ -168,7 +168,9 @@ export class ModelRegistry {
     const models = [...this.unsaved]
     this.unsaved.clear()
     if (models.length === 0) return
-    await this.db.batch(models.map((m) => ({ type: 'put' as const, key: `i!${m}`, value: String(this.counts.get(m) ?? 0) })))
+    await this.db.batch(
+      models.map((m) => ({ type: 'put' as const, key: `i!${m}`, value: String(this.counts.get(m) ?? 0) })),
+    )
   }
 
   inferences(model: string): number {
