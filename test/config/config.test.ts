@@ -41,6 +41,28 @@ describe('config', () => {
     expect(() => resolveConfig({ flags: { gateway: { models: { maxUploadBytes: 0 } } } })).toThrow(ConfigError)
   })
 
+  it('providers, routing and unit prices for the gateway; a misspelt provider field is refused', () => {
+    const c = resolveConfig({
+      flags: {
+        gateway: {
+          providers: { venice: { baseUrl: 'http://127.0.0.1:9000/api/v1', models: { mine: 'theirs' } } },
+          routing: { priceWeightMs: 5, cooldownBaseMs: 1000 },
+          pricing: { units: { image: '0.05' } },
+        },
+      },
+    })
+    const extras = gatewayExtras(c)
+    expect(extras.providers?.venice).toEqual({ baseUrl: 'http://127.0.0.1:9000/api/v1', models: { mine: 'theirs' } })
+    expect(extras.routing).toEqual({ priceWeightMs: 5, cooldownBaseMs: 1000 })
+    expect(extras.pricing?.units).toEqual({ image: '0.05' })
+    expect(() => resolveConfig({ flags: { gateway: { providers: { venice: { apikey: 'x' } as never } } } })).toThrow(
+      ConfigError,
+    )
+    expect(() => resolveConfig({ flags: { gateway: { providers: { venice: { baseUrl: 'ftp://x' } } } } })).toThrow(
+      ConfigError,
+    )
+  })
+
   it('network "base" names Base mainnet and its USDC; only the escrow and the RPC are needed', () => {
     const c = resolveConfig({
       flags: { chain: { network: 'base', rpcUrl: 'https://mainnet.base.org', escrow: ESCROW } },
