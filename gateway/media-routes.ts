@@ -102,11 +102,13 @@ const jsonFor =
     contentType: 'application/json',
   })
 
-/** Reads a whole JSON answer; one that is not JSON is the provider's fault. */
+/** Reads a whole JSON answer with its `data` list; anything else is the provider's fault. */
 async function readJson(answer: Answered<UpstreamResponse>): Promise<Record<string, unknown>> {
   const text = await readText(answer.value.body)
   const parsed = JSON.parse(text) as unknown
-  if (parsed == null || typeof parsed !== 'object') throw new Error('not a JSON object')
+  if (parsed == null || typeof parsed !== 'object' || !Array.isArray((parsed as Record<string, unknown>).data)) {
+    throw new Error("no 'data' list in the answer")
+  }
   return parsed as Record<string, unknown>
 }
 

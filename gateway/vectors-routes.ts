@@ -82,7 +82,11 @@ async function providerJson(
   if ('failure' in sent) return sent
   try {
     const parsed = JSON.parse(await readText(sent.res.body)) as unknown
-    if (parsed == null || typeof parsed !== 'object') throw new Error('not a JSON object')
+    // The least an answer must have: its list (data for embeddings, results for rerank).
+    const list = endpoint === 'embeddings' ? 'data' : 'results'
+    if (parsed == null || typeof parsed !== 'object' || !Array.isArray((parsed as Record<string, unknown>)[list])) {
+      throw new Error(`no '${list}' list in the answer`)
+    }
     return { value: { kind: 'provider', body: parsed as Record<string, unknown> } }
   } catch (err) {
     return { failure: { ...transportFailure(candidate.upstream, err, signal), outcome: 'bad_answer' } }

@@ -104,7 +104,13 @@ export async function openProviderChat(
   }
   if (!stream) {
     try {
-      const parsed = JSON.parse(await readText(res.body)) as unknown
+      const text = await readText(res.body)
+      let parsed: unknown
+      try {
+        parsed = JSON.parse(text)
+      } catch {
+        return bad('bad_answer')
+      }
       if (parsed == null || typeof parsed !== 'object' || !Array.isArray((parsed as { choices?: unknown }).choices)) {
         return bad('bad_answer')
       }
