@@ -67,16 +67,27 @@ export async function tryCandidates<T>(
     tried.push({ key: candidate.key, outcome: result.failure.outcome })
     failures.push(result.failure)
   }
+  throw withRoute(exhausted(plan, model, tried, failures), routing.describeFailure(plan, tried))
+}
+
+/** The error to answer when no candidate answered. */
+function exhausted(plan: RoutePlan, model: string, tried: Tried[], failures: Array<Failure | undefined>): ApiError {
   const passOn = failures.find((f) => f != null && f.error.status < 500)
-  if (passOn != null) throw passOn.error
+  if (passOn != null) return passOn.error
   // One candidate, or one pinned provider: its own error says most.
   const last = failures.at(-1)
-  if ((plan.mode === 'pinned' || failures.length === 1) && last != null) throw last.error
+  if ((plan.mode === 'pinned' || failures.length === 1) && last != null) return last.error
   const allBusy = tried.length > 0 && tried.every((t) => t.outcome === 'busy')
-  throw noNodes(
+  return noNodes(
     model,
     allBusy
       ? `All ${tried.length} node(s) serving it are at capacity.`
       : `${tried.length} candidate(s) were tried and failed (${tried.map((t) => `${t.key}: ${t.outcome}`).join(', ')}).`,
   )
+}
+
+/** Even an answer no candidate could give says where the request went. */
+function withRoute(err: ApiError, route: string): ApiError {
+  err.headers['x-cluster-route'] = route
+  return err
 }

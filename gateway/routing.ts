@@ -304,13 +304,28 @@ export class Routing {
     })
   }
 
-  /** What the x-cluster-route header says: the mode, the winner and why, every candidate and its score. */
-  describe(plan: RoutePlan, chosen: Scored, tried: Array<{ key: string; outcome: string }>): string {
-    const list = plan.ordered
+  /** The x-cluster-route header of an answer no candidate could give: every one tried, and how it failed. */
+  describeFailure(plan: RoutePlan, tried: Array<{ key: string; outcome: string }>): string {
+    return [
+      plan.mode,
+      'chosen=none',
+      'reason=all-failed',
+      `candidates=${this.candidateList(plan)}`,
+      `tried=${tried.map((t) => `${t.key}:${t.outcome}`).join(',')}`,
+    ].join('; ')
+  }
+
+  private candidateList(plan: RoutePlan): string {
+    return plan.ordered
       .map(
         (s) => `${s.candidate.key}=${s.cooling ? 'cooldown' : s.measured ? `${Math.round(s.score)}ms` : 'unmeasured'}`,
       )
       .join(',')
+  }
+
+  /** What the x-cluster-route header says: the mode, the winner and why, every candidate and its score. */
+  describe(plan: RoutePlan, chosen: Scored, tried: Array<{ key: string; outcome: string }>): string {
+    const list = this.candidateList(plan)
     let why: string
     if (plan.mode === 'pinned') why = 'pinned'
     else if (tried.length > 0) why = `failover`

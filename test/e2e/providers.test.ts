@@ -222,6 +222,10 @@ describe('provider routing', () => {
     expect(body.error.type).toBe('rate_limit_error')
     expect(body.error.message).toContain('deepinfra')
     expect(body.error.message).toContain('slow down')
+    // Even a failed answer says where it went.
+    expect(route(r)).toBe(
+      'auto; chosen=none; reason=all-failed; candidates=deepinfra=unmeasured; tried=deepinfra:http_429',
+    )
   })
 
   it("a provider's 4xx is passed on; its refusal of our key is a 502, never a 401 to the client", async () => {
