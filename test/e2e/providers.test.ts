@@ -76,7 +76,7 @@ describe('provider routing', () => {
       port: 0,
       providers,
       env: {},
-      providerTimeouts: { headersMs: 1_500 },
+      providerTimeouts: { headersMs: 3_000 },
       logger: createLogger({ role: 'gateway', level: 'info', destination: log.stream }),
     })
     node = await startTinyNode({ dataDir: n.path, bootstrap: gw.multiaddrs(), model: 'mix-model' })
@@ -158,7 +158,7 @@ describe('provider routing', () => {
   })
 
   it('auto: a fast mesh node beats a slow provider once both are measured', async () => {
-    up.groq.always(delayThen(1_000, { kind: 'ok' }))
+    up.groq.always(delayThen(2_000, { kind: 'ok' }))
     try {
       const chosen: string[] = []
       for (let i = 0; i < 4; i++) {
