@@ -18,6 +18,8 @@ export interface ApiDeps {
   loginFailures: TokenBuckets
   /** Model ids served now, for pricing and stats. */
   servedModels: () => string[]
+  /** Models callable through this gateway's providers (priced too). */
+  providerModels?: () => string[]
   /** Model ids in the registry (served or not). */
   registryModels?: () => string[]
   /** How many of the account's own models are deployed now. */
@@ -205,7 +207,7 @@ export function apiRoutes(deps: ApiDeps): Hono<AuthVars> {
     }
   })
 
-  api.get('/pricing', (c) => c.json(pricing.describe(deps.servedModels())))
+  api.get('/pricing', (c) => c.json(pricing.describe([...deps.servedModels(), ...(deps.providerModels?.() ?? [])])))
 
   api.get('/user/stats', (c) => {
     const { account } = requireAuth(c)

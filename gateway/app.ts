@@ -243,6 +243,7 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
       pricing: deps.pricing,
       loginFailures: deps.loginFailures,
       servedModels: () => [...deps.directory.models().keys()],
+      providerModels: () => [...deps.routing.providerModelIds()],
       ...(deps.models != null
         ? {
             registryModels: () => (deps.models as ModelsDeps).registry.models().map((m) => m.id),

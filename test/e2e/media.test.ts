@@ -87,6 +87,17 @@ describe('images and audio through providers', () => {
     expect(stats.totalCalls).toBeGreaterThanOrEqual(1)
   })
 
+  it('/api/pricing lists the providers’ models and the unit prices', async () => {
+    const pricing = (await (await fetch(`${gw.url}/api/pricing`)).json()) as {
+      models: Array<{ model: string }>
+      units: Record<string, string>
+    }
+    expect(pricing.models.map((m) => m.model)).toEqual(
+      expect.arrayContaining(['flux-schnell', 'whisper-large-v3', 'tts-1']),
+    )
+    expect(pricing.units).toEqual({ image: '0.02', transcription: '0.006', speechPer1kChars: '0.015' })
+  })
+
   it('images: bad input is a 400 naming the field, before any money moves', async () => {
     const before = await balance()
     for (const [body, param] of [
