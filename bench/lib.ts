@@ -57,6 +57,9 @@ export interface Child {
 /** Spawns `node <args>` in the repo root. stderr is kept and shown if the child dies early. */
 export function spawnNode(name: string, args: string[], opts: { ipc?: boolean; env?: NodeJS.ProcessEnv } = {}): Child {
   installHooks()
+  // BENCH_CPU_PROF=<dir>: every child writes a V8 CPU profile into <dir>/<name> when it exits.
+  const prof = process.env.BENCH_CPU_PROF
+  if (prof) args = ['--cpu-prof', '--cpu-prof-dir', join(prof, name), ...args]
   const proc = spawn(process.execPath, args, {
     cwd: ROOT,
     env: { ...process.env, ...opts.env },
