@@ -4,6 +4,7 @@
 import type { Context } from 'hono'
 import type {
   DoneFrame,
+  EndpointName,
   FinishReason,
   InferenceRequestFrame,
   InferenceResponseFrame,
@@ -14,9 +15,9 @@ import type { AuthVars } from './api-routes.ts'
 import { requireAuth } from './api-routes.ts'
 import { type Answered, clientClosed, tryCandidates } from './attempts.ts'
 import type { Billing } from './billing.ts'
-import { ApiError, invalidRequest } from './errors.ts'
+import { ApiError } from './errors.ts'
 import { Meter } from './meter.ts'
-import { clientSignal, readJsonBody } from './node-request.ts'
+import { clientSignal, readJsonObject } from './node-request.ts'
 import {
   type CompletionMeta,
   chunkBody,
@@ -28,7 +29,7 @@ import {
   toWireMessages,
   usageChunkBody,
 } from './openai.ts'
-import { MESH_PROVIDER, PROVIDERS } from './providers/catalog.ts'
+import { MESH_PROVIDER, PROVIDER_ONLY_FIELDS } from './providers/catalog.ts'
 import {
   contentOf,
   openProviderChat,
@@ -50,7 +51,7 @@ export interface CompletedInference {
   nodePeerId: string
   /** Set when an external provider served it. */
   provider?: string
-  endpoint: 'chat' | 'embeddings' | 'rerank' | 'images' | 'transcriptions' | 'speech'
+  endpoint: EndpointName
   usage: Usage
   finishReason: FinishReason
   ttftMs: number
@@ -68,9 +69,6 @@ export interface ChatDeps {
   onComplete?: ((info: CompletedInference) => void) | undefined
 }
 
-/** Request fields some provider understands and others do not (sent only to that one). */
-const FOREIGN_FIELDS: ReadonlySet<string> = new Set(Object.values(PROVIDERS).flatMap((p) => p.extraFields ?? []))
-
 type Answer = { kind: 'node'; call: InferenceCall } | { kind: 'provider'; answer: ProviderChatAnswer }
 
 /** Tries the plan's candidates in order until one answers (tryCandidates picks the error otherwise). */
@@ -87,7 +85,7 @@ function route(
       if ('call' in result) return { value: { kind: 'node', call: result.call } }
       return { nodeOutcome: result.outcome, fatal: result.fatal }
     }
-    const body = upstreamChatBody(candidate.upstream, clientBody, candidate.upstreamModel, FOREIGN_FIELDS)
+    const body = upstreamChatBody(candidate.upstream, clientBody, candidate.upstreamModel, PROVIDER_ONLY_FIELDS)
     const result = await openProviderChat(candidate.upstream, body, signal)
     if ('answer' in result) return { value: { kind: 'provider', answer: result.answer } }
     return result
@@ -100,12 +98,7 @@ export function chatRoute(deps: ChatDeps) {
     const payment = c.get('x402')
     if (payment == null) requireAuth(c)
     const signal = clientSignal(c)
-    let json: unknown
-    try {
-      json = await readJsonBody(c)
-    } catch {
-      throw invalidRequest('The request body is not valid JSON.')
-    }
+    const json = await readJsonObject(c)
     const req = parseChatRequest(json)
     const meta: CompletionMeta = { id: newCompletionId(), created: Math.floor(Date.now() / 1000), model: req.model }
     // The completion id is the request's id from here on: it goes to the node in the request frame.
@@ -139,7 +132,7 @@ export function chatRoute(deps: ChatDeps) {
     signal.addEventListener('abort', onClientGone, { once: true })
     let routed: Answered<Answer>
     try {
-      routed = await route(deps, plan, frame, json as Record<string, unknown>, cancel.signal)
+      routed = await route(deps, plan, frame, json, cancel.signal)
     } catch (err) {
       signal.removeEventListener('abort', onClientGone)
       await keyMeter?.cancel()

@@ -9,11 +9,11 @@ import type { AuthVars } from './api-routes.ts'
 import { type Answered, tryCandidates } from './attempts.ts'
 import type { ChatDeps } from './chat.ts'
 import { invalidRequest } from './errors.ts'
-import { clientSignal, readJsonBody } from './node-request.ts'
+import { clientSignal, readJsonObject } from './node-request.ts'
 import { parseBody } from './openai.ts'
 import { PaidCall } from './paid-call.ts'
 import type { Pricing } from './pricing.ts'
-import { type Endpoint, PROVIDERS } from './providers/catalog.ts'
+import { type Endpoint, PROVIDER_ONLY_FIELDS } from './providers/catalog.ts'
 import type { UpstreamResponse } from './providers/provider.ts'
 import { callUpstream, forwardBody, readText, transportFailure } from './providers/upstream-call.ts'
 import type { Candidate, RoutePlan } from './routing.ts'
@@ -24,8 +24,6 @@ export interface MediaDeps extends ChatDeps {
 
 /** Largest audio file accepted for transcription (OpenAI's limit). */
 export const MAX_AUDIO_BYTES = 25 * 1024 * 1024
-
-const FOREIGN_FIELDS: ReadonlySet<string> = new Set(Object.values(PROVIDERS).flatMap((p) => p.extraFields ?? []))
 
 const provider = z.string().min(1).optional()
 
@@ -66,14 +64,6 @@ const TranscriptionFields = z.object({
   provider,
 })
 
-async function jsonBody(c: Parameters<typeof readJsonBody>[0]): Promise<Record<string, unknown>> {
-  try {
-    return (await readJsonBody(c)) as Record<string, unknown>
-  } catch {
-    throw invalidRequest('The request body is not valid JSON.')
-  }
-}
-
 type ProviderCandidate = Extract<Candidate, { kind: 'provider' }>
 
 /** Sends to the plan's providers in turn until one answers 2xx. */
@@ -98,7 +88,7 @@ function sendToProviders(
 const jsonFor =
   (json: Record<string, unknown>) =>
   async (candidate: ProviderCandidate): Promise<{ body: string; contentType: string }> => ({
-    body: JSON.stringify(forwardBody(candidate.upstream, json, candidate.upstreamModel, FOREIGN_FIELDS)),
+    body: JSON.stringify(forwardBody(candidate.upstream, json, candidate.upstreamModel, PROVIDER_ONLY_FIELDS)),
     contentType: 'application/json',
   })
 
@@ -114,7 +104,7 @@ async function readJson(answer: Answered<UpstreamResponse>): Promise<Record<stri
 
 export function mediaRoutes(app: Hono<AuthVars>, deps: MediaDeps): void {
   app.post('/v1/images/generations', async (c) => {
-    const json = await jsonBody(c)
+    const json = await readJsonObject(c)
     const req = parseBody(ImagesSchema, json)
     const n = req.n ?? 1
     const plan = deps.routing.plan(req.model, 'images', req.provider)
@@ -149,7 +139,7 @@ export function mediaRoutes(app: Hono<AuthVars>, deps: MediaDeps): void {
   })
 
   app.post('/v1/audio/speech', async (c) => {
-    const json = await jsonBody(c)
+    const json = await readJsonObject(c)
     const req = parseBody(SpeechSchema, json)
     const plan = deps.routing.plan(req.model, 'speech', req.provider)
     const cost = deps.pricing.speechCost(req.input.length)

@@ -5,6 +5,7 @@
 // anywhere else (app.request() in tests, other runtimes) they fall back to the standard API.
 import { IncomingMessage, ServerResponse } from 'node:http'
 import type { Context } from 'hono'
+import { invalidRequest } from './errors.ts'
 
 interface NodeBindings {
   incoming?: unknown
@@ -27,6 +28,15 @@ export async function readJsonBody(c: Context): Promise<unknown> {
   const chunks: Buffer[] = []
   for await (const chunk of node.incoming) chunks.push(chunk as Buffer)
   return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+}
+
+/** The JSON body of an inference request: 400 when it is not JSON (its schema checks it is an object). */
+export async function readJsonObject(c: Context): Promise<Record<string, unknown>> {
+  try {
+    return (await readJsonBody(c)) as Record<string, unknown>
+  } catch {
+    throw invalidRequest('The request body is not valid JSON.')
+  }
 }
 
 /** Aborted when the client goes away before the response is complete (as c.req.raw.signal is). */

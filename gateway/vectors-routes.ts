@@ -11,10 +11,10 @@ import { type Attempt, tryCandidates } from './attempts.ts'
 import { invalidRequest } from './errors.ts'
 import type { MediaDeps } from './media-routes.ts'
 import { type EmbedResult, type MeshVectors, MeshVectorsError, type RerankResult } from './mesh-vectors.ts'
-import { clientSignal, readJsonBody } from './node-request.ts'
+import { clientSignal, readJsonObject } from './node-request.ts'
 import { parseBody } from './openai.ts'
 import { PaidCall } from './paid-call.ts'
-import { PROVIDERS } from './providers/catalog.ts'
+import { PROVIDER_ONLY_FIELDS } from './providers/catalog.ts'
 import { callUpstream, forwardBody, readText, transportFailure } from './providers/upstream-call.ts'
 import type { Candidate, RoutePlan } from './routing.ts'
 import { countTokens } from './tokens.ts'
@@ -22,8 +22,6 @@ import { countTokens } from './tokens.ts'
 export interface VectorsDeps extends MediaDeps {
   vectors: MeshVectors
 }
-
-const FOREIGN_FIELDS: ReadonlySet<string> = new Set(Object.values(PROVIDERS).flatMap((p) => p.extraFields ?? []))
 
 const EmbeddingsSchema = z.object({
   model: z.string().min(1, 'must be a non-empty string'),
@@ -73,7 +71,7 @@ async function providerJson(
   json: Record<string, unknown>,
   signal: AbortSignal,
 ): Promise<Attempt<Served<never>>> {
-  const body = forwardBody(candidate.upstream, json, candidate.upstreamModel, FOREIGN_FIELDS)
+  const body = forwardBody(candidate.upstream, json, candidate.upstreamModel, PROVIDER_ONLY_FIELDS)
   const sent = await callUpstream(candidate.upstream, endpoint, {
     body: JSON.stringify(body),
     contentType: 'application/json',
@@ -156,7 +154,7 @@ export function vectorsRoutes(app: Hono<AuthVars>, deps: VectorsDeps): void {
   }
 
   app.post('/v1/embeddings', async (c) => {
-    const json = await jsonBody(c)
+    const json = await readJsonObject(c)
     const req = parseBody(EmbeddingsSchema, json)
     const input = typeof req.input === 'string' ? [req.input] : req.input
     const { served, usage } = await serve<EmbedResult>(
@@ -188,7 +186,7 @@ export function vectorsRoutes(app: Hono<AuthVars>, deps: VectorsDeps): void {
   })
 
   app.post('/v1/rerank', async (c) => {
-    const json = await jsonBody(c)
+    const json = await readJsonObject(c)
     const req = parseBody(RerankSchema, json)
     const documents = req.documents.map((d) => (typeof d === 'string' ? d : d.text))
     const { served, usage, call } = await serve<RerankResult>(
@@ -218,12 +216,4 @@ export function vectorsRoutes(app: Hono<AuthVars>, deps: VectorsDeps): void {
       usage: { prompt_tokens: usage.promptTokens, total_tokens: usage.promptTokens },
     })
   })
-}
-
-async function jsonBody(c: Parameters<typeof readJsonBody>[0]): Promise<Record<string, unknown>> {
-  try {
-    return (await readJsonBody(c)) as Record<string, unknown>
-  } catch {
-    throw invalidRequest('The request body is not valid JSON.')
-  }
 }

@@ -224,3 +224,8 @@ export const isProviderName = (name: string): name is ProviderName =>
 
 /** The env variable that overrides a provider's base URL (self-hosting, tests). */
 export const baseUrlEnv = (name: ProviderName): string => `CLUSTER_PROVIDER_${name.toUpperCase()}_BASE_URL`
+
+/** Request fields only some provider understands (sent to that one, dropped for the others). */
+export const PROVIDER_ONLY_FIELDS: ReadonlySet<string> = new Set(
+  Object.values(PROVIDERS).flatMap((p) => p.extraFields ?? []),
+)
