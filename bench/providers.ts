@@ -66,13 +66,16 @@ const QUIET_MS = Math.min(5_000, Number(process.env.BENCH_QUIET_WAIT_MS ?? 5_000
 const GOAL_P50_MS = 1
 const GOAL_P99_MS = 5
 
-type TargetName = 'direct' | 'off' | 'on'
-const TARGETS: readonly TargetName[] = ['direct', 'off', 'on']
+type TargetName = 'direct' | 'bare' | 'off' | 'on'
+const TARGETS: readonly TargetName[] = ['direct', 'bare', 'off', 'on']
 const LABEL: Record<TargetName, string> = {
   direct: 'direct (upstream)',
+  bare: 'bare Node proxy (floor)',
   off: 'gateway, billing off',
   on: 'gateway, billing on',
 }
+/** Targets compared with direct: the floor (a bare Node proxy) and our gateway both ways. */
+const PROXIES = ['bare', 'off', 'on'] as const
 
 interface Target {
   name: TargetName
@@ -90,8 +93,8 @@ const MESSAGES = [{ role: 'user', content: 'Say hello in a few words.' }]
 function makeTarget(name: TargetName, base: string, apiKey: string, child?: Child): Target {
   const body = (stream: boolean): string =>
     JSON.stringify({
-      model: name === 'direct' ? UPSTREAM_MODEL : OUR_MODEL,
-      ...(name === 'direct' ? {} : { provider: PROVIDER }),
+      model: name === 'direct' || name === 'bare' ? UPSTREAM_MODEL : OUR_MODEL,
+      ...(name === 'direct' || name === 'bare' ? {} : { provider: PROVIDER }),
       messages: MESSAGES,
       ...(stream ? { stream: true } : {}),
     })
@@ -309,15 +312,11 @@ async function block(
   }
 }
 
-/** Orders of the three targets, rotated per round: each target takes each position alike. */
-const ORDERS: TargetName[][] = [
-  ['direct', 'off', 'on'],
-  ['on', 'off', 'direct'],
-  ['off', 'on', 'direct'],
-  ['direct', 'on', 'off'],
-  ['on', 'direct', 'off'],
-  ['off', 'direct', 'on'],
-]
+/** Orders of the targets, rotated per round (and reversed): each target takes each position alike. */
+const ORDERS: TargetName[][] = TARGETS.flatMap((_, i) => {
+  const rotated = [...TARGETS.slice(i), ...TARGETS.slice(0, i)]
+  return [rotated, [...rotated].reverse()]
+})
 
 interface ModeResult {
   kind: Kind
@@ -376,7 +375,7 @@ interface Added {
   ratioP99: number
 }
 
-function added(m: ModeResult, name: 'off' | 'on'): Added {
+function added(m: ModeResult, name: (typeof PROXIES)[number]): Added {
   const d = okMs(m.pooled.direct)
   const g = okMs(m.pooled[name])
   const dp50 = quantile(d, 0.5)
@@ -442,7 +441,7 @@ function report(m: ModeResult): void {
     ],
     rows,
   )
-  for (const name of ['off', 'on'] as const) {
+  for (const name of PROXIES) {
     const a = added(m, name)
     const perRound = m.rounds.map(
       (r, i) =>
@@ -471,6 +470,10 @@ function figures(m: ModeResult): void {
     figure(`${p}.ratio_p50_${c}`, a.ratioP50, 2)
     figure(`${p}.ratio_p99_${c}`, a.ratioP99, 2)
   }
+  // The floor: what the least a Node proxy does adds on this machine (no goal: a reference).
+  const floor = added(m, 'bare')
+  figure(`${prefix}.bare_node_proxy.${metric}_p50_ms_${c}`, floor.p50, 3)
+  figure(`${prefix}.bare_node_proxy.${metric}_p99_ms_${c}`, floor.p99, 3)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -520,13 +523,22 @@ export async function providersBench(): Promise<void> {
       startGatewayChild(dir, upstreamBase, 'off'),
       startGatewayChild(dir, upstreamBase, 'on'),
     ])
+    const bareChild = spawnNode(
+      'bare-proxy',
+      ['bin/run-ts.js', 'bench/providers-bare-proxy-child.ts', `http://${HOST}:${port}`],
+      {
+        ipc: true,
+      },
+    )
+    const barePort = (await bareChild.waitFor(/listening (\d+)/, 30_000))[1] as string
     const targets: Record<TargetName, Target> = {
       direct: makeTarget('direct', `http://${HOST}:${port}`, UPSTREAM_KEY),
+      bare: makeTarget('bare', `http://${HOST}:${barePort}`, UPSTREAM_KEY, bareChild),
       off,
       on,
     }
     const upstreamStats = (): Promise<UpstreamCounters> => stats<UpstreamCounters>(upstream)
-    const pids = [upstream.pid, off.child?.pid ?? 0, on.child?.pid ?? 0]
+    const pids = [upstream.pid, bareChild.pid, off.child?.pid ?? 0, on.child?.pid ?? 0]
     // The gateways really route to the provider (and the upstream really checks the mapped model).
     for (const name of ['off', 'on'] as const) {
       for (const once of [plainOnce, streamOnce]) {
