@@ -27,6 +27,7 @@ import type { Engine } from './engine.ts'
 import { FileHashes } from './file-hashes.ts'
 import { detectHardware } from './hardware.ts'
 import { HeartbeatPublisher } from './heartbeat.ts'
+import { HttpEngine, type HttpEngineOptions } from './http-engine.ts'
 import { serveInference } from './inference-service.ts'
 import { LlamaEngine, llamaGpus } from './llama-engine.ts'
 import { nodeMetricsRegistry, serveNodeMetrics } from './metrics.ts'
@@ -50,6 +51,8 @@ export interface NodeConfig {
   listen?: string[]
   bootstrap?: string[]
   models: NodeModelConfig[]
+  /** Models served by an OpenAI-compatible HTTP server the operator runs (vLLM, llama-server, Ollama, …). */
+  upstreams?: HttpEngineOptions[]
   /** @default os.availableParallelism() */
   threads?: number
   /** Parallel sequences per model. @default 4 */
@@ -141,10 +144,23 @@ async function startParts(config: NodeConfig, teardown: Teardown, undo: () => Pr
     })
   const schedulerOf = new WeakMap<Engine, Scheduler>()
   const serveEngine = (engine: Engine): void => {
-    const scheduler = new Scheduler(engine, config.maxQueue != null ? { maxQueue: config.maxQueue } : {})
+    const scheduler = new Scheduler(engine, {
+      ...(config.maxQueue != null ? { maxQueue: config.maxQueue } : {}),
+      // A server of its own batches as it arrives: no admission window (it measures no prefill).
+      ...(engine instanceof HttpEngine ? { admissionShare: 0 } : {}),
+    })
     schedulerOf.set(engine, scheduler)
     engines.set(engine.modelId, engine)
     schedulers.set(engine.modelId, scheduler)
+  }
+
+  for (const u of config.upstreams ?? []) {
+    const engine = new HttpEngine(u)
+    if (engines.has(engine.modelId)) {
+      await engine.close()
+      throw new Error(`two models share the id ${engine.modelId}: give one an explicit id`)
+    }
+    serveEngine(engine)
   }
 
   for (const m of fromFiles) {

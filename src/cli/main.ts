@@ -289,6 +289,11 @@ export async function main(argv: string[]): Promise<void> {
       collect,
     )
     .option('--model-id <id>', 'the id clients use for the (first) model')
+    .option(
+      '--upstream <url>',
+      'serve a model from an OpenAI-compatible server you run (vLLM, llama-server, Ollama: e.g. http://127.0.0.1:8000/v1); with --upstream-model',
+    )
+    .option('--upstream-model <name>', "the server's name for the model (clients use --model-id, else this)")
     .option('--threads <n>', 'CPU threads (default: all cores; env CLUSTER_THREADS)')
     .option('--slots <n>', 'parallel sequences per model')
     .option('--max-queue <n>', 'requests allowed to wait for a free sequence; more are refused as busy')
@@ -302,10 +307,25 @@ export async function main(argv: string[]): Promise<void> {
         path: path.startsWith('cid:') ? path : resolve(path),
         ...(i === 0 && opts.modelId ? { id: opts.modelId as string } : {}),
       }))
+      if ((opts.upstream == null) !== (opts.upstreamModel == null)) {
+        process.stderr.write('cluster node: --upstream and --upstream-model go together\n')
+        process.exit(2)
+      }
+      const upstreams =
+        opts.upstream != null
+          ? [
+              {
+                baseUrl: opts.upstream as string,
+                model: opts.upstreamModel as string,
+                ...(models.length === 0 && opts.modelId ? { id: opts.modelId as string } : {}),
+              },
+            ]
+          : []
       const config = loadConfig(opts, {
         ...(await meshFlags(opts)),
         node: {
           ...(models.length ? { models } : {}),
+          ...(upstreams.length ? { upstreams } : {}),
           ...(opts.threads ? { threads: opts.threads as string } : {}),
           ...(opts.slots ? { slots: opts.slots as string } : {}),
           ...(opts.maxQueue != null ? { maxQueue: opts.maxQueue as string } : {}),
@@ -333,6 +353,14 @@ export async function main(argv: string[]): Promise<void> {
         ...(config.listen ? { listen: config.listen } : {}),
         bootstrap: config.bootstrap,
         models: config.node.models,
+        upstreams: config.node.upstreams.map((u) => ({
+          baseUrl: u.baseUrl,
+          upstreamModel: u.model,
+          modelId: u.id,
+          apiKey: process.env.CLUSTER_UPSTREAM_API_KEY,
+          contextSize: u.contextSize,
+          slots: u.slots,
+        })),
         ...(config.node.threads ? { threads: config.node.threads } : {}),
         slots: config.node.slots,
         maxQueue: config.node.maxQueue,

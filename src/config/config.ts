@@ -85,6 +85,23 @@ export const NodeSectionSchema = z.object({
   modelMemoryBytes: z.number().int().min(0).optional(),
   /** Serve Prometheus /metrics on 127.0.0.1 at this port (0: any free one); off when absent. */
   metricsPort: z.coerce.number().int().min(0).max(65535).optional(),
+  /**
+   * Models served by an OpenAI-compatible server the operator runs (vLLM, llama-server, Ollama, …).
+   * Its key, if it needs one, comes from CLUSTER_UPSTREAM_API_KEY.
+   */
+  upstreams: z
+    .array(
+      z
+        .object({
+          baseUrl: z.url({ protocol: /^https?$/ }),
+          model: z.string().min(1),
+          id: z.string().min(1).optional(),
+          contextSize: z.number().int().min(64).optional(),
+          slots: z.number().int().min(1).max(1024).optional(),
+        })
+        .strict(),
+    )
+    .default([]),
 })
 
 const EvmAddress = z.string().regex(/^0x[0-9a-fA-F]{40}$/, 'an EVM address, 0x and 40 hex digits')
@@ -171,6 +188,7 @@ export const ConfigSchema = z.object({
     gpu: 'auto',
     payoutAddress: '',
     acceptDeploys: true,
+    upstreams: [],
   }),
   /** On-chain settlement (the gateway): off when absent. */
   chain: ChainSectionSchema.optional(),
