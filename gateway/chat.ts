@@ -27,6 +27,7 @@ import {
   parseChatRequest,
   toSampling,
   toWireMessages,
+  usageBody,
   usageChunkBody,
 } from './openai.ts'
 import { MESH_PROVIDER, PROVIDER_ONLY_FIELDS } from './providers/catalog.ts'
@@ -58,6 +59,15 @@ export interface CompletedInference {
   durationMs: number
   /** Who paid: an API key's balance, or an x402 payment. */
   payer: 'api_key' | 'x402'
+}
+
+/** Who served a call, as a completed inference names it: a node's peer id, or `provider:<name>` and the provider. */
+export function servedFields(servedBy: {
+  node?: string
+  provider?: string
+}): Pick<CompletedInference, 'nodePeerId' | 'provider'> {
+  if (servedBy.provider != null) return { nodePeerId: `provider:${servedBy.provider}`, provider: servedBy.provider }
+  return { nodePeerId: servedBy.node ?? '' }
 }
 
 export interface ChatDeps {
@@ -149,14 +159,15 @@ export function chatRoute(deps: ChatDeps) {
       await meter.reserveFlat()
     }
     const ttftMs = performance.now() - started
-    const servedBy =
-      answer.value.kind === 'node' ? answer.value.call.nodePeerId : `provider:${answer.scored.candidate.provider}`
-    const complete = (finishReason: FinishReason, usage: Usage): void =>
+    const provider = answer.value.kind === 'provider' ? answer.scored.candidate.provider : undefined
+    // `node`: the node that finished the answer (another one when it was continued elsewhere).
+    const complete = (finishReason: FinishReason, usage: Usage, node?: string): void =>
       deps.onComplete?.({
         requestId: meta.id,
         model: req.model,
-        nodePeerId: servedBy,
-        ...(answer.value.kind === 'provider' ? { provider: answer.scored.candidate.provider } : {}),
+        ...servedFields(
+          provider != null ? { provider } : { node: node ?? (answer.value as { call: InferenceCall }).call.nodePeerId },
+        ),
         endpoint: 'chat',
         usage,
         finishReason,
@@ -189,7 +200,7 @@ interface Served {
   onClientGone: () => void
   meter: Meter
   settlement: Promise<SettlementOutcome> | undefined
-  complete: (finishReason: FinishReason, usage: Usage) => void
+  complete: (finishReason: FinishReason, usage: Usage, node?: string) => void
   started: number
 }
 
@@ -317,7 +328,7 @@ async function serveNode(
           // comment (ignored by SSE parsers, readable by whoever wants the receipt).
           if (settled?.status === 'settled') await sse.write(`: ${settled.header.name}: ${settled.header.value}\n\n`)
           await sse.write('data: [DONE]\n\n')
-          complete(f.finishReason, f.usage)
+          complete(f.finishReason, f.usage, current.nodePeerId)
           finished = true
           break
         } else if (f.code === 'internal') {
@@ -424,7 +435,7 @@ async function serveProvider(
       s.deps.routing.success(answer.scored.candidate, s.meta.model, { ttftMs: performance.now() - answer.t0 })
       complete(finishOf(reply.body), usage)
       await settledHeaders(s)
-      const body = reply.usage != null ? reply.body : { ...reply.body, usage: usageWire(usage) }
+      const body = reply.usage != null ? reply.body : { ...reply.body, usage: usageBody(usage) }
       return c.json(body)
     } finally {
       answer.end()
@@ -529,12 +540,6 @@ async function serveProvider(
   })
 }
 
-const usageWire = (u: Usage) => ({
-  prompt_tokens: u.promptTokens,
-  completion_tokens: u.completionTokens,
-  total_tokens: u.promptTokens + u.completionTokens,
-})
-
 /** Reads a whole answer (non-streaming requests). */
 async function collect(call: InferenceCall, meter: Meter): Promise<{ text: string; done: DoneFrame }> {
   let text = ''
@@ -562,7 +567,7 @@ async function collect(call: InferenceCall, meter: Meter): Promise<{ text: strin
   }
 }
 
-export function contextSizeOf(directory: Directory, model: string): number | undefined {
+function contextSizeOf(directory: Directory, model: string): number | undefined {
   const sizes = directory
     .nodesServing(model)
     .map((n) => n.capabilities?.models.find((m) => m.id === model)?.contextSize)

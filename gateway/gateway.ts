@@ -21,10 +21,10 @@ import { GossipBus } from '../src/mesh/gossip.ts'
 import { createMeshPeer, type MeshPeer } from '../src/mesh/peer.ts'
 import { loadOrCreatePeerKey } from '../src/mesh/peer-key.ts'
 import { fetchCapabilities } from '../src/mesh/streams.ts'
-import { ModelRegistry } from '../src/models/registry.ts'
-import { replicateRegistry } from '../src/models/registry-sync.ts'
+import type { ModelRegistry } from '../src/models/registry.ts'
+import { openModelStores } from '../src/models/registry-sync.ts'
 import type { Facilitator, X402Settings } from '../src/payments/x402.ts'
-import { ContentStore } from '../src/storage/content.ts'
+import type { ContentStore } from '../src/storage/content.ts'
 import { Accounts } from './accounts.ts'
 import { AdminFeed, type AdminFeedOptions } from './admin-ws.ts'
 import { type CompletedInference, createApp } from './app.ts'
@@ -172,12 +172,7 @@ async function startParts(
   const directory = new Directory({ fetchCapabilities: (id) => fetchCapabilities(peer, id) })
   directory.start(bus)
   teardown.push(() => directory.stop())
-  const store = await ContentStore.open({ dataDir: config.dataDir, libp2p: peer })
-  teardown.push(() => store.stop())
-  const registry = await ModelRegistry.open(join(config.dataDir, 'registry'))
-  teardown.push(() => registry.close())
-  const replica = await replicateRegistry(peer, bus, registry, log)
-  teardown.push(() => replica.stop())
+  const { store, registry, replica } = await openModelStores({ peer, bus, dataDir: config.dataDir, log }, teardown)
   const countInference = (model: string): void => {
     void registry.countInference(model).catch(() => undefined)
   }

@@ -15,7 +15,14 @@ import { PaidCall } from './paid-call.ts'
 import type { Pricing } from './pricing.ts'
 import { type Endpoint, PROVIDER_ONLY_FIELDS } from './providers/catalog.ts'
 import type { UpstreamResponse } from './providers/provider.ts'
-import { callUpstream, forwardBody, readText, transportFailure } from './providers/upstream-call.ts'
+import {
+  callUpstream,
+  type Failure,
+  forwardBody,
+  readAnswer,
+  readText,
+  transportFailure,
+} from './providers/upstream-call.ts'
 import type { Candidate, RoutePlan } from './routing.ts'
 
 export interface MediaDeps extends ChatDeps {
@@ -66,22 +73,23 @@ const TranscriptionFields = z.object({
 
 type ProviderCandidate = Extract<Candidate, { kind: 'provider' }>
 
-/** Sends to the plan's providers in turn until one answers 2xx. */
-function sendToProviders(
+/** Sends to the plan's providers in turn until one gives an answer `read` accepts. */
+function sendToProviders<T>(
   deps: MediaDeps,
   plan: RoutePlan,
   model: string,
   endpoint: Endpoint,
   signal: AbortSignal,
   build: (candidate: ProviderCandidate) => Promise<{ body: string | Buffer; contentType: string }>,
-): Promise<Answered<UpstreamResponse>> {
-  return tryCandidates<UpstreamResponse>(deps.routing, plan, model, signal, async ({ candidate }) => {
+  read: (candidate: ProviderCandidate, res: UpstreamResponse) => Promise<{ value: T } | { failure: Failure }>,
+): Promise<Answered<T>> {
+  return tryCandidates<T>(deps.routing, plan, model, signal, async ({ candidate }) => {
     // These endpoints have no mesh candidates (plan() gives none).
     if (candidate.kind === 'node') return { nodeOutcome: 'unsupported' }
     const req = await build(candidate)
     const sent = await callUpstream(candidate.upstream, endpoint, { ...req, signal })
     if ('failure' in sent) return sent
-    return { value: sent.res }
+    return read(candidate, sent.res)
   })
 }
 
@@ -92,16 +100,6 @@ const jsonFor =
     contentType: 'application/json',
   })
 
-/** Reads a whole JSON answer with its `data` list; anything else is the provider's fault. */
-async function readJson(answer: Answered<UpstreamResponse>): Promise<Record<string, unknown>> {
-  const text = await readText(answer.value.body)
-  const parsed = JSON.parse(text) as unknown
-  if (parsed == null || typeof parsed !== 'object' || !Array.isArray((parsed as Record<string, unknown>).data)) {
-    throw new Error("no 'data' list in the answer")
-  }
-  return parsed as Record<string, unknown>
-}
-
 export function mediaRoutes(app: Hono<AuthVars>, deps: MediaDeps): void {
   app.post('/v1/images/generations', async (c) => {
     const json = await readJsonObject(c)
@@ -110,19 +108,19 @@ export function mediaRoutes(app: Hono<AuthVars>, deps: MediaDeps): void {
     const plan = deps.routing.plan(req.model, 'images', req.provider)
     const call = await PaidCall.open(c, deps, 'images', req.model, BigInt(n) * deps.pricing.units.image, 'img')
     const signal = clientSignal(c)
-    let answer: Answered<UpstreamResponse>
+    let answer: Answered<Record<string, unknown>>
     try {
-      answer = await sendToProviders(deps, plan, req.model, 'images', signal, jsonFor(json))
+      answer = await sendToProviders(deps, plan, req.model, 'images', signal, jsonFor(json), async (candidate, res) => {
+        const read = await readAnswer(candidate.upstream, res, 'data', signal)
+        return 'failure' in read ? read : { value: read.body }
+      })
     } catch (err) {
       await call.release()
       throw err
     }
     try {
-      const body = await readJson(answer).catch((err: unknown) => {
-        deps.routing.failure(answer.scored.candidate, req.model, 'bad_answer')
-        throw transportFailure((answer.scored.candidate as ProviderCandidate).upstream, err).error
-      })
-      const images = Array.isArray(body.data) ? Math.min(body.data.length, n) : n
+      const body = answer.value
+      const images = Math.min((body.data as unknown[]).length, n)
       await call.answered(plan, answer)
       await call.meter?.finishProvider(
         { promptTokens: 0, completionTokens: 0 },
@@ -147,7 +145,10 @@ export function mediaRoutes(app: Hono<AuthVars>, deps: MediaDeps): void {
     const signal = clientSignal(c)
     let answer: Answered<UpstreamResponse>
     try {
-      answer = await sendToProviders(deps, plan, req.model, 'speech', signal, jsonFor(json))
+      // The audio streams back as it comes: the answer is the response itself.
+      answer = await sendToProviders(deps, plan, req.model, 'speech', signal, jsonFor(json), async (_, res) => ({
+        value: res,
+      }))
       await call.answered(plan, answer)
       // The provider took the work: it is charged now (its price depends only on the input).
       await call.meter?.finishProvider({ promptTokens: 0, completionTokens: 0 }, cost)
@@ -200,35 +201,49 @@ export function mediaRoutes(app: Hono<AuthVars>, deps: MediaDeps): void {
     const call = await PaidCall.open(c, deps, 'transcriptions', req.model, cost, 'stt')
     const signal = clientSignal(c)
     const name = (file as File).name || 'audio'
-    let answer: Answered<UpstreamResponse>
+    let answer: Answered<{ text: string; type: string }>
     try {
-      answer = await sendToProviders(deps, plan, req.model, 'transcriptions', signal, async (candidate) => {
-        const out = new FormData()
-        for (const [k, v] of Object.entries(fields)) if (k !== 'provider' && k !== 'model') out.append(k, v)
-        out.append('model', candidate.upstreamModel)
-        out.append('file', file, name)
-        // Serialized by the platform's own multipart encoder (boundary included).
-        const encoded = new Response(out)
-        return {
-          body: Buffer.from(await encoded.arrayBuffer()),
-          contentType: encoded.headers.get('content-type') ?? 'multipart/form-data',
-        }
-      })
+      answer = await sendToProviders(
+        deps,
+        plan,
+        req.model,
+        'transcriptions',
+        signal,
+        async (candidate) => {
+          const out = new FormData()
+          for (const [k, v] of Object.entries(fields)) if (k !== 'provider' && k !== 'model') out.append(k, v)
+          out.append('model', candidate.upstreamModel)
+          out.append('file', file, name)
+          // Serialized by the platform's own multipart encoder (boundary included).
+          const encoded = new Response(out)
+          return {
+            body: Buffer.from(await encoded.arrayBuffer()),
+            contentType: encoded.headers.get('content-type') ?? 'multipart/form-data',
+          }
+        },
+        async (candidate, res) => {
+          // JSON or text (srt, vtt, text), as the format asked: passed on with its type.
+          try {
+            const type = res.headers['content-type']
+            return {
+              value: { text: await readText(res.body), type: typeof type === 'string' ? type : 'application/json' },
+            }
+          } catch (err) {
+            return { failure: transportFailure(candidate.upstream, err, signal) }
+          }
+        },
+      )
     } catch (err) {
       await call.release()
       throw err
     }
     try {
-      const text = await readText(answer.value.body)
       await call.answered(plan, answer)
       await call.meter?.finishProvider({ promptTokens: 0, completionTokens: 0 }, cost)
       deps.routing.success(answer.scored.candidate, req.model, { ttftMs: performance.now() - answer.t0 })
       call.complete({ provider: answer.scored.candidate.provider }, { promptTokens: 0, completionTokens: 0 }, 0)
       await call.settledHeaders('/v1/audio/transcriptions')
-      const upstreamType = answer.value.headers['content-type']
-      return c.body(text, 200, {
-        'content-type': typeof upstreamType === 'string' ? upstreamType : 'application/json',
-      })
+      return c.body(answer.value.text, 200, { 'content-type': answer.value.type })
     } finally {
       answer.end()
       await call.release()

@@ -6,7 +6,7 @@ import type { Context } from 'hono'
 import type { Usage } from '../protocols/index.ts'
 import { type AuthVars, requireAuth } from './api-routes.ts'
 import type { Answered } from './attempts.ts'
-import type { ChatDeps, CompletedInference } from './chat.ts'
+import { type ChatDeps, type CompletedInference, servedFields } from './chat.ts'
 import { Meter } from './meter.ts'
 import type { RoutePlan } from './routing.ts'
 import type { SettlementOutcome, X402Gate } from './x402.ts'
@@ -100,8 +100,7 @@ export class PaidCall {
     this.deps.onComplete?.({
       requestId: this.requestId,
       model: this.model,
-      nodePeerId: servedBy.node ?? `provider:${servedBy.provider}`,
-      ...(servedBy.provider != null ? { provider: servedBy.provider } : {}),
+      ...servedFields(servedBy),
       endpoint: this.endpoint,
       usage,
       finishReason: 'stop',

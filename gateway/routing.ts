@@ -51,6 +51,9 @@ export interface RoutingOptions {
   now?: (() => number) | undefined
 }
 
+/** What `provider` may name: the mesh, then the catalog. */
+const PROVIDER_CHOICES: readonly string[] = [MESH_PROVIDER, ...PROVIDER_NAMES]
+
 /** How fast the averages follow new measurements. */
 const ALPHA = 0.3
 /** Completion tokens assumed for a chat answer when comparing speeds. */
@@ -92,12 +95,8 @@ export class Routing {
   }
 
   /** The names `provider` accepts, mesh first. */
-  providerNames(): string[] {
-    return [MESH_PROVIDER, ...PROVIDER_NAMES]
-  }
-
-  enabled(): readonly Provider[] {
-    return this.providers
+  providerNames(): readonly string[] {
+    return PROVIDER_CHOICES
   }
 
   /** Every model an enabled provider lists (for GET /v1/models). */

@@ -15,7 +15,7 @@ import { clientSignal, readJsonObject } from './node-request.ts'
 import { parseBody } from './openai.ts'
 import { PaidCall } from './paid-call.ts'
 import { PROVIDER_ONLY_FIELDS } from './providers/catalog.ts'
-import { callUpstream, forwardBody, readText, transportFailure } from './providers/upstream-call.ts'
+import { callUpstream, forwardBody, readAnswer } from './providers/upstream-call.ts'
 import type { Candidate, RoutePlan } from './routing.ts'
 import { countTokens } from './tokens.ts'
 
@@ -78,17 +78,10 @@ async function providerJson(
     signal,
   })
   if ('failure' in sent) return sent
-  try {
-    const parsed = JSON.parse(await readText(sent.res.body)) as unknown
-    // The least an answer must have: its list (data for embeddings, results for rerank).
-    const list = endpoint === 'embeddings' ? 'data' : 'results'
-    if (parsed == null || typeof parsed !== 'object' || !Array.isArray((parsed as Record<string, unknown>)[list])) {
-      throw new Error(`no '${list}' list in the answer`)
-    }
-    return { value: { kind: 'provider', body: parsed as Record<string, unknown> } }
-  } catch (err) {
-    return { failure: { ...transportFailure(candidate.upstream, err, signal), outcome: 'bad_answer' } }
-  }
+  // The least an answer must have: its list (data for embeddings, results for rerank).
+  const read = await readAnswer(candidate.upstream, sent.res, endpoint === 'embeddings' ? 'data' : 'results', signal)
+  if ('failure' in read) return read
+  return { value: { kind: 'provider', body: read.body } }
 }
 
 /** Prompt tokens a provider reports (OpenAI's usage, or Cohere's billed units); undefined if none. */

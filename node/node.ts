@@ -18,9 +18,9 @@ import { createMeshPeer, type MeshPeer } from '../src/mesh/peer.ts'
 import { loadOrCreatePeerKey } from '../src/mesh/peer-key.ts'
 import { serveCapabilities } from '../src/mesh/streams.ts'
 import { freeMemory } from '../src/models/placement.ts'
-import { ModelRegistry } from '../src/models/registry.ts'
-import { replicateRegistry } from '../src/models/registry-sync.ts'
-import { ContentStore } from '../src/storage/content.ts'
+import type { ModelRegistry } from '../src/models/registry.ts'
+import { openModelStores } from '../src/models/registry-sync.ts'
+import type { ContentStore } from '../src/storage/content.ts'
 import { SOFTWARE } from '../src/version.ts'
 import { Deployer, type DeploymentSpec } from './deployer.ts'
 import type { Engine } from './engine.ts'
@@ -184,12 +184,7 @@ async function startParts(config: NodeConfig, teardown: Teardown, undo: () => Pr
   const fileModelIds = new Set(engines.keys())
   const bus = new GossipBus(peer.services.pubsub)
   teardown.push(() => bus.close())
-  const store = await ContentStore.open({ dataDir: config.dataDir, libp2p: peer })
-  teardown.push(() => store.stop())
-  const registry = await ModelRegistry.open(join(config.dataDir, 'registry'))
-  teardown.push(() => registry.close())
-  const replica = await replicateRegistry(peer, bus, registry, log)
-  teardown.push(() => replica.stop())
+  const { store, registry } = await openModelStores({ peer, bus, dataDir: config.dataDir, log }, teardown)
   const hardware = await detectHardware(() => llamaGpus(config.gpu ?? 'auto'))
   const prices = config.prices ?? DEFAULT_NODE_PRICES
   const incarnation = await nextIncarnation(config.dataDir)

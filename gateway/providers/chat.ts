@@ -7,7 +7,15 @@ import type { Readable } from 'node:stream'
 import type { EventSourceMessage } from 'eventsource-parser'
 import type { Usage } from '../../protocols/index.ts'
 import type { Provider } from './provider.ts'
-import { callUpstream, type Failure, forwardBody, readText, sseEvents, transportFailure } from './upstream-call.ts'
+import {
+  badAnswer,
+  callUpstream,
+  type Failure,
+  forwardBody,
+  readAnswer,
+  sseEvents,
+  transportFailure,
+} from './upstream-call.ts'
 
 export type ProviderChatAnswer =
   | { stream: false; body: Record<string, unknown>; usage: Usage | undefined; content: string }
@@ -99,31 +107,14 @@ export async function openProviderChat(
   const { res } = sent
   const bad = (what: string): { failure: Failure } => {
     res.body.destroy()
-    const f = transportFailure(provider, new Error(what), signal)
-    return { failure: { ...f, outcome: signal.aborted ? 'client_closed' : what } }
+    if (signal.aborted) return { failure: transportFailure(provider, new Error(what), signal) }
+    return { failure: badAnswer(provider, what, what.replaceAll('_', ' ')) }
   }
   if (!stream) {
-    try {
-      const text = await readText(res.body)
-      let parsed: unknown
-      try {
-        parsed = JSON.parse(text)
-      } catch {
-        return bad('bad_answer')
-      }
-      if (parsed == null || typeof parsed !== 'object' || !Array.isArray((parsed as { choices?: unknown }).choices)) {
-        return bad('bad_answer')
-      }
-      return {
-        answer: {
-          stream: false,
-          body: parsed as Record<string, unknown>,
-          usage: usageOf(parsed),
-          content: contentOf(parsed),
-        },
-      }
-    } catch (err) {
-      return { failure: transportFailure(provider, err, signal) }
+    const read = await readAnswer(provider, res, 'choices', signal)
+    if ('failure' in read) return read
+    return {
+      answer: { stream: false, body: read.body, usage: usageOf(read.body), content: contentOf(read.body) },
     }
   }
   const type = String(res.headers['content-type'] ?? '')

@@ -55,7 +55,6 @@ export interface UpstreamRequest {
 
 export class Provider {
   readonly name: ProviderName
-  readonly label: string
   readonly endpoints: ReadonlySet<Endpoint>
   readonly extraFields: ReadonlySet<string>
   readonly price: TokenPrice
@@ -73,7 +72,6 @@ export class Provider {
       throw new Error(`${name}: base URL must not carry credentials, a query or a fragment`)
     }
     this.name = name
-    this.label = spec.label
     this.endpoints = new Set(spec.endpoints)
     this.extraFields = new Set(spec.extraFields ?? [])
     const price = config.price ?? spec.price ?? { input: '0', output: '0' }

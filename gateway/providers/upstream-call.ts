@@ -80,6 +80,48 @@ export function transportFailure(provider: Provider, err: unknown, signal?: Abor
   }
 }
 
+/** A 2xx from the provider that is not an answer (not JSON, not a stream, no token): its fault. */
+export function badAnswer(provider: Provider, outcome: string, detail: string): Failure {
+  return {
+    outcome,
+    providerFault: true,
+    error: new ApiError(
+      502,
+      `The provider '${provider.name}' answered something that is not a valid answer (${detail}).`,
+      'server_error',
+      'provider_bad_answer',
+    ),
+  }
+}
+
+/**
+ * Reads a whole JSON answer that must hold the list `list` (choices, data, results): the body, or
+ * why not — the transport broke (transportFailure), or it is no such answer (badAnswer).
+ */
+export async function readAnswer(
+  provider: Provider,
+  res: UpstreamResponse,
+  list: string,
+  signal?: AbortSignal,
+): Promise<{ body: Record<string, unknown> } | { failure: Failure }> {
+  let text: string
+  try {
+    text = await readText(res.body)
+  } catch (err) {
+    return { failure: transportFailure(provider, err, signal) }
+  }
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(text)
+  } catch {
+    return { failure: badAnswer(provider, 'bad_answer', 'not JSON') }
+  }
+  if (parsed == null || typeof parsed !== 'object' || !Array.isArray((parsed as Record<string, unknown>)[list])) {
+    return { failure: badAnswer(provider, 'bad_answer', `no '${list}' list`) }
+  }
+  return { body: parsed as Record<string, unknown> }
+}
+
 /** An upstream answer that is not a success, as the error we would pass on. */
 export async function httpFailure(provider: Provider, res: UpstreamResponse): Promise<Failure> {
   let text = ''

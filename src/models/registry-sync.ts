@@ -1,6 +1,7 @@
 // Keeps a peer's registry replica in step with the mesh: new records arrive by gossip, and a peer
 // that connects to another one that serves the registry asks it for every record it holds (so a
 // gateway that joins late, or was down, lists the same models and versions).
+import { join } from 'node:path'
 import type { IdentifyResult } from '@libp2p/interface'
 import {
   decodeFrames,
@@ -10,10 +11,12 @@ import {
   REGISTRY_PROTOCOL,
   STREAM_LIMITS,
 } from '../../protocols/index.ts'
+import type { Teardown } from '../lifecycle.ts'
 import type { GossipBus } from '../mesh/gossip.ts'
 import type { MeshPeer } from '../mesh/peer.ts'
 import { sendBytes } from '../mesh/streams.ts'
-import type { ModelRegistry } from './registry.ts'
+import { ContentStore } from '../storage/content.ts'
+import { ModelRegistry } from './registry.ts'
 
 /** Most records one sync reads (a bound against a peer that never stops sending). */
 const MAX_SYNC_RECORDS = 100_000
@@ -101,4 +104,21 @@ export async function replicateRegistry(
       await peer.unhandle(REGISTRY_PROTOCOL).catch(() => undefined)
     },
   }
+}
+
+/**
+ * What every peer opens for models, in order, each pushing its own stop onto `teardown`: the
+ * content store (Helia on the peer), the registry's local replica and its replication.
+ */
+export async function openModelStores(
+  o: { peer: MeshPeer; bus: GossipBus; dataDir: string; log: (line: string) => void },
+  teardown: Teardown,
+): Promise<{ store: ContentStore; registry: ModelRegistry; replica: RegistryReplica }> {
+  const store = await ContentStore.open({ dataDir: o.dataDir, libp2p: o.peer })
+  teardown.push(() => store.stop())
+  const registry = await ModelRegistry.open(join(o.dataDir, 'registry'))
+  teardown.push(() => registry.close())
+  const replica = await replicateRegistry(o.peer, o.bus, registry, o.log)
+  teardown.push(() => replica.stop())
+  return { store, registry, replica }
 }

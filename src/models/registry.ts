@@ -155,8 +155,10 @@ export class ModelRegistry {
     this.counts.set(model, (this.counts.get(model) ?? 0) + 1)
     // Kept on disk once a second, not once per call (a write per inference cost a busy gateway ~80 µs).
     this.unsaved.add(model)
-    this.saver ??= setTimeout(() => void this.saveCounts().catch(() => undefined), 1_000)
-    this.saver.unref?.()
+    if (this.saver == null) {
+      this.saver = setTimeout(() => void this.saveCounts().catch(() => undefined), 1_000)
+      this.saver.unref()
+    }
   }
 
   private unsaved = new Set<string>()

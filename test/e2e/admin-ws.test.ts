@@ -9,32 +9,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
 import { type RunningNode, startNode } from '../../node/node.ts'
 import type { AdminEvent } from '../../protocols/index.ts'
+import { monitor } from '../helpers/admin-monitor.ts'
 import { fundedUser, tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
 import { uploadModel } from '../helpers/models.ts'
 
 const LOOP = ['/ip4/127.0.0.1/tcp/0']
-
-interface Monitor {
-  ws: WebSocket
-  messages: Array<Record<string, unknown>>
-  closed: Promise<{ code: number; reason: string }>
-}
-
-/** The docs' example: connect, send the auth message on open, collect what arrives. */
-function monitor(url: string, firstMessage?: unknown): Monitor {
-  const ws = new WebSocket(url.replace(/^http/, 'ws'))
-  const messages: Array<Record<string, unknown>> = []
-  ws.onopen = () => {
-    if (firstMessage !== undefined) ws.send(JSON.stringify(firstMessage))
-  }
-  ws.onmessage = (event) => {
-    messages.push(JSON.parse(String(event.data)) as Record<string, unknown>)
-  }
-  const closed = new Promise<{ code: number; reason: string }>((resolve) => {
-    ws.onclose = (event) => resolve({ code: event.code, reason: event.reason })
-  })
-  return { ws, messages, closed }
-}
 
 describe('/ws/admin', () => {
   let gw1: RunningGateway

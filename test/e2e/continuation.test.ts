@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
+import { adminMonitor } from '../helpers/admin-monitor.ts'
 import { fundedUser, tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
 import { type ClusterProcess, cluster, exited, killAll } from '../helpers/processes.ts'
 
@@ -54,6 +55,8 @@ describe('mid-stream continuation', () => {
   })
 
   it('the stream goes on on the other node and ends with [DONE]', async () => {
+    const adminKey = readFileSync(gw.adminKeyFile as string, 'utf8').trim()
+    const monitor = await adminMonitor(gw.url, adminKey)
     const r = await fetch(`${gw.url}/v1/chat/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
@@ -103,6 +106,10 @@ describe('mid-stream continuation', () => {
     const account = await gw.accounts.ledger.findAccountByEmail('cont@example.com')
     const rows = (await gw.ledger.transactions(account?.id as string, { limit: 10 })).transactions
     expect(rows.filter((t) => t.type === 'usage')).toHaveLength(1)
+    // The completed inference names the node that finished it.
+    await waitFor(() => monitor.messages.some((m) => m.type === 'inference:complete'), 5_000, 'the event')
+    expect(monitor.messages.find((m) => m.type === 'inference:complete')).toMatchObject({ nodeId: other })
+    monitor.ws.close()
     // Nothing left held.
     expect((await gw.ledger.getAccount(account?.id as string))?.held).toBe(0n)
   })

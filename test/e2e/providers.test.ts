@@ -6,7 +6,6 @@
 import { readFileSync } from 'node:fs'
 import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { WebSocket } from 'ws'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
 import { PROVIDER_NAMES, PROVIDERS, type ProviderName } from '../../gateway/providers/catalog.ts'
 import type { ProvidersConfig } from '../../gateway/providers/provider.ts'
@@ -14,6 +13,7 @@ import { countTokens } from '../../gateway/tokens.ts'
 import type { RunningNode } from '../../node/node.ts'
 import { createLogger } from '../../src/log.ts'
 import { costOf, parseUsd } from '../../src/payments/money.ts'
+import { adminMonitor, type Monitor } from '../helpers/admin-monitor.ts'
 import { fundedUser, startTinyNode, tempDir, waitFor } from '../helpers/fixtures.ts'
 import { memoryLog } from '../helpers/memory-log.ts'
 import { delayThen, type StandIn, startStandIn } from '../helpers/upstream.ts'
@@ -29,8 +29,8 @@ describe('provider routing', () => {
   const up = {} as Record<ProviderName, StandIn>
   const log = memoryLog()
   const dirs: Array<{ remove: () => Promise<void> }> = []
-  const events: Array<Record<string, unknown>> = []
-  let monitor: WebSocket | undefined
+  let events: Array<Record<string, unknown>> = []
+  let monitor: Monitor | undefined
 
   const chat = (body: Record<string, unknown>, key = user): Promise<Response> =>
     fetch(`${gw.url}${CHAT}`, {
@@ -83,15 +83,12 @@ describe('provider routing', () => {
     await waitFor(() => gw.directory.nodesServing('mix-model').length === 1, 15_000, 'the node')
     user = await fundedUser(gw, 'routing@example.com')
     adminKey = readFileSync(gw.adminKeyFile as string, 'utf8').trim()
-    monitor = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/ws/admin`)
-    monitor.on('message', (data) => events.push(JSON.parse(String(data)) as Record<string, unknown>))
-    await new Promise((r) => monitor?.once('open', r))
-    monitor.send(JSON.stringify({ type: 'auth', token: adminKey }))
-    await waitFor(() => events.some((e) => e.type === 'authenticated'), 5_000, 'monitor authenticated')
+    monitor = await adminMonitor(gw.url, adminKey)
+    events = monitor.messages
   })
 
   afterAll(async () => {
-    monitor?.close()
+    monitor?.ws.close()
     await node?.stop()
     await gw?.stop()
     await Promise.all(Object.values(up).map((s) => s.close()))

@@ -114,3 +114,14 @@ export async function startTinyNode(options: {
     ...(options.payoutAddress ? { payoutAddress: options.payoutAddress } : {}),
   })
 }
+
+/** The ledger's account of `email` on a running gateway (balance, held, totals). */
+export async function accountOf(
+  gw: { accounts: { ledger: Pick<import('../../src/ledger/ledger.ts').Ledger, 'findAccountByEmail' | 'getAccount'> } },
+  email: string,
+): Promise<import('../../src/ledger/ledger.ts').Account> {
+  const found = await gw.accounts.ledger.findAccountByEmail(email)
+  const account = found != null ? await gw.accounts.ledger.getAccount(found.id) : undefined
+  if (account == null) throw new Error(`no account for ${email}`)
+  return account
+}
