@@ -1,6 +1,6 @@
 // The OpenAI wire format for chat completions: the request schema (with field-precise errors),
 // and the builders of the non-streaming body and the streaming chunks.
-import { randomBytes } from 'node:crypto'
+import { randomUUID } from 'node:crypto'
 import { z } from 'zod'
 import type { FinishReason, Sampling, Usage, WireChatMessage } from '../protocols/index.ts'
 import { invalidRequest } from './errors.ts'
@@ -105,7 +105,8 @@ export function toSampling(req: ChatCompletionRequest): Sampling {
 }
 
 export function newCompletionId(): string {
-  return `chatcmpl-${randomBytes(18).toString('base64url')}`
+  // randomUUID draws from a cached pool; randomBytes asks the OS every call (~20 µs on the request path).
+  return `chatcmpl-${randomUUID().replaceAll('-', '')}`
 }
 
 export interface CompletionMeta {
