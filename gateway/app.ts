@@ -3,6 +3,7 @@
 import { randomUUID } from 'node:crypto'
 import { Hono } from 'hono'
 import { bodyLimit } from 'hono/body-limit'
+import { cors } from 'hono/cors'
 import { HTTPException } from 'hono/http-exception'
 import { routePath } from 'hono/route'
 import type { Logger } from '../src/log.ts'
@@ -68,6 +69,21 @@ const TRANSCRIPTIONS_PATH = '/v1/audio/transcriptions'
 const UPLOAD_PATH = '/api/models/upload'
 
 const isV1 = (path: string): boolean => path === '/v1' || path.startsWith('/v1/')
+
+/** Response headers a browser's script may read (x402, routing, rate limits, request ids). */
+const EXPOSED_HEADERS = [
+  'payment-required',
+  'payment-response',
+  'x-payment-response',
+  'x-cluster-provider',
+  'x-cluster-route',
+  'x-cluster-node',
+  'x-request-id',
+  'x-ratelimit-limit',
+  'x-ratelimit-remaining',
+  'x-ratelimit-reset',
+  'retry-after',
+]
 
 function errorResponse(path: string, err: ApiError): Response {
   if (err instanceof PaymentRequiredError) return Response.json(err.body, { status: 402, headers: err.headers })
@@ -144,6 +160,12 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
     fail(c.req.path, new ApiError(404, `No route for ${c.req.method} ${c.req.path}.`, 'not_found_error', 'not_found')),
   )
 
+  // Browsers (a web app, an agent paying with x402 from a page) may call from any origin: keys travel
+  // in the Authorization header, never in cookies, so no origin gains anything by it. A preflight is
+  // answered here, before auth and the rate limit; the headers a client reads are exposed.
+  const corsHeaders = cors({ origin: '*', exposeHeaders: EXPOSED_HEADERS, maxAge: 600 })
+  app.use('*', (c, next) => (c.req.header('origin') != null ? corsHeaders(c, next) : next()))
+
   const tooLarge = (c: { req: { path: string } }, maxSize: number): Response => {
     const err = new ApiError(
       413,
@@ -163,20 +185,6 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
   // An audio file to transcribe, with its form fields.
   const audioMax = MAX_AUDIO_BYTES + 64 * 1024
   const audioBodies = limitBody(audioMax)
-  app.use('*', async (c, next) => {
-    // Only requests that carry a body pay for the check (it materialises the request stream).
-    const length = c.req.header('content-length')
-    const chunked = c.req.header('transfer-encoding') != null
-    if (length == null && !chunked) return next()
-    if (c.req.path === UPLOAD_PATH) return next()
-    const v1 = isV1(c.req.path)
-    const audio = c.req.path === TRANSCRIPTIONS_PATH
-    if (chunked) return audio ? audioBodies(c, next) : v1 ? inferenceBodies(c, next) : otherBodies(c, next)
-    // A declared length is checked as bodyLimit does, without materialising the request.
-    const max = audio ? audioMax : v1 ? inferenceMax : 64 * 1024
-    if (Number.parseInt(length ?? '0', 10) > max) return tooLarge(c, max)
-    return next()
-  })
 
   // Who is calling: a valid bearer key attaches its account; routes that need one say so.
   app.use('*', async (c, next) => {
@@ -215,9 +223,26 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
     }
   })
 
+  // After the rate limit: a refused body is a request like any other (counted, with the headers).
+  app.use('*', async (c, next) => {
+    // Only requests that carry a body pay for the check (it materialises the request stream).
+    const length = c.req.header('content-length')
+    const chunked = c.req.header('transfer-encoding') != null
+    if (length == null && !chunked) return next()
+    if (c.req.path === UPLOAD_PATH) return next()
+    const v1 = isV1(c.req.path)
+    const audio = c.req.path === TRANSCRIPTIONS_PATH
+    if (chunked) return audio ? audioBodies(c, next) : v1 ? inferenceBodies(c, next) : otherBodies(c, next)
+    // A declared length is checked as bodyLimit does, without materialising the request.
+    const max = audio ? audioMax : v1 ? inferenceMax : 64 * 1024
+    if (Number.parseInt(length ?? '0', 10) > max) return tooLarge(c, max)
+    return next()
+  })
+
   app.use('/v1/*', async (c, next) => {
     // No key at all on a paid endpoint: x402. A key that is wrong stays a 401.
-    const price = deps.x402?.price(c.req.path)
+    // Every paid endpoint is a POST: another method is no call to pay for (it finds no route).
+    const price = c.req.method === 'POST' ? deps.x402?.price(c.req.path) : undefined
     if (c.get('auth') == null && c.req.header('authorization') == null && price != null && deps.x402 != null) {
       if (c.req.header('payment-signature') == null && c.req.header('x-payment') == null) {
         throw deps.x402.required(c, c.req.path)

@@ -39,7 +39,7 @@ export async function tryCandidates<T>(
   attempt: (scored: Scored) => Promise<Attempt<T>>,
 ): Promise<Answered<T>> {
   const tried: Tried[] = []
-  const failures: Array<Failure | undefined> = []
+  const failures: Array<{ failure: Failure; provider: string } | undefined> = []
   for (const scored of plan.ordered) {
     if (signal.aborted) throw clientClosed()
     const { candidate } = scored
@@ -65,18 +65,28 @@ export async function tryCandidates<T>(
     }
     if (result.failure.providerFault) routing.failure(candidate, model, result.failure.outcome)
     tried.push({ key: candidate.key, outcome: result.failure.outcome })
-    failures.push(result.failure)
+    failures.push({ failure: result.failure, provider: candidate.provider })
   }
   throw withRoute(exhausted(plan, model, tried, failures), routing.describeFailure(plan, tried))
 }
 
 /** The error to answer when no candidate answered. */
-function exhausted(plan: RoutePlan, model: string, tried: Tried[], failures: Array<Failure | undefined>): ApiError {
-  const passOn = failures.find((f) => f != null && f.error.status < 500)
-  if (passOn != null) return passOn.error
+function exhausted(
+  plan: RoutePlan,
+  model: string,
+  tried: Tried[],
+  failures: Array<{ failure: Failure; provider: string } | undefined>,
+): ApiError {
+  // A provider's own answer passed on says which provider gave it.
+  const from = (f: { failure: Failure; provider: string }): ApiError => {
+    f.failure.error.headers['x-cluster-provider'] = f.provider
+    return f.failure.error
+  }
+  const passOn = failures.find((f) => f != null && f.failure.error.status < 500)
+  if (passOn != null) return from(passOn)
   // One candidate, or one pinned provider: its own error says most.
   const last = failures.at(-1)
-  if ((plan.mode === 'pinned' || failures.length === 1) && last != null) return last.error
+  if ((plan.mode === 'pinned' || failures.length === 1) && last != null) return from(last)
   const allBusy = tried.length > 0 && tried.every((t) => t.outcome === 'busy')
   return noNodes(
     model,

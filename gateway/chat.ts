@@ -408,6 +408,17 @@ async function continueElsewhere(
   return undefined
 }
 
+/** The id, created time and model a provider's chunk carries (those it lacks stay as they were). */
+function providerChunkMeta(data: unknown, was: CompletionMeta): CompletionMeta {
+  const d = data as { id?: unknown; created?: unknown; model?: unknown } | undefined
+  if (d == null || typeof d !== 'object') return was
+  return {
+    id: typeof d.id === 'string' ? d.id : was.id,
+    created: typeof d.created === 'number' && Number.isSafeInteger(d.created) ? d.created : was.created,
+    model: typeof d.model === 'string' ? d.model : was.model,
+  }
+}
+
 const finishOf = (body: unknown): FinishReason => {
   const choices = (body as { choices?: Array<{ finish_reason?: unknown }> })?.choices
   const reason = Array.isArray(choices) ? choices.find((ch) => ch?.finish_reason != null)?.finish_reason : undefined
@@ -450,6 +461,8 @@ async function serveProvider(
     let usage: Usage | undefined
     let finish: FinishReason = 'stop'
     let finished = false
+    // The provider's own chunk id and model name, for a usage chunk we add.
+    let chunkMeta: CompletionMeta = s.meta
     let unpaid: string | undefined
     void settlement?.then((o) => {
       if (o.status === 'failed') unpaid = o.reason
@@ -484,6 +497,7 @@ async function serveProvider(
           break
         }
         const data = parseEvent(event)
+        if (chunkMeta === s.meta) chunkMeta = providerChunkMeta(data, s.meta)
         const u = usageOf(data)
         if (u != null) usage = u
         const choices = (data as { choices?: unknown[] } | undefined)?.choices
@@ -528,6 +542,9 @@ async function serveProvider(
         })
         const settled = await settlement
         if (settled?.status === 'failed') await sse.write(`data: ${JSON.stringify(paymentError(settled.reason))}\n\n`)
+        // Asked for usage and the provider sent none: the usage we billed, counted by us, as OpenAI's last chunk.
+        if (includeUsage && usage == null)
+          await sse.write(`data: ${JSON.stringify(usageChunkBody(chunkMeta, billed))}\n\n`)
         if (settled?.status === 'settled') await sse.write(`: ${settled.header.name}: ${settled.header.value}\n\n`)
         await sse.write('data: [DONE]\n\n')
         complete(finish, billed)

@@ -109,6 +109,9 @@ describe('gateway + two nodes over libp2p', () => {
     expect(res.status).toBe(413)
     const json = (await res.json()) as { error: { type: string; code: string } }
     expect(json.error.code).toBe('body_too_large')
+    // A refused body is a request like any other: counted, with the rate-limit headers.
+    expect(res.headers.get('x-ratelimit-limit')).not.toBeNull()
+    expect(res.headers.get('x-ratelimit-remaining')).not.toBeNull()
   })
 
   it('answers a non-streaming chat completion in the documented shape', async () => {

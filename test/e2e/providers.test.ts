@@ -223,6 +223,9 @@ describe('provider routing', () => {
     expect(route(r)).toBe(
       'auto; chosen=none; reason=all-failed; candidates=deepinfra=unmeasured; tried=deepinfra:http_429',
     )
+    // The answer came from deepinfra (its 429), and carries our rate-limit headers like any other.
+    expect(r.headers.get('x-cluster-provider')).toBe('deepinfra')
+    expect(r.headers.get('x-ratelimit-limit')).not.toBeNull()
   })
 
   it("a provider's 4xx is passed on; its refusal of our key is a 502, never a 401 to the client", async () => {
@@ -354,6 +357,37 @@ describe('provider routing', () => {
     const after = await gw.ledger.transactions(account?.id as string, { limit: 10 })
     expect(after.transactions.filter((t) => t.type === 'usage')).toHaveLength(2)
     expect(after.transactions[0]?.tokensOut).toBe(expectedOut)
+    // Streamed with include_usage: the client asked for usage the provider does not send — it gets ours,
+    // as the last chunk before [DONE], equal to what was billed.
+    const u = await chat(
+      {
+        model: 'llama-3.3-70b-instruct',
+        provider: 'fireworks',
+        stream: true,
+        stream_options: { include_usage: true },
+      },
+      key,
+    )
+    const events = (await u.text())
+      .split('\n\n')
+      .filter((e) => e.startsWith('data: '))
+      .map((e) => e.slice('data: '.length))
+    expect(events.at(-1)).toBe('[DONE]')
+    const last = JSON.parse(events.at(-2) as string) as {
+      id: string
+      object: string
+      choices: unknown[]
+      usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number }
+    }
+    const first = JSON.parse(events[0] as string) as { id: string }
+    expect(last).toMatchObject({ object: 'chat.completion.chunk', choices: [], id: first.id })
+    const billed = (await gw.ledger.transactions(account?.id as string, { limit: 1 })).transactions[0]
+    expect(last.usage).toEqual({
+      prompt_tokens: billed?.tokensIn,
+      completion_tokens: billed?.tokensOut,
+      total_tokens: (billed?.tokensIn ?? 0) + (billed?.tokensOut ?? 0),
+    })
+    expect(last.usage.completion_tokens).toBe(expectedOut)
   })
 
   it('tools and image parts go to providers as sent; the mesh is never given what it cannot do', async () => {

@@ -114,6 +114,36 @@ describe('x402 on every endpoint', () => {
     }
   })
 
+  it('a browser can pay: preflights are answered, the 402 header is readable; only a POST is a paid call', async () => {
+    const origin = 'https://agent.example'
+    const pre = await fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'OPTIONS',
+      headers: {
+        origin,
+        'access-control-request-method': 'POST',
+        'access-control-request-headers': 'content-type,payment-signature',
+      },
+    })
+    expect(pre.status).toBe(204)
+    expect(pre.headers.get('access-control-allow-origin')).toBe('*')
+    expect(pre.headers.get('access-control-allow-methods')).toContain('POST')
+    expect(pre.headers.get('access-control-allow-headers')).toContain('payment-signature')
+    expect(pre.headers.get('payment-required')).toBeNull()
+    const r = await fetch(`${gw.url}/v1/embeddings`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', origin },
+      body: JSON.stringify({ model: 'x' }),
+    })
+    expect(r.status).toBe(402)
+    expect(r.headers.get('access-control-allow-origin')).toBe('*')
+    const exposed = (r.headers.get('access-control-expose-headers') ?? '').split(',').map((h) => h.trim())
+    expect(exposed).toEqual(expect.arrayContaining(['payment-required', 'payment-response', 'x-cluster-provider']))
+    // A method no paid endpoint has is no call to pay for: without a key it is the plain 401.
+    const get = await fetch(`${gw.url}/v1/chat/completions`)
+    expect(get.status).toBe(401)
+    expect(get.headers.get('payment-required')).toBeNull()
+  })
+
   it("the docs' example: x402 + Venice pinning, no account — $0.003 moves and Venice answers", async () => {
     const p = await payer()
     const before = await usdcOf(p.address)
