@@ -117,6 +117,8 @@ export const PROVIDERS: Readonly<Record<ProviderName, ProviderSpec>> = {
     models: {
       'llama-3.3-70b-instruct': 'meta-llama/Llama-3.3-70B-Instruct-Turbo',
       'llama-3.1-8b-instruct': 'meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo',
+      'llama-3.1-70b': 'meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo',
+      'llama-3.1-70b-instruct': 'meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo',
       'deepseek-v3.2': 'deepseek-ai/DeepSeek-V3.2',
       'gpt-oss-120b': 'openai/gpt-oss-120b',
       'bge-base-en-v1.5': 'BAAI/bge-base-en-v1.5',
@@ -135,6 +137,8 @@ export const PROVIDERS: Readonly<Record<ProviderName, ProviderSpec>> = {
     models: {
       'llama-3.3-70b-instruct': 'accounts/fireworks/models/llama-v3p3-70b-instruct',
       'llama-3.1-8b-instruct': 'accounts/fireworks/models/llama-v3p1-8b-instruct',
+      'llama-3.1-70b': 'accounts/fireworks/models/llama-v3p1-70b-instruct',
+      'llama-3.1-70b-instruct': 'accounts/fireworks/models/llama-v3p1-70b-instruct',
       'deepseek-v3.2': 'accounts/fireworks/models/deepseek-v3p2',
       'gpt-oss-120b': 'accounts/fireworks/models/gpt-oss-120b',
       'nomic-embed-text-v1.5': 'nomic-ai/nomic-embed-text-v1.5',
@@ -150,6 +154,8 @@ export const PROVIDERS: Readonly<Record<ProviderName, ProviderSpec>> = {
     models: {
       'llama-3.3-70b-instruct': 'meta-llama/Llama-3.3-70B-Instruct',
       'llama-3.1-8b-instruct': 'meta-llama/Meta-Llama-3.1-8B-Instruct',
+      'llama-3.1-70b': 'meta-llama/Meta-Llama-3.1-70B-Instruct',
+      'llama-3.1-70b-instruct': 'meta-llama/Meta-Llama-3.1-70B-Instruct',
       'deepseek-v3.2': 'deepseek-ai/DeepSeek-V3.2',
       'gpt-oss-120b': 'openai/gpt-oss-120b',
       'bge-m3': 'BAAI/bge-m3',
@@ -210,6 +216,8 @@ export const PROVIDERS: Readonly<Record<ProviderName, ProviderSpec>> = {
     models: {
       'llama-3.3-70b-instruct': 'meta-llama/llama-3.3-70b-instruct',
       'llama-3.1-8b-instruct': 'meta-llama/llama-3.1-8b-instruct',
+      'llama-3.1-70b': 'meta-llama/llama-3.1-70b-instruct',
+      'llama-3.1-70b-instruct': 'meta-llama/llama-3.1-70b-instruct',
       'deepseek-v3.2': 'deepseek/deepseek-v3.2',
       'gemma-4-31b-it': 'google/gemma-4-31b-it',
       'gpt-oss-120b': 'openai/gpt-oss-120b',

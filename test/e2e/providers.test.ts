@@ -114,6 +114,20 @@ describe('provider routing', () => {
     }
   })
 
+  it("the docs' own model, llama-3.1-70b, is served by the providers that list it, under their ids", async () => {
+    const listing = PROVIDER_NAMES.filter((name) => PROVIDERS[name].models['llama-3.1-70b'] != null)
+    expect(listing.length).toBeGreaterThan(1)
+    for (const name of listing) {
+      const r = await chat({ model: 'llama-3.1-70b', provider: name })
+      expect(r.status, name).toBe(200)
+      expect(up[name].requestsTo(CHAT).at(-1)?.body).toMatchObject({ model: PROVIDERS[name].models['llama-3.1-70b'] })
+    }
+    // Unpinned, as the docs' quick start sends it: one of them answers.
+    const auto = await chat({ model: 'llama-3.1-70b' })
+    expect(auto.status).toBe(200)
+    expect(listing).toContain(auto.headers.get('x-cluster-provider'))
+  })
+
   it('pinned "cluster": a mesh node serves it; a pinned request never goes anywhere else', async () => {
     const r = await chat({ model: 'mix-model', provider: 'cluster', max_tokens: 4 })
     expect(r.status).toBe(200)
