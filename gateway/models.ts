@@ -93,16 +93,30 @@ async function askNode(peer: MeshPeer, nodeId: string, request: DeployRequest): 
   }
 }
 
+/**
+ * What a node serves, as deployments of registry models: a deployment belongs to a model id AND the
+ * CID of one of its versions. Two models may share their weights (the same GGUF uploaded under two
+ * names is one CID); serving one of them says nothing about the other.
+ */
+export function deploymentOf(
+  model: Pick<RegistryModel, 'id' | 'versions'>,
+  served: Pick<ServedModel, 'id' | 'cid'>,
+): ModelRecord | undefined {
+  if (served.id !== model.id || served.cid == null) return undefined
+  return model.versions.find((v) => v.cid === served.cid)
+}
+
 /** How many of an account's models (uploaded through this gateway) are deployed on a node now. */
 export function modelsDeployedBy(deps: Pick<ModelsDeps, 'registry' | 'directory' | 'peer'>, accountId: string): number {
   const gateway = deps.peer.peerId.toString()
-  const served = new Set<string>()
+  const served: ServedModel[] = []
   for (const node of deps.directory.nodes()) {
-    for (const m of node.capabilities?.models ?? []) if (m.cid != null && m.state !== 'failed') served.add(m.cid)
+    for (const m of node.capabilities?.models ?? []) if (m.state !== 'failed') served.push(m)
   }
   return deps.registry
     .models()
-    .filter((m) => m.owner === accountId && m.gateway === gateway && m.versions.some((v) => served.has(v.cid))).length
+    .filter((m) => m.owner === accountId && m.gateway === gateway && served.some((s) => deploymentOf(m, s) != null))
+    .length
 }
 
 export function modelRoutes(deps: ModelsDeps): Hono<AuthVars> {
@@ -123,18 +137,17 @@ export function modelRoutes(deps: ModelsDeps): Hono<AuthVars> {
 
   /** Where a model (any version) is deployed now, from the nodes' capabilities. */
   const deployments = (model: RegistryModel) => {
-    const cids = new Map(model.versions.map((v) => [v.cid, v.version]))
     const out: Array<
       { nodeId: string; version: number; cid: string; state: ServedModel['state'] } & Partial<ServedModel>
     > = []
     for (const node of directory.nodes()) {
       for (const m of node.capabilities?.models ?? []) {
-        const version = m.cid != null ? cids.get(m.cid) : undefined
-        if (version == null || m.cid == null) continue
+        const record = deploymentOf(model, m)
+        if (record == null) continue
         out.push({
           nodeId: node.peerId,
-          version,
-          cid: m.cid,
+          version: record.version,
+          cid: record.cid,
           state: m.state,
           ...(m.progress != null ? { progress: m.progress } : {}),
           ...(m.error != null ? { error: m.error } : {}),
@@ -291,14 +304,16 @@ export function modelRoutes(deps: ModelsDeps): Hono<AuthVars> {
   }
 
   /** Nodes that could take the model, most free memory first; the caller tries them in turn. */
-  const candidates = (record: ModelRecord, nodeId: string | undefined): NodeEntry[] => {
+  const candidates = (model: RegistryModel, record: ModelRecord, nodeId: string | undefined): NodeEntry[] => {
     const nodes = directory.nodes().filter((n) => n.capabilities != null && n.capabilities.acceptsDeploys !== false)
     if (nodeId != null) {
       const node = nodes.find((n) => n.peerId === nodeId)
       if (node == null) throw notFound(`No node '${nodeId}' that takes deploys is in the cluster.`)
       return [node]
     }
-    const holding = (n: NodeEntry) => n.capabilities?.models.some((m) => m.cid === record.cid && m.state !== 'failed')
+    // A node holding this version of this model already; the same weights under another id do not count.
+    const holding = (n: NodeEntry) =>
+      n.capabilities?.models.some((m) => m.state !== 'failed' && deploymentOf(model, m)?.cid === record.cid)
     return nodes
       .filter((n) => !holding(n) && n.capabilities != null && freeMemory(n.capabilities) >= BigInt(record.sizeBytes))
       .sort((a, b) => {
@@ -313,7 +328,7 @@ export function modelRoutes(deps: ModelsDeps): Hono<AuthVars> {
     const model = getModel(c.req.param('id'))
     const { version, nodeId } = await optionalBody(c, DeployBody)
     const record = pickVersion(model, version)
-    const nodes = candidates(record, nodeId)
+    const nodes = candidates(model, record, nodeId)
     if (nodes.length === 0) {
       const serving = deployments(model).filter((d) => d.cid === record.cid && d.state !== 'failed')
       if (serving.length > 0) {
@@ -323,11 +338,13 @@ export function modelRoutes(deps: ModelsDeps): Hono<AuthVars> {
       }
       throw noNodes(model.id, `No node has ${record.sizeBytes} bytes free for its weights.`)
     }
+    // Peers that hold the blocks: this gateway, and nodes serving the CID under any id (the weights are the same).
     const providers = [
       ...deps.peer.getMultiaddrs().map((a) => a.toString()),
-      ...deployments(model)
-        .filter((d) => d.cid === record.cid && d.state === 'ready')
-        .flatMap((d) => (directory.get(d.nodeId) != null ? [`/p2p/${d.nodeId}`] : [])),
+      ...directory
+        .nodes()
+        .filter((n) => n.capabilities?.models.some((m) => m.cid === record.cid && m.state === 'ready'))
+        .map((n) => `/p2p/${n.peerId}`),
     ]
       .filter((a) => a.includes('/p2p/'))
       .slice(0, 16)

@@ -8,7 +8,7 @@ import { createWriteStream } from 'node:fs'
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { pipeline } from 'node:stream/promises'
-import { multiaddr } from '@multiformats/multiaddr'
+import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import {
   DEPLOY_PROTOCOL,
   type DeployRequest,
@@ -85,7 +85,13 @@ const FILE = 'deployments.json'
 export const MAX_DEPLOY_FRAME = 64 * 1024
 
 export class Deployer {
-  private readonly deployments = new Map<string, Deployment>()
+  /**
+   * One per (model id, CID): two ids may share weights (the same GGUF uploaded under two names) and
+   * each is its own deployment, loaded and undeployed on its own; they share the file on disk.
+   */
+  private readonly deployments = new Set<Deployment>()
+  /** Per CID, the end of the work on its file under way (fetch, check): one deployment at a time. */
+  private readonly files = new Map<string, Promise<void>>()
   private readonly modelsDir: string
   private writing: Promise<void> = Promise.resolve()
 
@@ -99,7 +105,7 @@ export class Deployer {
     await this.o.peer.handle(DEPLOY_PROTOCOL, (stream) => this.handle(stream), STREAM_LIMITS.deploy)
     const kept = await this.readKept()
     for (const spec of [...kept, ...extra]) {
-      if (!this.deployments.has(spec.cid)) this.begin(spec)
+      if (this.find(spec) == null) this.begin(spec)
     }
     await this.persist()
   }
@@ -107,7 +113,7 @@ export class Deployer {
   /** Models being fetched, loaded, or that failed: what the capabilities record shows beside ready engines. */
   pending(): ServedModel[] {
     const out: ServedModel[] = []
-    for (const d of this.deployments.values()) {
+    for (const d of this.deployments) {
       if (d.state === 'ready') continue
       const size = d.spec.sizeBytes ?? 0
       out.push({
@@ -127,7 +133,7 @@ export class Deployer {
 
   /** Registry version and CID of a model served from a deployment. */
   origin(id: string): { cid: string; version?: number } | undefined {
-    for (const d of this.deployments.values()) {
+    for (const d of this.deployments) {
       if (d.engine?.modelId === id)
         return { cid: d.spec.cid, ...(d.spec.version != null ? { version: d.spec.version } : {}) }
     }
@@ -136,14 +142,25 @@ export class Deployer {
 
   /** Resolves when every deployment started so far has reached ready or failed. */
   async settled(): Promise<void> {
-    await Promise.all([...this.deployments.values()].map((d) => d.done))
+    await Promise.all([...this.deployments].map((d) => d.done))
+  }
+
+  /**
+   * The deployment of `spec`'s id backed by its CID. A spec without an id (`--model cid:…`, resolved
+   * at load) is there when any deployment of the CID is.
+   */
+  private find(spec: Pick<DeploymentSpec, 'id' | 'cid'>): Deployment | undefined {
+    for (const d of this.deployments) {
+      if (d.spec.cid === spec.cid && (spec.id == null || d.spec.id === spec.id)) return d
+    }
+    return undefined
   }
 
   async deploy(spec: DeploymentSpec): Promise<DeployResponse> {
     if (!this.o.acceptDeploys) {
       return { type: 'refused', code: 'not_accepting', message: 'this node does not take deploy requests' }
     }
-    const same = this.deployments.get(spec.cid)
+    const same = this.find(spec)
     if (same != null && same.state !== 'failed') return { type: 'accepted', state: same.state }
     if (spec.id != null && this.o.reservedIds().has(spec.id)) {
       return {
@@ -152,8 +169,9 @@ export class Deployer {
         message: `this node already serves a model named ${spec.id} from a file`,
       }
     }
-    // A failed attempt at the same CID is replaced; another version of the same id keeps serving
-    // until this one is ready (then it is retired), so both count against the room.
+    // A failed attempt at the same id and CID is replaced; another version of the same id keeps
+    // serving until this one is ready (then it is retired), so both count against the room. Another
+    // id on the same CID is a model of its own: loaded again under its id, it takes room of its own.
     const size = BigInt(spec.sizeBytes ?? 0)
     const room = this.o.freeMemory() + (same != null ? BigInt(same.spec.sizeBytes ?? 0) : 0n)
     if (size > room) {
@@ -163,16 +181,20 @@ export class Deployer {
         message: `the model needs ${size} bytes; this node has ${room} free for weights`,
       }
     }
-    if (same != null) this.deployments.delete(spec.cid)
+    if (same != null) this.deployments.delete(same)
     this.begin(spec)
     await this.persist()
     return { type: 'accepted', state: 'fetching' }
   }
 
-  /** Undeploys every deployment of a model id (or the one of a CID). */
-  async undeploy(idOrCid: string): Promise<boolean> {
-    const matches = [...this.deployments.values()].filter(
-      (x) => x.spec.id === idOrCid || x.spec.cid === idOrCid || x.engine?.modelId === idOrCid,
+  /**
+   * Undeploys every deployment of a model id (each of its versions); other ids on the same CID stay.
+   * A deployment whose id is not known yet (`--model cid:…` before it loads) goes by its CID, as
+   * pending() names it.
+   */
+  async undeploy(id: string): Promise<boolean> {
+    const matches = [...this.deployments].filter(
+      (x) => x.spec.id === id || x.engine?.modelId === id || (x.spec.id == null && x.spec.cid === id),
     )
     for (const d of matches) await this.retire(d)
     return matches.length > 0
@@ -180,7 +202,7 @@ export class Deployer {
 
   /** Stops a deployment: aborts its fetch or load, drains and closes its engine, announces it. */
   private async retire(d: Deployment): Promise<void> {
-    if (this.deployments.get(d.spec.cid) === d) this.deployments.delete(d.spec.cid)
+    this.deployments.delete(d)
     d.abort.abort(new Error('undeployed'))
     await d.done
     const id = d.engine?.modelId ?? d.spec.id
@@ -201,8 +223,8 @@ export class Deployer {
 
   async stop(): Promise<void> {
     await this.o.peer.unhandle(DEPLOY_PROTOCOL).catch(() => undefined)
-    for (const d of this.deployments.values()) d.abort.abort(new Error('node stopping'))
-    await Promise.all([...this.deployments.values()].map((d) => d.done))
+    for (const d of this.deployments) d.abort.abort(new Error('node stopping'))
+    await Promise.all([...this.deployments].map((d) => d.done))
   }
 
   private begin(spec: DeploymentSpec): void {
@@ -213,7 +235,7 @@ export class Deployer {
       abort: new AbortController(),
       done: Promise.resolve(),
     }
-    this.deployments.set(spec.cid, d)
+    this.deployments.add(d)
     d.done = this.run(d).catch((err: unknown) => {
       if (d.abort.signal.aborted) return
       d.state = 'failed'
@@ -243,54 +265,27 @@ export class Deployer {
       throw new Error(`the CID holds ${size} bytes, not the ${spec.sizeBytes} the deploy request said`)
     }
     spec.sizeBytes = size
-    if (!(await complete(path, size))) {
-      // Fetch while writing: blocks fetched before a crash are read back from the blockstore.
-      const part = `${path}.part`
-      const hash = createHash('sha256')
-      const counted = async function* (this: void, source: AsyncIterable<Uint8Array>, onBytes: (n: number) => void) {
-        for await (const chunk of source) {
-          hash.update(chunk)
-          onBytes(chunk.byteLength)
-          yield chunk
-        }
+    // Another id on the same CID may be fetching or checking the same file: one at a time, and the
+    // next finds it whole.
+    await this.withFile(spec.cid, signal, async () => {
+      if (!(await complete(path, size))) await this.fetch(d, path, size, providers)
+      else this.checkKnownDigest(spec)
+      // Every block is local now (kept: nothing garbage-collects them): serve them to the next node.
+      void this.o.store.provide(cid).catch(() => undefined)
+      d.state = 'loading'
+      this.o.changed()
+      try {
+        await validateGguf(path, { signal })
+      } catch (err) {
+        if (!(err instanceof InvalidModelError)) throw err
+        // Not something llama.cpp may see: gone, and the reason without this node's paths.
+        await rm(path, { force: true })
+        throw new Error(`the weights are not a usable GGUF: ${err.message.slice(err.path.length + 2)}`)
       }
-      let lastReport = 0
-      await pipeline(
-        counted(this.o.store.cat(cid, { signal, providers }), (n) => {
-          d.fetched += n
-          // Progress reaches capabilities every 5% (each change re-gossips the record).
-          if (size > 0 && (d.fetched - lastReport) / size >= 0.05) {
-            lastReport = d.fetched
-            this.o.changed()
-          }
-        }),
-        createWriteStream(part),
-        { signal },
-      )
-      if (d.fetched !== size) throw new Error(`fetched ${d.fetched} bytes, expected ${size}`)
-      const digest = hash.digest('hex')
-      if (spec.sha256 != null && digest !== spec.sha256) {
-        await rm(part, { force: true })
-        throw new Error(`sha256 of the fetched weights is ${digest}, expected ${spec.sha256}`)
-      }
-      spec.sha256 = digest
-      await rename(part, path)
-    }
-    // Every block is local now (kept: nothing garbage-collects them): serve them to the next node.
-    void this.o.store.provide(cid).catch(() => undefined)
-    d.state = 'loading'
-    this.o.changed()
-    try {
-      await validateGguf(path, { signal })
-    } catch (err) {
-      if (!(err instanceof InvalidModelError)) throw err
-      // Not something llama.cpp may see: gone, and the reason without this node's paths.
-      await rm(path, { force: true })
-      throw new Error(`the weights are not a usable GGUF: ${err.message.slice(err.path.length + 2)}`)
-    }
+    })
     const id = spec.id ?? this.o.idForCid?.(spec.cid)
     const engine = await this.o.load(path, { ...spec, id })
-    if (signal.aborted || this.deployments.get(spec.cid) !== d) {
+    if (signal.aborted || !this.deployments.has(d)) {
       await engine.close()
       return
     }
@@ -298,7 +293,7 @@ export class Deployer {
     d.engine = engine
     d.state = 'ready'
     // Another version of the same model, still serving: retired now that this one serves.
-    const older = [...this.deployments.values()].filter((x) => x !== d && x.spec.id === engine.modelId)
+    const older = [...this.deployments].filter((x) => x !== d && x.spec.id === engine.modelId)
     this.o.serve(engine, spec)
     for (const x of older) await this.retire(x)
     await this.persist()
@@ -308,6 +303,78 @@ export class Deployer {
       cid: spec.cid,
       ...(spec.version != null ? { version: spec.version } : {}),
     })
+  }
+
+  /**
+   * A file already here for another id on the same CID was checked against that one's sha256: the
+   * same weights must have the same digest, whatever the id.
+   */
+  private checkKnownDigest(spec: DeploymentSpec): void {
+    if (spec.sha256 == null) return
+    for (const x of this.deployments) {
+      if (x.spec.cid === spec.cid && x.state === 'ready' && x.spec.sha256 != null && x.spec.sha256 !== spec.sha256) {
+        throw new Error(`sha256 of the weights is ${x.spec.sha256}, expected ${spec.sha256}`)
+      }
+    }
+  }
+
+  /**
+   * Fetches the weights of `d` into `path`, checking size and sha256 on the way; blocks fetched
+   * before a crash are read back from the blockstore.
+   */
+  private async fetch(d: Deployment, path: string, size: number, providers: Multiaddr[]): Promise<void> {
+    const { spec } = d
+    const signal = d.abort.signal
+    const cid = parseCid(spec.cid)
+    const part = `${path}.part`
+    const hash = createHash('sha256')
+    const counted = async function* (this: void, source: AsyncIterable<Uint8Array>, onBytes: (n: number) => void) {
+      for await (const chunk of source) {
+        hash.update(chunk)
+        onBytes(chunk.byteLength)
+        yield chunk
+      }
+    }
+    let lastReport = 0
+    await pipeline(
+      counted(this.o.store.cat(cid, { signal, providers }), (n) => {
+        d.fetched += n
+        // Progress reaches capabilities every 5% (each change re-gossips the record).
+        if (size > 0 && (d.fetched - lastReport) / size >= 0.05) {
+          lastReport = d.fetched
+          this.o.changed()
+        }
+      }),
+      createWriteStream(part),
+      { signal },
+    )
+    if (d.fetched !== size) throw new Error(`fetched ${d.fetched} bytes, expected ${size}`)
+    const digest = hash.digest('hex')
+    if (spec.sha256 != null && digest !== spec.sha256) {
+      await rm(part, { force: true })
+      throw new Error(`sha256 of the fetched weights is ${digest}, expected ${spec.sha256}`)
+    }
+    spec.sha256 = digest
+    await rename(part, path)
+  }
+
+  /**
+   * Runs `work` once no other deployment of the same CID is inside it (two ids may share a file).
+   * Waiting ends early when `signal` aborts (an undeploy does not wait for another's fetch).
+   */
+  private async withFile(cid: string, signal: AbortSignal, work: () => Promise<void>): Promise<void> {
+    const before = this.files.get(cid)
+    const mine = (async () => {
+      if (before != null) await untilAborted(before, signal)
+      await work()
+    })()
+    const tail = Promise.all([before, mine.catch(() => undefined)]).then(() => undefined)
+    this.files.set(cid, tail)
+    try {
+      await mine
+    } finally {
+      if (this.files.get(cid) === tail) this.files.delete(cid)
+    }
   }
 
   private async handle(stream: import('@libp2p/interface').Stream): Promise<void> {
@@ -378,4 +445,17 @@ async function complete(path: string, size: number): Promise<boolean> {
   } catch {
     return false
   }
+}
+
+/** Resolves when `p` does, or rejects with the reason once `signal` aborts. */
+function untilAborted(p: Promise<void>, signal: AbortSignal): Promise<void> {
+  signal.throwIfAborted()
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason)
+    signal.addEventListener('abort', onAbort, { once: true })
+    void p.then(() => {
+      signal.removeEventListener('abort', onAbort)
+      resolve()
+    })
+  })
 }

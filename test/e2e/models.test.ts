@@ -283,3 +283,148 @@ describe('models over IPFS: upload → deploy → chat → download → second g
     expect(mine.modelsDeployed).toBe(0)
   })
 })
+
+// Two users upload the same public GGUF under two names: one CID, two models. A deployment belongs
+// to a (model id, CID) pair, so deploying one says nothing about the other, and the other can be
+// deployed on the same node (loaded again under its own id) and served under its own name.
+describe('two models with the same weights (one CID)', () => {
+  let gw: RunningGateway
+  let node: RunningNode
+  let keyA: string
+  let keyB: string
+  let cid: string
+  let nodeDir: string
+  const dirs: Array<{ remove: () => Promise<void> }> = []
+  const dir = async (name: string): Promise<string> => {
+    const d = await tempDir(name)
+    dirs.push(d)
+    return d.path
+  }
+  const details = async (id: string) =>
+    (await (await fetch(`${gw.url}/api/models/public/${id}`)).json()) as {
+      deployments: Array<Record<string, unknown>>
+      stats: { nodes: number }
+    }
+  const deployedBy = async (key: string) =>
+    (
+      (await (await fetch(`${gw.url}/api/user/stats`, { headers: { authorization: `Bearer ${key}` } })).json()) as {
+        modelsDeployed: number
+      }
+    ).modelsDeployed
+  const listedIds = async () =>
+    (
+      (await (await fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${keyB}` } })).json()) as {
+        data: Array<{ id: string }>
+      }
+    ).data.map((m) => m.id)
+  const chat = (key: string, model: string) =>
+    fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model, messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 }),
+    })
+  const deploy = (key: string, id: string) =>
+    fetch(`${gw.url}/api/models/${id}/deploy`, { method: 'POST', headers: { authorization: `Bearer ${key}` } })
+
+  beforeAll(async () => {
+    gw = await startGateway({ dataDir: await dir('twins-gw'), listen: LOOP, port: 0 })
+    nodeDir = await dir('twins-node')
+    node = await startNode({
+      dataDir: nodeDir,
+      listen: LOOP,
+      bootstrap: gw.multiaddrs(),
+      models: [],
+      threads: 1,
+      slots: 1,
+      gpu: false,
+      heartbeatIntervalMs: 200,
+    })
+    await waitFor(() => gw.directory.get(node.peerId)?.capabilities != null, 10_000, 'the node in the Directory')
+    keyA = await fundedUser(gw, 'twin-a@example.com')
+    keyB = await fundedUser(gw, 'twin-b@example.com')
+  }, 60_000)
+
+  afterAll(async () => {
+    await node?.stop()
+    await gw?.stop()
+    await Promise.all(dirs.map((d) => d.remove()))
+  })
+
+  it('uploads the same file under two names by two users: two models, one CID', async () => {
+    const path = await tinyModelPath()
+    const a = await uploadModel(gw.url, keyA, { name: 'twin-a' }, { path })
+    const b = await uploadModel(gw.url, keyB, { name: 'twin-b' }, { path })
+    expect([a.status, b.status]).toEqual([201, 201])
+    const ra = (await a.json()) as { id: string; cid: string }
+    const rb = (await b.json()) as { id: string; cid: string }
+    expect(rb.cid).toBe(ra.cid)
+    cid = ra.cid
+  })
+
+  it('deploying one does not show the other as deployed, counted, listed or served', async () => {
+    expect((await deploy(keyA, 'twin-a')).status).toBe(202)
+    await waitFor(() => gw.directory.nodesServing('twin-a').length === 1, 30_000, 'twin-a served')
+    await waitFor(async () => (await details('twin-a')).stats.nodes === 1, 5_000, 'twin-a ready in its details')
+    expect((await details('twin-a')).deployments).toEqual([{ nodeId: node.peerId, version: 1, cid, state: 'ready' }])
+
+    const b = await details('twin-b')
+    expect(b.deployments).toEqual([])
+    expect(b.stats.nodes).toBe(0)
+    expect(await deployedBy(keyA)).toBe(1)
+    expect(await deployedBy(keyB)).toBe(0)
+    expect(await listedIds()).toContain('twin-a')
+    expect(await listedIds()).not.toContain('twin-b')
+    const res = await chat(keyB, 'twin-b')
+    expect(res.status).toBe(404)
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe('model_not_found')
+  }, 60_000)
+
+  it('the other deploys on the same node and serves chat under its own id; each is counted once', async () => {
+    const res = await deploy(keyB, 'twin-b')
+    expect(res.status).toBe(202)
+    expect(await res.json()).toMatchObject({ nodeId: node.peerId, model: 'twin-b', version: 1, cid })
+    await waitFor(() => gw.directory.nodesServing('twin-b').length === 1, 30_000, 'twin-b served')
+    await waitFor(async () => (await details('twin-b')).stats.nodes === 1, 5_000, 'twin-b ready in its details')
+    expect((await details('twin-b')).deployments).toEqual([{ nodeId: node.peerId, version: 1, cid, state: 'ready' }])
+    expect((await details('twin-a')).deployments).toEqual([{ nodeId: node.peerId, version: 1, cid, state: 'ready' }])
+    expect(await deployedBy(keyA)).toBe(1)
+    expect(await deployedBy(keyB)).toBe(1)
+    expect(await listedIds()).toEqual(expect.arrayContaining(['twin-a', 'twin-b']))
+    expect(node.engines.get('twin-a')).not.toBe(node.engines.get('twin-b'))
+
+    const out = await chat(keyB, 'twin-b')
+    expect(out.status).toBe(200)
+    expect(((await out.json()) as { model: string }).model).toBe('twin-b')
+    // Both are on the only node: a second deploy of either is the documented conflict, naming it.
+    const again = await deploy(keyA, 'twin-a')
+    expect(again.status).toBe(409)
+    expect(((await again.json()) as { error: string }).error).toMatch(/Version 1 of 'twin-a' is already deployed/)
+  }, 60_000)
+
+  it('undeploying one leaves the other serving; each download names its own model', async () => {
+    const res = await fetch(`${gw.url}/api/models/twin-a/undeploy`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${keyA}` },
+    })
+    expect(res.status).toBe(200)
+    expect(await res.json()).toMatchObject({ nodes: [{ nodeId: node.peerId, status: 'undeployed' }] })
+    await waitFor(() => gw.directory.nodesServing('twin-a').length === 0, 5_000, 'twin-a gone')
+    expect(gw.directory.nodesServing('twin-b').length).toBe(1)
+    await waitFor(async () => (await details('twin-a')).deployments.length === 0, 5_000, 'twin-a details empty')
+    expect((await details('twin-b')).deployments).toEqual([{ nodeId: node.peerId, version: 1, cid, state: 'ready' }])
+    expect(await deployedBy(keyA)).toBe(0)
+    expect(await deployedBy(keyB)).toBe(1)
+    expect((await chat(keyB, 'twin-b')).status).toBe(200)
+    const kept = JSON.parse(await readFile(join(nodeDir, 'deployments.json'), 'utf8')) as Array<{ id: string }>
+    expect(kept.map((d) => d.id)).toEqual(['twin-b'])
+
+    const bytes = await readFile(await tinyModelPath())
+    for (const id of ['twin-a', 'twin-b']) {
+      const link = (await (await fetch(`${gw.url}/api/models/${id}/download`)).json()) as { url: string; cid: string }
+      expect(link.cid).toBe(cid)
+      const file = await fetch(link.url)
+      expect(file.headers.get('content-disposition')).toBe(`attachment; filename="${id}-v1.gguf"`)
+      expect(Buffer.from(await file.arrayBuffer()).equals(bytes)).toBe(true)
+    }
+  }, 60_000)
+})

@@ -2,6 +2,7 @@
 // can): it takes only weights a signed registry record vouches for under that name, checks what it
 // fetches against the record, and never serves what fails a check.
 import { createHash, randomBytes } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
@@ -22,7 +23,7 @@ import { loadOrCreatePeerKey } from '../../src/mesh/peer-key.ts'
 import { sendBytes } from '../../src/mesh/streams.ts'
 import { signModelRecord } from '../../src/models/registry.ts'
 import { ContentStore } from '../../src/storage/content.ts'
-import { tempDir, waitFor } from '../helpers/fixtures.ts'
+import { tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
 
 type Model = Extract<DeployRequest, { type: 'deploy' }>['model']
 const SOME_CID = 'bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku'
@@ -90,7 +91,8 @@ describe('Deployer: what a deploy request is checked against', () => {
     })
   const deploy = async (m: Model, providers: string[] = []): Promise<DeployResponse> =>
     ask({ type: 'deploy', model: m, providers, records: [await recordOf(m)] })
-  const stateOf = (cid: string) => node.deployer.pending().find((m) => m.cid === cid)
+  const stateOf = (cid: string, id?: string) =>
+    node.deployer.pending().find((m) => m.cid === cid && (id == null || m.id === id))
   const addRandom = async (bytes: Buffer) =>
     (
       await store.add(
@@ -158,20 +160,61 @@ describe('Deployer: what a deploy request is checked against', () => {
       peer.getMultiaddrs().map(String),
     )
     expect(wrongHash.type).toBe('accepted')
-    await waitFor(() => stateOf(cid)?.state === 'failed', 10_000, 'the sha256 check')
-    expect(stateOf(cid)?.error).toMatch(/sha256 of the fetched weights is [0-9a-f]{64}, expected 0{64}/)
+    await waitFor(() => stateOf(cid, 'wrong-hash')?.state === 'failed', 10_000, 'the sha256 check')
+    expect(stateOf(cid, 'wrong-hash')?.error).toMatch(/sha256 of the fetched weights is [0-9a-f]{64}, expected 0{64}/)
     // The same CID again, with the right hash: fetched (its blocks are here now), then the GGUF check fails.
     const sha256 = createHash('sha256').update(bytes).digest('hex')
     expect(await deploy(model({ id: 'not-gguf', cid, sizeBytes: bytes.length, sha256 }))).toEqual({
       type: 'accepted',
       state: 'fetching',
     })
-    await waitFor(() => /GGUF/.test(stateOf(cid)?.error ?? ''), 10_000, 'the GGUF check')
-    expect(stateOf(cid)?.error).toBe('the weights are not a usable GGUF: not a GGUF file (bad magic)')
+    await waitFor(() => /GGUF/.test(stateOf(cid, 'not-gguf')?.error ?? ''), 10_000, 'the GGUF check')
+    expect(stateOf(cid, 'not-gguf')?.error).toBe('the weights are not a usable GGUF: not a GGUF file (bad magic)')
     expect(node.engines.size).toBe(0)
     // Failed deployments are shown in the capabilities record, with why.
     const pending = node.deployer.pending()
     expect(pending.length).toBeGreaterThanOrEqual(2)
     expect(pending.every((m) => m.state === 'failed' && m.error != null)).toBe(true)
   })
+
+  it('serves two ids backed by the same CID, each loaded and undeployed on its own, from one file', async () => {
+    const bytes = await readFile(await tinyModelPath())
+    const cid = await addRandom(bytes)
+    const sha256 = createHash('sha256').update(bytes).digest('hex')
+    const one = model({ id: 'same-weights-one', cid, sizeBytes: bytes.length, sha256 })
+    const two = model({ id: 'same-weights-two', cid, sizeBytes: bytes.length, sha256 })
+    // Asked at once: one fetches the file, the other waits for it and finds it whole.
+    const answers = await Promise.all([deploy(one, peer.getMultiaddrs().map(String)), deploy(two)])
+    expect(answers).toEqual([
+      { type: 'accepted', state: 'fetching' },
+      { type: 'accepted', state: 'fetching' },
+    ])
+    await waitFor(
+      () => node.engines.has('same-weights-one') && node.engines.has('same-weights-two'),
+      20_000,
+      'both ids served',
+    )
+    expect(node.engines.get('same-weights-one')).not.toBe(node.engines.get('same-weights-two'))
+    expect(node.deployer.origin('same-weights-two')).toEqual({ cid, version: 1 })
+    // The same id and CID again is the deployment already there.
+    expect(await deploy(two)).toEqual({ type: 'accepted', state: 'ready' })
+    // The same weights under a digest that is not theirs: refused by the check, as a fetch would be.
+    const liar = model({ id: 'same-weights-liar', cid, sizeBytes: bytes.length, sha256: 'f'.repeat(64) })
+    expect(await deploy(liar)).toEqual({ type: 'accepted', state: 'fetching' })
+    await waitFor(() => stateOf(cid, 'same-weights-liar')?.state === 'failed', 10_000, 'the digest check')
+    expect(node.engines.has('same-weights-liar')).toBe(false)
+
+    expect(await ask({ type: 'undeploy', modelId: 'same-weights-one' })).toEqual({
+      type: 'accepted',
+      state: 'unloaded',
+    })
+    expect(node.engines.has('same-weights-one')).toBe(false)
+    expect(node.engines.has('same-weights-two')).toBe(true)
+    expect(node.deployer.origin('same-weights-two')).toEqual({ cid, version: 1 })
+    expect(await ask({ type: 'undeploy', modelId: 'same-weights-two' })).toEqual({
+      type: 'accepted',
+      state: 'unloaded',
+    })
+    expect(node.engines.size).toBe(0)
+  }, 60_000)
 })
