@@ -189,7 +189,8 @@ export class AdminFeed {
     if (client.keyId != null) return
     const auth = await this.o.accounts.authenticate(message.token)
     if (auth == null) return this.refuse(client, 'invalid API key')
-    if (auth.account.role !== 'admin') return this.refuse(client, 'only admin keys may watch cluster events')
+    if (auth.account.role !== 'admin')
+      return this.refuse(client, 'only admin keys may watch cluster events', 'FORBIDDEN')
     if (client.socket.readyState !== client.socket.OPEN) return
     const held = this.perKey.get(auth.key.id) ?? 0
     if (held >= this.maxConnectionsPerKey) {
@@ -201,10 +202,10 @@ export class AdminFeed {
     client.socket.send(JSON.stringify({ type: 'authenticated', role: 'admin' }))
   }
 
-  /** A policy violation: an error message, then a close with 1008. */
-  private refuse(client: Client, message: string): void {
+  /** A policy violation: an error message, then a close with 1008. FORBIDDEN: a valid key that is not an admin's. */
+  private refuse(client: Client, message: string, code: 'UNAUTHORIZED' | 'FORBIDDEN' = 'UNAUTHORIZED'): void {
     if (client.socket.readyState === client.socket.OPEN) {
-      client.socket.send(JSON.stringify({ type: 'error', error: message, code: 'UNAUTHORIZED' }))
+      client.socket.send(JSON.stringify({ type: 'error', error: message, code }))
     }
     this.drop(client, ADMIN_CLOSE.policy, message)
   }

@@ -6,7 +6,16 @@ import { z } from 'zod'
 import { DuplicateEmailError } from '../src/ledger/ledger.ts'
 import { formatUsd, MoneyFormatError, parseUsd } from '../src/payments/money.ts'
 import type { Accounts, Authenticated } from './accounts.ts'
-import { ApiError, conflict, forbidden, invalidRequest, notFound, rateLimited, unauthorized } from './errors.ts'
+import {
+  ApiError,
+  conflict,
+  forbidden,
+  invalidRequest,
+  notFound,
+  parseFields,
+  rateLimited,
+  unauthorized,
+} from './errors.ts'
 import type { Pricing } from './pricing.ts'
 import type { TokenBuckets } from './rate-limit.ts'
 import type { VerifiedPayment } from './x402.ts'
@@ -45,21 +54,7 @@ export async function body<S extends z.ZodType>(c: Context, schema: S): Promise<
   } catch {
     throw invalidRequest('The request body is not valid JSON.')
   }
-  const parsed = schema.safeParse(json)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]
-    const field = issue?.path.join('.') ?? ''
-    const missing = issue?.code === 'invalid_type' && (issue as { input?: unknown }).input === undefined
-    throw invalidRequest(
-      field === ''
-        ? 'The request body must be a JSON object.'
-        : missing
-          ? `'${field}' is required.`
-          : `Invalid '${field}': ${issue?.message}.`,
-      field || null,
-    )
-  }
-  return parsed.data
+  return parseFields(schema, json)
 }
 
 export function requireAuth(c: Context<AuthVars>): Authenticated {
@@ -173,10 +168,10 @@ export function apiRoutes(deps: ApiDeps): Hono<AuthVars> {
     try {
       amount = parseUsd(input.amount)
     } catch (err) {
-      if (err instanceof MoneyFormatError) throw invalidRequest(`Invalid 'amount': ${err.message}.`, 'amount')
+      if (err instanceof MoneyFormatError) throw invalidRequest(`'amount' is invalid: ${err.message}.`, 'amount')
       throw err
     }
-    if (amount <= 0n) throw invalidRequest("Invalid 'amount': must be more than 0.", 'amount')
+    if (amount <= 0n) throw invalidRequest("'amount' must be more than 0.", 'amount')
     const account = await accounts.ledger.findAccountByEmail(input.email)
     if (account == null) throw notFound(`No account with the email ${input.email.slice(0, 254)}.`)
     const tx = await accounts.ledger.credit(account.id, amount, { type: 'credit', memo: input.memo ?? 'admin credit' })
@@ -221,22 +216,19 @@ export function apiRoutes(deps: ApiDeps): Hono<AuthVars> {
 
   api.get('/user/transactions', async (c) => {
     const { account } = requireAuth(c)
-    const q = z
-      .object({
+    const q = parseFields(
+      z.object({
         limit: z.coerce.number().int().min(1).max(100).default(20),
         cursor: z
           .string()
           .regex(/^\d{1,12}$/, 'must be a cursor from a previous page')
           .optional(),
-      })
-      .safeParse(c.req.query())
-    if (!q.success) {
-      const issue = q.error.issues[0]
-      throw invalidRequest(`Invalid '${issue?.path.join('.')}': ${issue?.message}.`, issue?.path.join('.') ?? null)
-    }
+      }),
+      c.req.query(),
+    )
     const page = await accounts.ledger.transactions(account.id, {
-      limit: q.data.limit,
-      ...(q.data.cursor ? { cursor: q.data.cursor } : {}),
+      limit: q.limit,
+      ...(q.cursor ? { cursor: q.cursor } : {}),
     })
     return c.json({
       transactions: page.transactions.map((t) => ({

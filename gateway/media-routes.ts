@@ -37,7 +37,7 @@ const provider = z.string().min(1).optional()
 const ImagesSchema = z.object({
   model: z.string().min(1, 'must be a non-empty string'),
   prompt: z.string().min(1, 'must be a non-empty string').max(32_000),
-  n: z.number().int().min(1).max(4, 'at most 4 images per request').nullish(),
+  n: z.number().int().min(1).max(4, 'must be at most 4 (images per request)').nullish(),
   size: z
     .string()
     .regex(/^(\d{2,5}x\d{2,5}|auto)$/, 'must be WIDTHxHEIGHT, e.g. 1024x1024')
@@ -51,7 +51,7 @@ const ImagesSchema = z.object({
 
 const SpeechSchema = z.object({
   model: z.string().min(1, 'must be a non-empty string'),
-  input: z.string().min(1, 'must be a non-empty string').max(4096, 'at most 4096 characters'),
+  input: z.string().min(1, 'must be a non-empty string').max(4096, 'must be at most 4096 characters long'),
   voice: z.string().min(1).max(64),
   response_format: z.enum(['mp3', 'opus', 'aac', 'flac', 'wav', 'pcm']).nullish(),
   speed: z.number().min(0.25).max(4).nullish(),
@@ -63,7 +63,7 @@ const TranscriptionFields = z.object({
   model: z.string().min(1, 'must be a non-empty string'),
   language: z
     .string()
-    .regex(/^[a-z]{2,3}(-[A-Za-z]{2,4})?$/, 'an ISO-639 code, e.g. en')
+    .regex(/^[a-z]{2,3}(-[A-Za-z]{2,4})?$/, 'must be an ISO-639 code, e.g. en')
     .optional(),
   prompt: z.string().max(4096).optional(),
   response_format: z.enum(['json', 'text', 'srt', 'verbose_json', 'vtt']).optional(),

@@ -3,35 +3,90 @@
 import { randomUUID } from 'node:crypto'
 import { z } from 'zod'
 import type { FinishReason, Sampling, Usage, WireChatMessage } from '../protocols/index.ts'
-import { invalidRequest } from './errors.ts'
+import { invalidRequest, parseFields } from './errors.ts'
 
 const TextPart = z.object({ type: z.literal('text'), text: z.string() })
 /** Any other part (image_url, input_audio, file, …): passed on to providers, which understand them. */
 const OtherPart = z.looseObject({ type: z.string().min(1).max(64) })
 
-const Content = z.union([z.string(), z.array(z.union([TextPart, OtherPart])).min(1)])
+const Content = z.union(
+  [z.string(), z.array(z.union([TextPart, OtherPart])).min(1)],
+  'must be a string or an array of content parts',
+)
 
-const Message = z.looseObject({
-  role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
-  content: Content.nullish(),
-  name: z.string().optional(),
-  /** An assistant's calls to tools (providers only). */
-  tool_calls: z.array(z.unknown()).max(128).optional(),
-  tool_call_id: z.string().max(256).optional(),
-})
+/**
+ * The wire's limits (protocols/schemas.ts: ChatMessageSchema, InferenceRequestFrameSchema, SamplingSchema),
+ * checked here so that a client hears them by field name rather than as a node's refusal.
+ */
+export const MAX_MESSAGES = 10_000
+export const MAX_CONTENT_CHARS = 2_000_000
+const MAX_TOKENS = 1_000_000
+const MAX_STOP_CHARS = 512
+
+/** Characters of a message's text, as the wire carries it (text parts joined). */
+const textLength = (content: z.infer<typeof Content>): number =>
+  typeof content === 'string'
+    ? content.length
+    : content.reduce((n, p) => n + ('text' in p && typeof p.text === 'string' ? p.text.length : 0), 0)
+
+/**
+ * One message, as OpenAI takes it: content is required, except on an assistant message that has
+ * tool_calls (then it may be null or absent); a tool message names the call it answers.
+ */
+const Message = z
+  .looseObject({
+    role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
+    content: Content.nullish(),
+    name: z.string().optional(),
+    /** An assistant's calls to tools (providers only). */
+    tool_calls: z.array(z.unknown()).max(128).optional(),
+    tool_call_id: z.string().max(256).optional(),
+  })
+  .superRefine((m, ctx) => {
+    if (m.content == null) {
+      if (m.role === 'assistant' && m.tool_calls != null && m.tool_calls.length > 0) return
+      const message =
+        m.role === 'assistant'
+          ? 'is required unless the message has tool_calls'
+          : m.content === null
+            ? `must be a string or an array of content parts (null only on an assistant message with tool_calls)`
+            : 'is required'
+      ctx.addIssue({ code: 'custom', path: ['content'], message })
+    } else if (textLength(m.content) > MAX_CONTENT_CHARS) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['content'],
+        message: `must be at most ${MAX_CONTENT_CHARS} characters long`,
+      })
+    }
+    if (m.role === 'tool' && m.tool_call_id == null) {
+      ctx.addIssue({ code: 'custom', path: ['tool_call_id'], message: 'is required on a tool message' })
+    }
+  })
 
 export const ChatCompletionRequestSchema = z.object({
   model: z.string().min(1, 'must be a non-empty string'),
-  messages: z.array(Message).min(1, 'must contain at least one message'),
+  messages: z
+    .array(Message)
+    .min(1, 'must contain at least one message')
+    .max(MAX_MESSAGES, `must contain at most ${MAX_MESSAGES} messages`),
   stream: z.boolean().optional(),
   stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
   temperature: z.number().min(0).max(2).nullish(),
   top_p: z.number().min(0).max(1).nullish(),
-  max_tokens: z.number().int().min(1).nullish(),
-  max_completion_tokens: z.number().int().min(1).nullish(),
-  stop: z.union([z.string().min(1), z.array(z.string().min(1)).max(16)]).nullish(),
+  max_tokens: z.number().int().min(1).max(MAX_TOKENS).nullish(),
+  max_completion_tokens: z.number().int().min(1).max(MAX_TOKENS).nullish(),
+  stop: z
+    .union(
+      [
+        z.string().min(1).max(MAX_STOP_CHARS),
+        z.array(z.string().min(1).max(MAX_STOP_CHARS)).max(16, 'must have at most 16 stop sequences'),
+      ],
+      `must be a string or an array of up to 16 strings, each of 1 to ${MAX_STOP_CHARS} characters`,
+    )
+    .nullish(),
   seed: z.number().int().min(0).max(0xffffffff).nullish(),
-  n: z.literal(1, 'only n = 1 is supported').nullish(),
+  n: z.literal(1, 'must be 1 (only one choice is supported)').nullish(),
   provider: z.string().min(1).optional(),
   user: z.string().optional(),
   /** Tools and structured output: providers only (the mesh's nodes generate plain text). */
@@ -41,21 +96,12 @@ export const ChatCompletionRequestSchema = z.object({
 })
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequestSchema>
 
-/** Parses a JSON body with `schema`, or throws a 400 naming the first bad field. */
+/** Parses a JSON body with `schema`, or throws a 400 naming the first bad field (errors.ts parseFields). */
 export function parseBody<T extends z.ZodType>(schema: T, body: unknown): z.infer<T> {
   if (body === null || typeof body !== 'object' || Array.isArray(body)) {
     throw invalidRequest('The request body must be a JSON object.')
   }
-  const parsed = schema.safeParse(body)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]
-    const path = issue?.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('') ?? ''
-    const param = path.replace(/^\./, '')
-    const missing = issue?.code === 'invalid_type' && (issue as { input?: unknown }).input === undefined
-    const message = missing ? `'${param}' is required.` : `Invalid '${param}': ${issue?.message ?? 'invalid value'}.`
-    throw invalidRequest(message, param || null)
-  }
-  return parsed.data
+  return parseFields(schema, body)
 }
 
 /** Parses a JSON body into a chat request, or throws a 400 naming the first bad field. */

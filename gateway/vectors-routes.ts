@@ -28,7 +28,10 @@ const EmbeddingsSchema = z.object({
   input: z.union(
     [
       z.string().min(1, 'must not be empty'),
-      z.array(z.string().min(1, 'must not be empty')).min(1, 'must not be empty').max(2048, 'at most 2048 inputs'),
+      z
+        .array(z.string().min(1, 'must not be empty'))
+        .min(1, 'must not be empty')
+        .max(2048, 'must have at most 2048 inputs'),
     ],
     'must be a string or an array of strings',
   ),
@@ -42,9 +45,9 @@ const RerankSchema = z.object({
   model: z.string().min(1, 'must be a non-empty string'),
   query: z.string().min(1, 'must be a non-empty string'),
   documents: z
-    .array(z.union([z.string(), z.object({ text: z.string() })], 'each document is a string or {"text": …}'))
+    .array(z.union([z.string(), z.object({ text: z.string() })], 'must be a string or {"text": …}'))
     .min(1, 'must not be empty')
-    .max(1000, 'at most 1000 documents'),
+    .max(1000, 'must have at most 1000 documents'),
   top_n: z.number().int().min(1).nullish(),
   return_documents: z.boolean().nullish(),
   provider: z.string().min(1).optional(),
@@ -57,12 +60,31 @@ type ProviderCandidate = Extract<Candidate, { kind: 'provider' }>
 
 type Served<T> = { kind: 'node'; peerId: string; result: T } | { kind: 'provider'; body: Record<string, unknown> }
 
+/**
+ * The request field a node's refusal is about (node/vectors-service.ts checkEmbed: "dimensions 1000
+ * exceeds the 128 of <model>", "3000 inputs of 768 dimensions exceed one reply; …"), with the
+ * message said to the client; the rest is the node's message as it is.
+ */
+function refusal(message: string): { message: string; param: string | null } {
+  const dims = /^dimensions (\d+) exceeds the (\d+) of (.+)$/.exec(message)
+  if (dims != null) {
+    return {
+      message: `'dimensions' must be at most ${dims[2]} for the model '${dims[3]}' (its embeddings have ${dims[2]} dimensions).`,
+      param: 'dimensions',
+    }
+  }
+  if (/^\d+ inputs of \d+ dimensions exceed one reply/.test(message))
+    return { message: `'input' has too many items: ${message}.`, param: 'input' }
+  return { message, param: null }
+}
+
 /** A node's refusal: its fault (next candidate) or the request's (400, no failover). */
 function nodeFailure(err: unknown): Attempt<never> {
   if (!(err instanceof MeshVectorsError)) return { nodeOutcome: 'failed' }
   if (err.failover || err.code === 'model_not_found') return { nodeOutcome: err.code }
   if (err.code === 'aborted') return { nodeOutcome: 'client_closed' }
-  return { nodeOutcome: err.code, fatal: invalidRequest(err.message, null, err.code) }
+  const { message, param } = refusal(err.message)
+  return { nodeOutcome: err.code, fatal: invalidRequest(message, param, err.code) }
 }
 
 async function providerJson(

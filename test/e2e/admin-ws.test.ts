@@ -143,17 +143,18 @@ describe('/ws/admin', () => {
 
   it('refuses a missing, wrong or non-admin token with an error and close code 1008; no auth in time → closed', async () => {
     const user = await fundedUser(gw1, 'not-admin@example.com')
-    for (const first of [
-      { type: 'auth' },
-      { type: 'auth', token: 'sk-cluster-wrong' },
-      { type: 'auth', token: user },
-      { type: 'filter', events: ['node:joined'] },
-      'not json at all',
-    ]) {
+    for (const [first, code] of [
+      [{ type: 'auth' }, 'UNAUTHORIZED'],
+      [{ type: 'auth', token: 'sk-cluster-wrong' }, 'UNAUTHORIZED'],
+      // A valid key without the admin role: authenticated but not allowed.
+      [{ type: 'auth', token: user }, 'FORBIDDEN'],
+      [{ type: 'filter', events: ['node:joined'] }, 'UNAUTHORIZED'],
+      ['not json at all', 'UNAUTHORIZED'],
+    ] as const) {
       const m = monitor(`${gw1.url}/ws/admin`, first)
       const closed = await m.closed
       expect(closed.code, JSON.stringify(first)).toBe(1008)
-      expect(m.messages[0]).toMatchObject({ type: 'error', code: 'UNAUTHORIZED' })
+      expect(m.messages[0], JSON.stringify(first)).toMatchObject({ type: 'error', code })
     }
     const silent = monitor(`${gw1.url}/ws/admin`)
     const t = Date.now()

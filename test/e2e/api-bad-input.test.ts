@@ -113,6 +113,36 @@ describe('bad input on every /api route', () => {
   })
 
   it.each([
+    ['POST', '/api/admin/credit', { email: 'user@example.com', amount: '5.00' }],
+    ['POST', '/api/admin/accounts', { email: 'other@example.com' }],
+  ])('%s %s with a valid non-admin key → 403 FORBIDDEN', async (method, path, body) => {
+    const res = await fetch(`${gw.url}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${userKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    })
+    expect(res.status).toBe(403)
+    expect(await res.json()).toEqual({ error: expect.any(String), code: 'FORBIDDEN' })
+  })
+
+  it.each([
+    [{ email: 5, password: 'securepassword' }, 'email', "'email' must be a string."],
+    [{ email: null, password: 'securepassword' }, 'email', "'email' must be a string."],
+    [{ email: 'new@example.com', password: 12345678 }, 'password', "'password' must be a string."],
+    [{ email: 'not-an-email', password: 'securepassword' }, 'email', "'email' must be a valid email address."],
+    [{ password: 'securepassword' }, 'email', "'email' is required."],
+    [{ email: 'new@example.com' }, 'password', "'password' is required."],
+  ])('POST /api/auth/register %j → 400 saying what is wrong with the field', async (body, _field, message) => {
+    const res = await fetch(`${gw.url}/api/auth/register`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    })
+    expect(res.status).toBe(400)
+    expect(await res.json()).toEqual({ error: message, code: 'INVALID_REQUEST' })
+  })
+
+  it.each([
     '/api/user/transactions?limit=abc',
     '/api/user/transactions?limit=-1',
     '/api/user/transactions?limit=1.5',

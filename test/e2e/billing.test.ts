@@ -381,7 +381,8 @@ describe('accounts and billing', () => {
   it('admin routes need an admin key; credit validates the amount', async () => {
     const user = await register('notadmin@example.com')
     const r = await api('/api/admin/credit', { key: user, body: { email: 'notadmin@example.com', amount: '5.00' } })
-    expect(r.status).toBe(401)
+    expect(r.status).toBe(403)
+    expect(r.body.code).toBe('FORBIDDEN')
     for (const amount of ['-1', '0', '1e3', 'abc', '1.0000001', '']) {
       const bad = await api('/api/admin/credit', { key: adminKey, body: { email: 'notadmin@example.com', amount } })
       expect(bad.status, amount).toBe(400)

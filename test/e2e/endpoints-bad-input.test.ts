@@ -68,7 +68,11 @@ describe('bad input on every inference endpoint', () => {
       ['/v1/images/generations', { model: 'flux-schnell', prompt: 'x', response_format: 'gif' }, 'response_format'],
       ['/v1/audio/speech', { model: 'tts-1', input: 'x', voice: 'a', speed: 10 }, 'speed'],
       ['/v1/audio/speech', { model: 'tts-1', input: 'x', voice: 'a', response_format: 'midi' }, 'response_format'],
-      ['/v1/chat/completions', { model: 'm', messages: [{ role: 'tool' }], provider: ['venice'] }, 'provider'],
+      [
+        '/v1/chat/completions',
+        { model: 'm', messages: [{ role: 'user', content: 'x' }], provider: ['venice'] },
+        'provider',
+      ],
     ]
     for (const [path, body, param] of cases) {
       const r = await send(path, JSON.stringify(body))
@@ -76,6 +80,96 @@ describe('bad input on every inference endpoint', () => {
       expect(((await r.json()) as { error: { param: string } }).error.param).toBe(param)
     }
     expect(await balance()).toBe(before)
+  })
+
+  it('a present field of the wrong type says what is wrong, not that it is required; absent ones are required', async () => {
+    const before = await balance()
+    const chat = { model: 'llama-3.3-70b-instruct', provider: 'together', messages: [{ role: 'user', content: 'x' }] }
+    const cases: Array<[string, unknown, string, string]> = [
+      [
+        '/v1/chat/completions',
+        { ...chat, temperature: 'hot' },
+        'temperature',
+        "'temperature' must be a number between 0 and 2.",
+      ],
+      ['/v1/chat/completions', { ...chat, max_tokens: 2.5 }, 'max_tokens', "'max_tokens' must be an integer"],
+      ['/v1/chat/completions', { ...chat, stream: 'yes' }, 'stream', "'stream' must be true or false."],
+      ['/v1/chat/completions', { ...chat, seed: 'x' }, 'seed', "'seed' must be an integer"],
+      ['/v1/chat/completions', { ...chat, model: 5 }, 'model', "'model' must be a string."],
+      ['/v1/chat/completions', { ...chat, provider: null }, 'provider', "'provider' must be a string."],
+      ['/v1/chat/completions', { ...chat, messages: 'hi' }, 'messages', "'messages' must be an array."],
+      ['/v1/chat/completions', { provider: 'together', messages: chat.messages }, 'model', "'model' is required."],
+      ['/v1/images/generations', { model: 'flux-schnell', prompt: 'x', n: 2.5 }, 'n', "'n' must be an integer"],
+      [
+        '/v1/rerank',
+        { model: 'bge-reranker-v2-m3', query: 'q', documents: ['a'], return_documents: 'yes' },
+        'return_documents',
+        "'return_documents' must be true or false.",
+      ],
+      ['/v1/embeddings', { input: 'x' }, 'model', "'model' is required."],
+    ]
+    for (const [path, body, param, message] of cases) {
+      const r = await send(path, JSON.stringify(body))
+      expect(r.status, `${path} ${JSON.stringify(body)}`).toBe(400)
+      const { error } = (await r.json()) as { error: { message: string; param: string; type: string } }
+      expect(error.param, JSON.stringify(body)).toBe(param)
+      expect(error.type).toBe('invalid_request_error')
+      expect(error.message.startsWith(message), `${error.message} starts with ${message}`).toBe(true)
+      if (!message.endsWith('is required.')) expect(error.message).not.toContain('is required')
+    }
+    expect(await balance()).toBe(before)
+  })
+
+  it('chat messages follow OpenAI: content required (an assistant may omit it only with tool_calls); limits by field', async () => {
+    const before = await balance()
+    const send1 = (messages: unknown) =>
+      send('/v1/chat/completions', JSON.stringify({ model: 'llama-3.3-70b-instruct', provider: 'together', messages }))
+    const expectRefusal = async (r: Response, param: string, message: RegExp): Promise<void> => {
+      expect(r.status, param).toBe(400)
+      const { error } = (await r.json()) as { error: { message: string; param: string } }
+      expect(error.param).toBe(param)
+      expect(error.message).toMatch(message)
+      expect(error.message).not.toMatch(/schema mismatch/)
+    }
+    await expectRefusal(
+      await send1([{ role: 'user' }]),
+      'messages[0].content',
+      /^'messages\[0\]\.content' is required\.$/,
+    )
+    await expectRefusal(await send1([{ role: 'user', content: null }]), 'messages[0].content', /must be a string/)
+    await expectRefusal(
+      await send1([{ role: 'system' }, { role: 'user', content: 'x' }]),
+      'messages[0].content',
+      /is required/,
+    )
+    await expectRefusal(
+      await send1([
+        { role: 'user', content: 'x' },
+        { role: 'assistant', content: null },
+      ]),
+      'messages[1].content',
+      /is required unless the message has tool_calls/,
+    )
+    await expectRefusal(
+      await send1([{ role: 'user', content: 'x'.repeat(2_000_001) }]),
+      'messages[0].content',
+      /^'messages\[0\]\.content' must be at most 2000000 characters long\.$/,
+    )
+    await expectRefusal(
+      await send1(Array.from({ length: 10_001 }, () => ({ role: 'user', content: 'x' }))),
+      'messages',
+      /^'messages' must contain at most 10000 messages\.$/,
+    )
+    expect(await balance()).toBe(before)
+    // An assistant turn with tool_calls and no content is a valid conversation (served by the provider).
+    const call = { id: 'c1', type: 'function', function: { name: 'f', arguments: '{}' } }
+    const ok = await send1([
+      { role: 'user', content: 'x' },
+      { role: 'assistant', tool_calls: [call] },
+      { role: 'tool', tool_call_id: 'c1', content: 'y' },
+    ])
+    expect(ok.status).toBe(200)
+    await ok.arrayBuffer()
   })
 
   it('not JSON, not an object, the wrong content type → 400 on every endpoint', async () => {

@@ -231,6 +231,24 @@ describe('gateway + two nodes over libp2p', () => {
       JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'x' }], stream: 'yes' }),
       'stream',
     ],
+    [
+      'a user message without content',
+      JSON.stringify({ model: MODEL, messages: [{ role: 'user' }] }),
+      'messages[0].content',
+    ],
+    [
+      'content over the wire limit',
+      JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'x'.repeat(2_000_001) }] }),
+      'messages[0].content',
+    ],
+    [
+      'more messages than the wire takes',
+      JSON.stringify({
+        model: MODEL,
+        messages: Array.from({ length: 10_001 }, () => ({ role: 'user', content: 'x' })),
+      }),
+      'messages',
+    ],
   ])('malformed body (%s) → 400 naming the field', async (_name, body, param) => {
     const res = await fetch(`${gw.url}/v1/chat/completions`, {
       method: 'POST',
@@ -241,7 +259,8 @@ describe('gateway + two nodes over libp2p', () => {
     const json = (await res.json()) as { error: { message: string; type: string; code: string; param: string | null } }
     expect(json.error.type).toBe('invalid_request_error')
     expect(json.error.param).toBe(param)
-    if (param) expect(json.error.message).toContain(param)
+    if (param) expect(json.error.message).toContain(`'${param}'`)
+    expect(json.error.message).not.toMatch(/schema mismatch/)
   })
 
   it('a prompt longer than the context → 400, not a 500', async () => {

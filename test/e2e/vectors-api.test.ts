@@ -166,4 +166,20 @@ describe('embeddings and rerank', () => {
     expect(unknown.status).toBe(404)
     expect((await usageRows()).length).toBe(before)
   })
+
+  it("more dimensions than the model's own: the node refuses, the client hears it by field name; not charged", async () => {
+    const native = (await (await post('/v1/embeddings', { model: EMBED, input: 'x' })).json()) as {
+      data: Array<{ embedding: number[] }>
+    }
+    const dimensions = (native.data[0]?.embedding.length ?? 0) + 1
+    const before = (await usageRows()).length
+    const tooMany = await post('/v1/embeddings', { model: EMBED, input: 'x', dimensions })
+    expect(tooMany.status).toBe(400)
+    const { error } = (await tooMany.json()) as { error: { message: string; param: string | null } }
+    expect(error.param).toBe('dimensions')
+    expect(error.message).toBe(
+      `'dimensions' must be at most ${dimensions - 1} for the model '${EMBED}' (its embeddings have ${dimensions - 1} dimensions).`,
+    )
+    expect((await usageRows()).length).toBe(before)
+  })
 })
