@@ -32,6 +32,10 @@ export function isDataDirLocked(err: unknown): boolean {
   return false
 }
 
+/** What to say when isDataDirLocked. */
+export const dataDirInUse = (dataDir: string): UserError =>
+  new UserError(`the data dir ${dataDir} is in use by another running instance: stop it, or give another --data-dir`)
+
 /** A LevelDB that failed to open, for any reason (the lock, most often). */
 export function isDatabaseOpenFailure(err: unknown): boolean {
   for (const e of causes(err)) {

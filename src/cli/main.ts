@@ -7,7 +7,15 @@ import type { GatewayChainConfig, GatewayX402Config } from '../../gateway/gatewa
 import { type Config, ConfigError, gatewayExtras, resolveConfig } from '../config/config.ts'
 import { type SynthPresetName, synthesizeGguf } from '../models/synth.ts'
 import { SOFTWARE } from '../version.ts'
-import { httpUrl, isDatabaseOpenFailure, isDataDirLocked, oneLine, UserError, unreachableGateway } from './errors.ts'
+import {
+  dataDirInUse,
+  httpUrl,
+  isDatabaseOpenFailure,
+  isDataDirLocked,
+  oneLine,
+  UserError,
+  unreachableGateway,
+} from './errors.ts'
 import { registerModels } from './models.ts'
 import { Shutdown, StartupAborted } from './shutdown.ts'
 
@@ -87,11 +95,7 @@ async function runUntilSignal(dataDir: string, start: (shutdown: Shutdown) => Pr
     await shutdown.stop()
     // Cut short by a signal (whatever broke as things were stopped under it): the handler exits.
     if (shutdown.signalled || err instanceof StartupAborted) return
-    if (isDataDirLocked(err)) {
-      throw new UserError(
-        `the data dir ${dataDir} is in use by another running instance: stop it, or give another --data-dir`,
-      )
-    }
+    if (isDataDirLocked(err)) throw dataDirInUse(dataDir)
     if (isDatabaseOpenFailure(err)) {
       throw new UserError(
         `a database in ${dataDir} failed to open (${oneLine(err)}): is another instance using this data dir?`,

@@ -14,6 +14,7 @@ import { sha256File } from '../models/gguf.ts'
 import { synthesizeGguf } from '../models/synth.ts'
 import { formatUsd } from '../payments/money.ts'
 import { embeddedFacilitator } from '../payments/x402.ts'
+import { dataDirInUse, isDataDirLocked } from './errors.ts'
 import { Shutdown, StartupAborted } from './shutdown.ts'
 
 /** The id of the demo model: its name says what it is. */
@@ -120,9 +121,28 @@ export async function startLocal(
   }
 }
 
+/**
+ * Another instance running on this data dir holds its gateway's ledger (LevelDB's lock): said before
+ * anything starts, rather than when the gateway opens it after the chain (on the same state file).
+ */
+async function refuseIfInUse(dataDir: string): Promise<void> {
+  const path = join(dataDir, 'gateway', 'ledger')
+  if (!existsSync(path)) return
+  const { Level } = await import('level')
+  const db = new Level(path, { createIfMissing: false })
+  try {
+    await db.open()
+  } catch (err) {
+    if (isDataDirLocked(err)) throw dataDirInUse(dataDir)
+    return // anything else is for the gateway to report when it opens it
+  }
+  await db.close()
+}
+
 async function startParts(config: Config, modelPath: string | undefined, shutdown: Shutdown): Promise<LocalSystem> {
   const dataDir = resolve(config.dataDir)
   await mkdir(dataDir, { recursive: true })
+  await refuseIfInUse(dataDir)
   shutdown.check()
   // A local chain (its state kept under .cluster/chain, so balances survive a restart) with the
   // test USDC, the escrow and Multicall3. Its accounts are anvil's public test accounts.
