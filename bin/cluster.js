@@ -5,12 +5,10 @@ import { register } from 'tsx/esm/api'
 
 register()
 await import('../src/polyfill.ts')
-const { main } = await import('../src/cli/main.ts')
+const { main, reportError } = await import('../src/cli/main.ts')
 try {
   await main(process.argv)
 } catch (err) {
-  // A clear line for the user; the stack only when asked for.
-  process.stderr.write(`cluster: ${err?.message ?? err}\n`)
-  if (process.env.CLUSTER_DEBUG) process.stderr.write(`${err?.stack ?? ''}\n`)
-  process.exit(1)
+  // One clear line for the user ("cluster: …"); the stack only when asked for.
+  process.exit(reportError(err))
 }

@@ -2,25 +2,71 @@
 // each), and `model synth`. This is the composition root: the one place that knows both roles.
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
-import { Command, Option } from 'commander'
+import { Command, InvalidArgumentError, Option } from 'commander'
 import type { GatewayChainConfig, GatewayX402Config } from '../../gateway/gateway.ts'
 import { type Config, ConfigError, gatewayExtras, resolveConfig } from '../config/config.ts'
 import { type SynthPresetName, synthesizeGguf } from '../models/synth.ts'
 import { SOFTWARE } from '../version.ts'
+import {
+  dataDirInUse,
+  httpUrl,
+  isDatabaseOpenFailure,
+  isDataDirLocked,
+  oneLine,
+  UserError,
+  unreachableGateway,
+} from './errors.ts'
 import { registerModels } from './models.ts'
+import { Shutdown, StartupAborted } from './shutdown.ts'
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value]
 
+/** --seed: a whole number the generator takes as it is (it keeps 32 bits: a larger one would alias). */
+const seedArg = (value: string): number => {
+  const n = /^\s*\d+\s*$/.test(value) ? Number(value) : Number.NaN
+  if (!Number.isSafeInteger(n) || n > 0xffff_ffff)
+    throw new InvalidArgumentError('give a whole number from 0 to 4294967295')
+  return n
+}
+
 /** A --bootstrap value may be a multiaddr or the path of another peer's peer.json. */
 async function expandBootstrap(values: string[]): Promise<string[]> {
+  const { multiaddr } = await import('@multiformats/multiaddr')
   const out: string[] = []
   for (const v of values) {
     if (/^\/(ip4|ip6|dns|dns4|dns6)\//.test(v)) {
+      try {
+        multiaddr(v)
+      } catch (err) {
+        throw new UserError(`--bootstrap: not a valid multiaddr: ${v} (${oneLine(err)})`)
+      }
       out.push(v)
       continue
     }
-    const json = JSON.parse(await readFile(v, 'utf8')) as { multiaddrs?: string[] }
-    out.push(...(json.multiaddrs ?? []))
+    const file = resolve(v)
+    let text: string
+    try {
+      text = await readFile(file, 'utf8')
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      throw new UserError(
+        code === 'ENOENT' || code === 'ENOTDIR'
+          ? `--bootstrap: ${v} is not a multiaddr (such as /ip4/127.0.0.1/tcp/4001/p2p/12D3…), and no peer.json file at ${file}`
+          : `--bootstrap: cannot read ${file}: ${code ?? oneLine(err)}`,
+      )
+    }
+    let json: unknown
+    try {
+      json = JSON.parse(text)
+    } catch (err) {
+      throw new UserError(`--bootstrap: ${file} is not a peer.json (${(err as Error).message.replace(/\s+/g, ' ')})`)
+    }
+    const multiaddrs = (json as { multiaddrs?: unknown } | null)?.multiaddrs
+    if (!Array.isArray(multiaddrs) || !multiaddrs.every((m) => typeof m === 'string')) {
+      throw new UserError(`--bootstrap: ${file} is not a peer.json (no "multiaddrs" list)`)
+    }
+    if (multiaddrs.length === 0) throw new UserError(`--bootstrap: ${file} lists no multiaddrs`)
+    out.push(...(multiaddrs as string[]))
   }
   return out
 }
@@ -35,21 +81,29 @@ async function writePeerJson(
   await rename(`${file}.tmp`, file)
 }
 
-/** Stops everything on SIGINT/SIGTERM; a second signal, or 5 s, forces the exit. */
-function onShutdown(stop: () => Promise<void>): void {
-  let stopping = false
-  const handler = (signal: NodeJS.Signals): void => {
-    if (stopping) process.exit(130)
-    stopping = true
-    process.stderr.write(`\n${signal}: stopping…\n`)
-    setTimeout(() => process.exit(1), 5_000).unref()
-    stop().then(
-      () => process.exit(0),
-      () => process.exit(1),
-    )
+/**
+ * Runs the start-up of a long-running command with SIGINT/SIGTERM handled from its first moment: a
+ * signal stops what `start` registered so far and exits. A data dir another process holds (LevelDB's
+ * lock) is said as such.
+ */
+async function runUntilSignal(dataDir: string, start: (shutdown: Shutdown) => Promise<void>): Promise<void> {
+  const shutdown = new Shutdown()
+  shutdown.installSignalHandlers()
+  try {
+    await start(shutdown)
+  } catch (err) {
+    await shutdown.stop()
+    // Cut short by a signal (whatever broke as things were stopped under it): the handler exits.
+    if (shutdown.signalled || err instanceof StartupAborted) return
+    if (isDataDirLocked(err)) throw dataDirInUse(dataDir)
+    if (isDatabaseOpenFailure(err)) {
+      throw new UserError(
+        `a database in ${dataDir} failed to open (${oneLine(err)}): is another instance using this data dir?`,
+        1,
+      )
+    }
+    throw err
   }
-  process.on('SIGINT', handler)
-  process.on('SIGTERM', handler)
 }
 
 function loadConfig(opts: Record<string, unknown>, flags: Record<string, unknown>): Config {
@@ -60,15 +114,13 @@ function loadConfig(opts: Record<string, unknown>, flags: Record<string, unknown
       flags,
     })
   } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`cluster: ${err.message}\n`)
-      process.exit(2)
-    }
+    if (err instanceof ConfigError) throw new UserError(err.message, 2)
     throw err
   }
 }
 
-const dataDirOption = (): Option => new Option('--data-dir <dir>', 'data directory (env CLUSTER_DATA_DIR)')
+const dataDirOption = (): Option =>
+  new Option('--data-dir <dir>', 'data directory (default: env CLUSTER_DATA_DIR, else .cluster)')
 const listenOption = (): Option =>
   new Option('--listen <multiaddr>', 'libp2p listen address (repeatable)').argParser(collect)
 const bootstrapOption = (): Option =>
@@ -108,25 +160,48 @@ async function readText(file: string): Promise<string | undefined> {
 /** Calls an admin route of a running gateway, finding it and the admin key as `npm start` lays them out. */
 async function adminCall(opts: AdminOpts, path: string, payload: unknown): Promise<unknown> {
   const dir = resolve(opts.dataDir ?? process.env.CLUSTER_DATA_DIR ?? '.cluster')
-  const url =
-    opts.gateway ??
-    ((await readJson(join(dir, 'dev.json')))?.gatewayUrl as string | undefined) ??
-    ((await readJson(join(dir, 'peer.json')))?.httpUrl as string | undefined) ??
-    'http://127.0.0.1:8787'
+  const fromDev = (await readJson(join(dir, 'dev.json')))?.gatewayUrl
+  const fromPeer = (await readJson(join(dir, 'peer.json')))?.httpUrl
+  const base =
+    opts.gateway != null
+      ? httpUrl(opts.gateway, '--gateway')
+      : typeof fromDev === 'string'
+        ? httpUrl(fromDev, `gatewayUrl in ${join(dir, 'dev.json')}`)
+        : typeof fromPeer === 'string'
+          ? httpUrl(fromPeer, `httpUrl in ${join(dir, 'peer.json')}`)
+          : new URL('http://127.0.0.1:8787')
   const key =
     opts.adminKey ??
     process.env.CLUSTER_ADMIN_KEY ??
     (await readText(join(dir, 'admin.key'))) ??
     (await readText(join(dir, 'gateway', 'admin.key')))
   if (key == null)
-    throw new Error(`no admin key: pass --admin-key, set CLUSTER_ADMIN_KEY, or point --data-dir at the gateway's`)
-  const res = await fetch(new URL(path, url), {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
-    body: JSON.stringify(payload),
-  })
-  const body = (await res.json().catch(() => ({}))) as { error?: string }
-  if (!res.ok) throw new Error(`${res.status}: ${body.error ?? 'request failed'}`)
+    throw new UserError(`no admin key: pass --admin-key, set CLUSTER_ADMIN_KEY, or point --data-dir at the gateway's`)
+  const url = new URL(path, base)
+  let res: Response
+  let text: string
+  try {
+    res = await fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
+      body: JSON.stringify(payload),
+      signal: AbortSignal.timeout(30_000),
+    })
+    text = await res.text()
+  } catch (err) {
+    throw unreachableGateway(url, err, 'Point --gateway or --data-dir at it')
+  }
+  let body: { error?: string | { message?: string } } | undefined
+  try {
+    body = JSON.parse(text) as typeof body
+  } catch {
+    body = undefined
+  }
+  if (!res.ok) {
+    const why = typeof body?.error === 'string' ? body.error : (body?.error?.message ?? res.statusText)
+    throw new UserError(`${res.status}: ${why || 'request failed'}`, 1)
+  }
+  if (body == null) throw new UserError(`${url.origin} answered ${res.status} with something other than JSON`, 1)
   return body
 }
 
@@ -208,13 +283,15 @@ export async function main(argv: string[]): Promise<void> {
   const program = new Command('cluster')
     .description('Cluster: a peer-to-peer inference mesh with an OpenAI-compatible gateway')
     .version(SOFTWARE.version)
-    .showHelpAfterError()
+    // A usage error is one line like any other ("cluster: …"), then where the usage is.
+    .configureOutput({ outputError: (text, write) => write(text.replace(/^error: /, 'cluster: ')) })
+    .showHelpAfterError('(add --help for usage)')
 
   program
     .command('start')
     .description('run the whole system locally: one gateway and one node on 127.0.0.1')
     .addOption(new Option('--port <port>', 'HTTP port of the gateway (env PORT)').default(undefined))
-    .option('--data-dir <dir>', 'where everything is kept (env CLUSTER_DATA_DIR)')
+    .option('--data-dir <dir>', 'where everything is kept (default: env CLUSTER_DATA_DIR, else .cluster)')
     .option('--model <path>', 'a GGUF model to serve (default: a generated random-weights demo model)')
     .option('--threads <n>', 'CPU threads for the node (default: all cores)')
     .option('--config <file>', 'a JSON config file')
@@ -225,8 +302,9 @@ export async function main(argv: string[]): Promise<void> {
         node: { ...(opts.threads ? { threads: opts.threads } : {}) },
       })
       const { startLocal } = await import('./start.ts')
-      const running = await startLocal(config, opts.model)
-      onShutdown(running.stop)
+      await runUntilSignal(resolve(config.dataDir), async (shutdown) => {
+        await startLocal(config, opts.model, shutdown)
+      })
     })
 
   program
@@ -250,31 +328,40 @@ export async function main(argv: string[]): Promise<void> {
       const chain = await gatewayChain(config)
       const { privateKeyToAccount } = await import('viem/accounts')
       const x402 = await gatewayX402(config, chain ? privateKeyToAccount(chain.signerKey).address : '')
-      const gw = await startGateway({
-        ...(config.logLevel ? { logLevel: config.logLevel } : {}),
-        ...(chain ? { chain } : {}),
-        ...(x402 ? { x402 } : {}),
-        dataDir: resolve(config.dataDir),
-        ...(config.listen ? { listen: config.listen } : {}),
-        bootstrap: config.bootstrap,
-        port: config.gateway.port,
-        host: config.gateway.host,
-        ...gatewayExtras(config),
+      await runUntilSignal(resolve(config.dataDir), async (shutdown) => {
+        const gw = await shutdown.track(
+          startGateway({
+            ...(config.logLevel ? { logLevel: config.logLevel } : {}),
+            ...(chain ? { chain } : {}),
+            ...(x402 ? { x402 } : {}),
+            dataDir: resolve(config.dataDir),
+            ...(config.listen ? { listen: config.listen } : {}),
+            bootstrap: config.bootstrap,
+            port: config.gateway.port,
+            host: config.gateway.host,
+            ...gatewayExtras(config),
+          }),
+          (g) => g.stop(),
+        )
+        await writePeerJson(resolve(config.dataDir), {
+          peerId: gw.peerId,
+          multiaddrs: gw.multiaddrs(),
+          httpUrl: gw.url,
+        })
+        process.stdout.write(`gateway ${gw.peerId}\n  HTTP  ${gw.url}\n  mesh  ${gw.multiaddrs().join('\n        ')}\n`)
+        if (gw.chain) {
+          process.stdout.write(
+            `  chain ${gw.chain.client.chain.id}: escrow ${gw.chain.client.escrow}, settling as ${gw.chain.client.address}\n`,
+          )
+        }
+        if (gw.adminKeyFile)
+          process.stdout.write(`  first admin account created: its API key is in ${gw.adminKeyFile}\n`)
+        if (gw.reconciledHolds > 0) {
+          process.stdout.write(
+            `  freed ${gw.reconciledHolds} balance hold(s) left open by an earlier run that stopped abruptly\n`,
+          )
+        }
       })
-      await writePeerJson(resolve(config.dataDir), { peerId: gw.peerId, multiaddrs: gw.multiaddrs(), httpUrl: gw.url })
-      process.stdout.write(`gateway ${gw.peerId}\n  HTTP  ${gw.url}\n  mesh  ${gw.multiaddrs().join('\n        ')}\n`)
-      if (gw.chain) {
-        process.stdout.write(
-          `  chain ${gw.chain.client.chain.id}: escrow ${gw.chain.client.escrow}, settling as ${gw.chain.client.address}\n`,
-        )
-      }
-      if (gw.adminKeyFile) process.stdout.write(`  first admin account created: its API key is in ${gw.adminKeyFile}\n`)
-      if (gw.reconciledHolds > 0) {
-        process.stdout.write(
-          `  freed ${gw.reconciledHolds} balance hold(s) left open by an earlier run that stopped abruptly\n`,
-        )
-      }
-      onShutdown(gw.stop)
     })
 
   program
@@ -308,8 +395,10 @@ export async function main(argv: string[]): Promise<void> {
         ...(i === 0 && opts.modelId ? { id: opts.modelId as string } : {}),
       }))
       if ((opts.upstream == null) !== (opts.upstreamModel == null)) {
-        process.stderr.write('cluster node: --upstream and --upstream-model go together\n')
-        process.exit(2)
+        throw new UserError('--upstream and --upstream-model go together')
+      }
+      if (opts.modelId != null && models.length === 0 && opts.upstream == null) {
+        throw new UserError('--model-id names the model given with --model or --upstream: give one of those too')
       }
       const upstreams =
         opts.upstream != null
@@ -340,57 +429,64 @@ export async function main(argv: string[]): Promise<void> {
         try {
           CID.parse(m.path.slice('cid:'.length))
         } catch {
-          process.stderr.write(
-            `cluster node: --model ${m.path}: not a CID (give cid:bafy…, as \`cluster models ls\` shows)\n`,
-          )
-          process.exit(2)
+          throw new UserError(`--model ${m.path}: not a CID (give cid:bafy…, as \`cluster models ls\` shows)`)
         }
       }
       const { startNode } = await import('../../node/node.ts')
-      const node = await startNode({
-        ...(config.logLevel ? { logLevel: config.logLevel } : {}),
-        dataDir: resolve(config.dataDir),
-        ...(config.listen ? { listen: config.listen } : {}),
-        bootstrap: config.bootstrap,
-        models: config.node.models,
-        upstreams: config.node.upstreams.map((u) => ({
-          baseUrl: u.baseUrl,
-          upstreamModel: u.model,
-          modelId: u.id,
-          apiKey: process.env.CLUSTER_UPSTREAM_API_KEY,
-          contextSize: u.contextSize,
-          slots: u.slots,
-        })),
-        ...(config.node.threads ? { threads: config.node.threads } : {}),
-        slots: config.node.slots,
-        maxQueue: config.node.maxQueue,
-        ...(config.node.contextSize ? { contextSize: config.node.contextSize } : {}),
-        gpu: gpuOption(config),
-        ...(config.heartbeatIntervalMs ? { heartbeatIntervalMs: config.heartbeatIntervalMs } : {}),
-        payoutAddress: config.node.payoutAddress,
-        acceptDeploys: config.node.acceptDeploys,
-        ...(config.node.modelMemoryBytes != null ? { modelMemoryBytes: config.node.modelMemoryBytes } : {}),
-        ...(config.node.metricsPort != null ? { metricsPort: config.node.metricsPort } : {}),
+      await runUntilSignal(resolve(config.dataDir), async (shutdown) => {
+        const node = await shutdown.track(
+          startNode({
+            ...(config.logLevel ? { logLevel: config.logLevel } : {}),
+            dataDir: resolve(config.dataDir),
+            ...(config.listen ? { listen: config.listen } : {}),
+            bootstrap: config.bootstrap,
+            models: config.node.models,
+            upstreams: config.node.upstreams.map((u) => ({
+              baseUrl: u.baseUrl,
+              upstreamModel: u.model,
+              modelId: u.id,
+              apiKey: process.env.CLUSTER_UPSTREAM_API_KEY,
+              contextSize: u.contextSize,
+              slots: u.slots,
+            })),
+            ...(config.node.threads ? { threads: config.node.threads } : {}),
+            slots: config.node.slots,
+            maxQueue: config.node.maxQueue,
+            ...(config.node.contextSize ? { contextSize: config.node.contextSize } : {}),
+            gpu: gpuOption(config),
+            ...(config.heartbeatIntervalMs ? { heartbeatIntervalMs: config.heartbeatIntervalMs } : {}),
+            payoutAddress: config.node.payoutAddress,
+            acceptDeploys: config.node.acceptDeploys,
+            ...(config.node.modelMemoryBytes != null ? { modelMemoryBytes: config.node.modelMemoryBytes } : {}),
+            ...(config.node.metricsPort != null ? { metricsPort: config.node.metricsPort } : {}),
+          }),
+          (n) => n.stop(),
+        )
+        await writePeerJson(resolve(config.dataDir), { peerId: node.peerId, multiaddrs: node.multiaddrs() })
+        const fetching = config.node.models.filter((m) => m.path.startsWith('cid:')).map((m) => m.path)
+        const serving = [
+          ...(node.engines.size > 0 ? [`  serving ${[...node.engines.keys()].join(', ')}`] : []),
+          ...(fetching.length > 0 ? [`  fetching ${fetching.join(', ')} over IPFS; served once loaded`] : []),
+          ...(config.node.models.length === 0 ? ['  waiting for deployments (`cluster models deploy ID`)'] : []),
+        ]
+        process.stdout.write(
+          `node ${node.peerId}\n${serving.join('\n')}\n  mesh    ${node.multiaddrs().join('\n          ')}\n`,
+        )
+        process.stdout.write(
+          config.node.payoutAddress
+            ? `  payout  ${config.node.payoutAddress}\n`
+            : '  payout  none: set --payout-address to be paid for the work\n',
+        )
       })
-      await writePeerJson(resolve(config.dataDir), { peerId: node.peerId, multiaddrs: node.multiaddrs() })
-      const fetching = config.node.models.filter((m) => m.path.startsWith('cid:')).map((m) => m.path)
-      const serving = [
-        ...(node.engines.size > 0 ? [`  serving ${[...node.engines.keys()].join(', ')}`] : []),
-        ...(fetching.length > 0 ? [`  fetching ${fetching.join(', ')} over IPFS; served once loaded`] : []),
-        ...(config.node.models.length === 0 ? ['  waiting for deployments (`cluster models deploy ID`)'] : []),
-      ]
-      process.stdout.write(
-        `node ${node.peerId}\n${serving.join('\n')}\n  mesh    ${node.multiaddrs().join('\n          ')}\n`,
-      )
-      process.stdout.write(
-        config.node.payoutAddress
-          ? `  payout  ${config.node.payoutAddress}\n`
-          : '  payout  none: set --payout-address to be paid for the work\n',
-      )
-      onShutdown(node.stop)
     })
 
-  const accounts = program.command('accounts').description('accounts on a running gateway (needs an admin key)')
+  const accounts = program
+    .command('accounts')
+    .description('accounts on a running gateway (needs an admin key)')
+    .addHelpText(
+      'after',
+      '\nThe gateway and its admin key are found through --data-dir (default: env CLUSTER_DATA_DIR, else .cluster),\nunless --gateway and --admin-key (or env CLUSTER_ADMIN_KEY) name them.',
+    )
   const gatewayFlags = (cmd: Command): Command =>
     cmd
       .option(
@@ -398,7 +494,10 @@ export async function main(argv: string[]): Promise<void> {
         'the gateway (default: from <data-dir>/dev.json or peer.json, else http://127.0.0.1:8787)',
       )
       .option('--admin-key <key>', 'an admin API key (default: env CLUSTER_ADMIN_KEY, else <data-dir>/admin.key)')
-      .option('--data-dir <dir>', 'where to find the gateway and its admin key (env CLUSTER_DATA_DIR)')
+      .option(
+        '--data-dir <dir>',
+        'where to find the gateway and its admin key (default: env CLUSTER_DATA_DIR, else .cluster)',
+      )
   gatewayFlags(
     accounts
       .command('create')
@@ -433,7 +532,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--key-file <file>', 'file holding the payout private key (0x + 64 hex digits, mode 600)')
     .option('--rpc-url <url>', 'the chain (default: chain.rpcUrl of the config, else dev.json)')
     .option('--escrow <0x…>', 'the escrow (default: chain.escrow of the config, else dev.json)')
-    .option('--data-dir <dir>', 'where dev.json is (env CLUSTER_DATA_DIR)')
+    .option('--data-dir <dir>', 'where dev.json is (default: env CLUSTER_DATA_DIR, else .cluster)')
     .option('--config <file>', 'a JSON config file')
     .action(async (opts: Record<string, string | boolean | undefined>) => {
       const { earnings } = await import('./earnings.ts')
@@ -458,7 +557,7 @@ export async function main(argv: string[]): Promise<void> {
       new Option('--preset <name>', 'model shape').choices(['tiny', 'small', '1b', 'rerank-tiny']).default('tiny'),
     )
     .requiredOption('--out <file>', 'where to write the .gguf')
-    .option('--seed <n>', 'random seed', (v) => Number.parseInt(v, 10))
+    .option('--seed <n>', 'random seed: a whole number from 0 to 4294967295', seedArg)
     .action(async (opts: { preset: SynthPresetName; out: string; seed?: number }) => {
       const out = resolve(opts.out)
       await mkdir(join(out, '..'), { recursive: true })
@@ -471,4 +570,14 @@ export async function main(argv: string[]): Promise<void> {
     })
 
   await program.parseAsync(argv)
+}
+
+/** Prints a failed command's error as one line (the stack with CLUSTER_DEBUG set); returns the exit code. */
+export function reportError(err: unknown): number {
+  const line = err instanceof UserError ? err.message : oneLine(err)
+  const more = !(err instanceof UserError) && line !== String((err as Error)?.message ?? err).trim()
+  const debug = Boolean(process.env.CLUSTER_DEBUG)
+  process.stderr.write(`cluster: ${line}${more && !debug ? ' (CLUSTER_DEBUG=1 for the details)' : ''}\n`)
+  if (debug) process.stderr.write(`${(err as Error)?.stack ?? ''}\n`)
+  return err instanceof UserError ? err.exitCode : 1
 }

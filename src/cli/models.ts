@@ -2,8 +2,8 @@
 // stream between disk and the network in chunks (never a whole model in memory), with progress.
 import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream, createWriteStream } from 'node:fs'
-import { readFile, rename, rm, stat } from 'node:fs/promises'
-import { basename, resolve } from 'node:path'
+import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises'
+import { basename, dirname, resolve } from 'node:path'
 import { Readable, Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import type { ReadableStream as NodeReadableStream } from 'node:stream/web'
@@ -11,6 +11,7 @@ import { Presets, SingleBar } from 'cli-progress'
 import { type Command, InvalidArgumentError, Option } from 'commander'
 import { z } from 'zod'
 import { MODEL_CATEGORIES } from '../../protocols/models.ts'
+import { httpUrl } from './errors.ts'
 
 const DEFAULT_GATEWAY = 'http://127.0.0.1:8787'
 /** Bytes read from disk per chunk of an upload. */
@@ -131,16 +132,19 @@ class Gateway {
 
   static async from(opts: GatewayOptions): Promise<Gateway> {
     const dev = await devJson()
-    const url =
-      given(opts.gateway) ??
-      given(process.env.CLUSTER_GATEWAY_URL) ??
-      (typeof dev.gatewayUrl === 'string' ? dev.gatewayUrl : undefined) ??
-      DEFAULT_GATEWAY
+    const [url, where] =
+      given(opts.gateway) != null
+        ? [given(opts.gateway) as string, '--gateway']
+        : given(process.env.CLUSTER_GATEWAY_URL) != null
+          ? [given(process.env.CLUSTER_GATEWAY_URL) as string, 'CLUSTER_GATEWAY_URL']
+          : typeof dev.gatewayUrl === 'string'
+            ? [dev.gatewayUrl, 'gatewayUrl in .cluster/dev.json']
+            : [DEFAULT_GATEWAY, 'the default gateway']
     let base: URL
     try {
-      base = new URL(url)
-    } catch {
-      throw new ModelsCommandError(`'${url}' is not a gateway URL (give one like ${DEFAULT_GATEWAY})`)
+      base = httpUrl(url, where, DEFAULT_GATEWAY)
+    } catch (err) {
+      throw new ModelsCommandError((err as Error).message)
     }
     const key =
       given(opts.apiKey) ??
@@ -535,6 +539,15 @@ async function download(id: string, opts: GatewayOptions & { version?: number; o
   const partial = `${out}.partial`
   const res = await gateway.fetch(new URL(link.url), { method: 'GET' })
   if (!res.ok || res.body == null) throw refusal(res, await res.text())
+  // As `model synth --out` does: the folder is made if it is not there.
+  try {
+    await mkdir(dirname(out), { recursive: true })
+  } catch (err) {
+    await res.body.cancel()
+    throw new ModelsCommandError(
+      `--out: cannot make the folder ${dirname(out)} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+    )
+  }
   const bar = progress(`downloading ${id} v${link.version}`, link.size)
   const hash = createHash('sha256')
   let received = 0

@@ -14,6 +14,8 @@ import { sha256File } from '../models/gguf.ts'
 import { synthesizeGguf } from '../models/synth.ts'
 import { formatUsd } from '../payments/money.ts'
 import { embeddedFacilitator } from '../payments/x402.ts'
+import { dataDirInUse, isDataDirLocked } from './errors.ts'
+import { Shutdown, StartupAborted } from './shutdown.ts'
 
 /** The id of the demo model: its name says what it is. */
 export const DEMO_MODEL_ID = 'cluster-demo-tiny-random'
@@ -52,6 +54,7 @@ async function deployDemo(
   nodeId: string,
   adminApiKey: string,
   path: string,
+  shutdown: Shutdown,
 ): Promise<void> {
   const auth = { authorization: `Bearer ${adminApiKey}` }
   const sha256 = await sha256File(path)
@@ -66,7 +69,12 @@ async function deployDemo(
     if (res.status !== 201) throw new Error(`uploading the demo model: ${res.status} ${await res.text()}`)
   }
   // Ready once the gateway's Directory has the node; its capabilities say whether it holds the model.
-  await waitUntil(() => gateway.directory.get(nodeId)?.capabilities != null, 30_000, 'the node to reach the gateway')
+  await waitUntil(
+    () => gateway.directory.get(nodeId)?.capabilities != null,
+    30_000,
+    'the node to reach the gateway',
+    shutdown,
+  )
   const holds = (gateway.directory.get(nodeId)?.capabilities?.models ?? []).some(
     (m) => m.id === DEMO_MODEL_ID && m.state !== 'failed',
   )
@@ -80,9 +88,10 @@ async function deployDemo(
   }
 }
 
-async function waitUntil(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
+async function waitUntil(check: () => boolean, timeoutMs: number, what: string, shutdown: Shutdown): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (!check()) {
+    shutdown.check()
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
     await new Promise((r) => setTimeout(r, 50))
   }
@@ -94,26 +103,54 @@ export interface LocalSystem {
   stop(): Promise<void>
 }
 
-export async function startLocal(config: Config, modelPath?: string): Promise<LocalSystem> {
-  const dataDir = resolve(config.dataDir)
-  await mkdir(dataDir, { recursive: true })
-  // A local chain (its state kept under .cluster/chain, so balances survive a restart) with the
-  // test USDC, the escrow and Multicall3. Its accounts are anvil's public test accounts.
-  const chain = await startDevChain({ statePath: join(dataDir, 'chain', 'anvil-state.json') })
+/**
+ * Starts the chain, the gateway and the node, registering each with `shutdown` as soon as it runs: a
+ * signal during start-up stops what was started so far (the start-up then throws StartupAborted),
+ * and so does a failure part-way. The system's stop() is shutdown.stop().
+ */
+export async function startLocal(
+  config: Config,
+  modelPath?: string,
+  shutdown: Shutdown = new Shutdown(),
+): Promise<LocalSystem> {
   try {
-    return await startOnChain(config, dataDir, chain, modelPath)
+    return await startParts(config, modelPath, shutdown)
   } catch (err) {
-    await chain.stop()
+    await shutdown.stop()
     throw err
   }
 }
 
-async function startOnChain(
-  config: Config,
-  dataDir: string,
-  chain: DevChain,
-  modelPath: string | undefined,
-): Promise<LocalSystem> {
+/**
+ * Another instance running on this data dir holds its gateway's ledger (LevelDB's lock): said before
+ * anything starts, rather than when the gateway opens it after the chain (on the same state file).
+ */
+async function refuseIfInUse(dataDir: string): Promise<void> {
+  const path = join(dataDir, 'gateway', 'ledger')
+  if (!existsSync(path)) return
+  const { Level } = await import('level')
+  const db = new Level(path, { createIfMissing: false })
+  try {
+    await db.open()
+  } catch (err) {
+    if (isDataDirLocked(err)) throw dataDirInUse(dataDir)
+    return // anything else is for the gateway to report when it opens it
+  }
+  await db.close()
+}
+
+async function startParts(config: Config, modelPath: string | undefined, shutdown: Shutdown): Promise<LocalSystem> {
+  const dataDir = resolve(config.dataDir)
+  await mkdir(dataDir, { recursive: true })
+  await refuseIfInUse(dataDir)
+  shutdown.check()
+  // A local chain (its state kept under .cluster/chain, so balances survive a restart) with the
+  // test USDC, the escrow and Multicall3. Its accounts are anvil's public test accounts.
+  const chain: DevChain = await shutdown.track(
+    startDevChain({ statePath: join(dataDir, 'chain', 'anvil-state.json') }),
+    (c) => c.stop(),
+  )
+
   const [, gatewayAccount, demoWallet, nodePayout, , facilitatorAccount, x402Payer] =
     testAccounts() as DevAccount[] as [
       DevAccount,
@@ -144,42 +181,45 @@ async function startOnChain(
       await synthesizeGguf({ preset: 'tiny', out: demoPath })
     }
   }
+  shutdown.check()
 
   const gatewayDir = join(dataDir, 'gateway')
-  const gateway = await startGateway({
-    ...(config.logLevel ? { logLevel: config.logLevel } : {}),
-    dataDir: gatewayDir,
-    listen: ['/ip4/127.0.0.1/tcp/0', '/ip4/127.0.0.1/tcp/0/ws'],
-    port: config.gateway.port,
-    host: config.gateway.host,
-    ...gatewayExtras(config),
-    chain: {
-      rpcUrl: chain.rpcUrl,
-      chainId: chain.chainId,
-      usdc: chain.usdc,
-      escrow: chain.escrow,
-      signerKey: gatewayAccount.privateKey,
-      confirmations: 0,
-      pollIntervalMs: 500,
-      settleIntervalMs: 10_000,
-    },
-    x402: {
-      settings: x402,
-      facilitator: embeddedFacilitator({
+  const gateway = await shutdown.track(
+    startGateway({
+      ...(config.logLevel ? { logLevel: config.logLevel } : {}),
+      dataDir: gatewayDir,
+      listen: ['/ip4/127.0.0.1/tcp/0', '/ip4/127.0.0.1/tcp/0/ws'],
+      port: config.gateway.port,
+      host: config.gateway.host,
+      ...gatewayExtras(config),
+      chain: {
         rpcUrl: chain.rpcUrl,
         chainId: chain.chainId,
-        privateKey: facilitatorAccount.privateKey,
-        multicall3: chain.multicall3,
-        // anvil mines each transaction at once: a receipt poll every 200 ms (the default, for real
-        // block times) would add up to that to every paid plain answer.
-        pollingIntervalMs: 25,
-      }),
-      rpcUrl: chain.rpcUrl,
-    },
-  })
-  let node: Awaited<ReturnType<typeof startNode>>
-  try {
-    node = await startNode({
+        usdc: chain.usdc,
+        escrow: chain.escrow,
+        signerKey: gatewayAccount.privateKey,
+        confirmations: 0,
+        pollIntervalMs: 500,
+        settleIntervalMs: 10_000,
+      },
+      x402: {
+        settings: x402,
+        facilitator: embeddedFacilitator({
+          rpcUrl: chain.rpcUrl,
+          chainId: chain.chainId,
+          privateKey: facilitatorAccount.privateKey,
+          multicall3: chain.multicall3,
+          // anvil mines each transaction at once: a receipt poll every 200 ms (the default, for real
+          // block times) would add up to that to every paid plain answer.
+          pollingIntervalMs: 25,
+        }),
+        rpcUrl: chain.rpcUrl,
+      },
+    }),
+    (g) => g.stop(),
+  )
+  const node = await shutdown.track(
+    startNode({
       ...(config.logLevel ? { logLevel: config.logLevel } : {}),
       dataDir: join(dataDir, 'node'),
       listen: ['/ip4/127.0.0.1/tcp/0'],
@@ -191,21 +231,12 @@ async function startOnChain(
       gpu: config.node.gpu === 'off' ? false : 'auto',
       ...(config.heartbeatIntervalMs ? { heartbeatIntervalMs: config.heartbeatIntervalMs } : {}),
       payoutAddress: config.node.payoutAddress || nodePayout.address,
-    })
-  } catch (err) {
-    await gateway.stop()
-    throw err
-  }
+    }),
+    (n) => n.stop(),
+  )
   const adminApiKey = (await readFile(join(gatewayDir, 'admin.key'), 'utf8')).trim()
-  if (demoPath != null) {
-    try {
-      await deployDemo(gateway, node.peerId, adminApiKey, demoPath)
-    } catch (err) {
-      await node.stop()
-      await gateway.stop()
-      throw err
-    }
-  }
+  if (demoPath != null) await deployDemo(gateway, node.peerId, adminApiKey, demoPath, shutdown)
+  shutdown.check()
   const models = demoPath != null ? [DEMO_MODEL_ID] : [...node.engines.keys()]
 
   // Ready when the gateway's Directory lists the node's models: then a first request works.
@@ -219,17 +250,25 @@ async function startOnChain(
           (m) => m.id === DEMO_MODEL_ID && m.state === 'ready',
         ))
     if (check()) return ok()
-    const timer = setTimeout(() => fail(new Error('the node did not reach the gateway within 30 s')), 30_000)
-    const on = (): void => {
-      if (!check()) return
+    const done = (err?: Error): void => {
       clearTimeout(timer)
       gateway.directory.off('node:heartbeat', on)
       gateway.directory.off('node:capabilities', on)
-      ok()
+      shutdown.signal.removeEventListener('abort', aborted)
+      if (err) fail(err)
+      else ok()
     }
+    const timer = setTimeout(() => done(new Error('the node did not reach the gateway within 30 s')), 30_000)
+    const on = (): void => {
+      if (check()) done()
+    }
+    const aborted = (): void => done(new StartupAborted())
     gateway.directory.on('node:heartbeat', on)
     gateway.directory.on('node:capabilities', on)
+    shutdown.signal.addEventListener('abort', aborted)
+    if (shutdown.signal.aborted) aborted()
   })
+  shutdown.check()
 
   // A demo user with some credit, so a first call works as printed.
   // The demo user's money is real on the local chain: its wallet is linked, deposits $5 into the
@@ -278,6 +317,7 @@ async function startOnChain(
     ],
   }
   // Written whole then renamed: a client polling for dev.json never reads half of it.
+  shutdown.check()
   await writeFile(`${devJsonPath}.tmp`, `${JSON.stringify(dev, null, 2)}\n`)
   await rename(`${devJsonPath}.tmp`, devJsonPath)
   const first = models[0] ?? DEMO_MODEL_ID
@@ -299,22 +339,10 @@ async function startOnChain(
       `    -H "Authorization: Bearer $(node -p 'require(${JSON.stringify(devJsonPath)}).demoApiKey')" \\`,
       `    -d '{"model": "${first}", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}'`,
       '',
-      'Ctrl-C stops everything.',
+      'Ctrl-C (or SIGTERM) stops everything.',
       '',
     ].join('\n'),
   )
 
-  let stopped: Promise<void> | undefined
-  return {
-    gatewayUrl: gateway.url,
-    devJsonPath,
-    stop: () => {
-      stopped ??= (async () => {
-        await node.stop()
-        await gateway.stop()
-        await chain.stop()
-      })()
-      return stopped
-    },
-  }
+  return { gatewayUrl: gateway.url, devJsonPath, stop: () => shutdown.stop() }
 }

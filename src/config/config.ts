@@ -7,102 +7,117 @@ const Multiaddr = z.string().regex(/^\/(ip4|ip6|dns|dns4|dns6)\//, 'a multiaddr 
 const Port = z.coerce.number().int().min(0).max(65535)
 
 const Dollars = z.string().regex(/^\d{1,15}(\.\d{1,6})?$/, 'dollars as a decimal string, e.g. "0.10"')
-const TokenPrices = z.object({ input: Dollars, output: Dollars })
+const TokenPrices = z.object({ input: Dollars, output: Dollars }).strict()
 
-export const GatewaySectionSchema = z.object({
-  port: Port.default(8787),
-  host: z.string().default('127.0.0.1'),
-  /** Email of the admin account created on an empty data dir. */
-  adminEmail: z.email().optional(),
-  /** Dollars per million tokens; x402 dollars per request by endpoint path. */
-  pricing: z
-    .object({
-      default: TokenPrices.optional(),
-      models: z.record(z.string(), TokenPrices).optional(),
-      x402: z.record(z.string(), Dollars).optional(),
-      /** Dollars per image, per transcription, per 1,000 characters of speech (API keys). */
-      units: z
-        .object({ image: Dollars.optional(), transcription: Dollars.optional(), speechPer1kChars: Dollars.optional() })
-        .optional(),
-    })
-    .optional(),
-  /**
-   * External providers, by name (venice, groq, together, fireworks, deepinfra, sambanova, phala,
-   * redpill, openrouter). Keys are best left to the env (VENICE_API_KEY, …); base URLs to
-   * CLUSTER_PROVIDER_<NAME>_BASE_URL. A provider is enabled when it has a key.
-   */
-  providers: z
-    .record(
-      z.string().regex(/^[a-z]+$/, 'a provider name'),
-      z
-        .object({
-          apiKey: z.string().min(1).optional(),
-          baseUrl: z.url({ protocol: /^https?$/ }).optional(),
-          models: z.record(z.string().min(1), z.string().min(1)).optional(),
-          price: TokenPrices.optional(),
-          enabled: z.boolean().optional(),
-        })
-        .strict(),
-    )
-    .optional(),
-  /** Routing: price weight (ms of score per $/M output tokens) and cool-down of failed candidates. */
-  routing: z
-    .object({
-      priceWeightMs: z.number().min(0).optional(),
-      cooldownBaseMs: z.number().int().min(0).optional(),
-      cooldownMaxMs: z.number().int().min(0).optional(),
-    })
-    .optional(),
-  /** Token bucket per API key (or client address). */
-  rateLimit: z.object({ capacity: z.number().int().min(1), refillPerSecond: z.number().positive() }).optional(),
-  /** Who may read GET /metrics: loopback or an admin key (default), an admin key only, or anyone. */
-  metricsAccess: z.enum(['loopback-or-admin', 'admin', 'public']).optional(),
-  /** Model uploads: the largest file accepted (bytes), and how long a download URL stays valid (s). */
-  models: z
-    .object({
-      maxUploadBytes: z.number().int().min(1).optional(),
-      downloadTtlSeconds: z
-        .number()
-        .int()
-        .min(1)
-        .max(7 * 24 * 3600)
-        .optional(),
-    })
-    .optional(),
-})
+export const GatewaySectionSchema = z
+  .object({
+    port: Port.default(8787),
+    host: z.string().default('127.0.0.1'),
+    /** Email of the admin account created on an empty data dir. */
+    adminEmail: z.email().optional(),
+    /** Dollars per million tokens; x402 dollars per request by endpoint path. */
+    pricing: z
+      .object({
+        default: TokenPrices.optional(),
+        models: z.record(z.string(), TokenPrices).optional(),
+        x402: z.record(z.string(), Dollars).optional(),
+        /** Dollars per image, per transcription, per 1,000 characters of speech (API keys). */
+        units: z
+          .object({
+            image: Dollars.optional(),
+            transcription: Dollars.optional(),
+            speechPer1kChars: Dollars.optional(),
+          })
+          .strict()
+          .optional(),
+      })
+      .strict()
+      .optional(),
+    /**
+     * External providers, by name (venice, groq, together, fireworks, deepinfra, sambanova, phala,
+     * redpill, openrouter). Keys are best left to the env (VENICE_API_KEY, …); base URLs to
+     * CLUSTER_PROVIDER_<NAME>_BASE_URL. A provider is enabled when it has a key.
+     */
+    providers: z
+      .record(
+        z.string().regex(/^[a-z]+$/, 'a provider name'),
+        z
+          .object({
+            apiKey: z.string().min(1).optional(),
+            baseUrl: z.url({ protocol: /^https?$/ }).optional(),
+            models: z.record(z.string().min(1), z.string().min(1)).optional(),
+            price: TokenPrices.optional(),
+            enabled: z.boolean().optional(),
+          })
+          .strict(),
+      )
+      .optional(),
+    /** Routing: price weight (ms of score per $/M output tokens) and cool-down of failed candidates. */
+    routing: z
+      .object({
+        priceWeightMs: z.number().min(0).optional(),
+        cooldownBaseMs: z.number().int().min(0).optional(),
+        cooldownMaxMs: z.number().int().min(0).optional(),
+      })
+      .strict()
+      .optional(),
+    /** Token bucket per API key (or client address). */
+    rateLimit: z
+      .object({ capacity: z.number().int().min(1), refillPerSecond: z.number().positive() })
+      .strict()
+      .optional(),
+    /** Who may read GET /metrics: loopback or an admin key (default), an admin key only, or anyone. */
+    metricsAccess: z.enum(['loopback-or-admin', 'admin', 'public']).optional(),
+    /** Model uploads: the largest file accepted (bytes), and how long a download URL stays valid (s). */
+    models: z
+      .object({
+        maxUploadBytes: z.number().int().min(1).optional(),
+        downloadTtlSeconds: z
+          .number()
+          .int()
+          .min(1)
+          .max(7 * 24 * 3600)
+          .optional(),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict()
 
-export const NodeSectionSchema = z.object({
-  models: z.array(z.object({ path: z.string().min(1), id: z.string().min(1).optional() })).default([]),
-  threads: z.coerce.number().int().min(1).max(1024).optional(),
-  slots: z.coerce.number().int().min(1).max(256).default(4),
-  maxQueue: z.coerce.number().int().min(0).max(100_000).default(32),
-  contextSize: z.coerce.number().int().min(64).optional(),
-  gpu: z.enum(['auto', 'off']).default('auto'),
-  payoutAddress: z.union([z.literal(''), z.string().regex(/^0x[0-9a-fA-F]{40}$/)]).default(''),
-  /** Take deploy requests from gateways. */
-  acceptDeploys: z.boolean().default(true),
-  /** Bytes offered for model weights. @default all VRAM, else three quarters of RAM */
-  modelMemoryBytes: z.number().int().min(0).optional(),
-  /** Serve Prometheus /metrics on 127.0.0.1 at this port (0: any free one); off when absent. */
-  metricsPort: z.coerce.number().int().min(0).max(65535).optional(),
-  /**
-   * Models served by an OpenAI-compatible server the operator runs (vLLM, llama-server, Ollama, …).
-   * Its key, if it needs one, comes from CLUSTER_UPSTREAM_API_KEY.
-   */
-  upstreams: z
-    .array(
-      z
-        .object({
-          baseUrl: z.url({ protocol: /^https?$/ }),
-          model: z.string().min(1),
-          id: z.string().min(1).optional(),
-          contextSize: z.number().int().min(64).optional(),
-          slots: z.number().int().min(1).max(1024).optional(),
-        })
-        .strict(),
-    )
-    .default([]),
-})
+export const NodeSectionSchema = z
+  .object({
+    models: z.array(z.object({ path: z.string().min(1), id: z.string().min(1).optional() }).strict()).default([]),
+    threads: z.coerce.number().int().min(1).max(1024).optional(),
+    slots: z.coerce.number().int().min(1).max(256).default(4),
+    maxQueue: z.coerce.number().int().min(0).max(100_000).default(32),
+    contextSize: z.coerce.number().int().min(64).optional(),
+    gpu: z.enum(['auto', 'off']).default('auto'),
+    payoutAddress: z.union([z.literal(''), z.string().regex(/^0x[0-9a-fA-F]{40}$/)]).default(''),
+    /** Take deploy requests from gateways. */
+    acceptDeploys: z.boolean().default(true),
+    /** Bytes offered for model weights. @default all VRAM, else three quarters of RAM */
+    modelMemoryBytes: z.number().int().min(0).optional(),
+    /** Serve Prometheus /metrics on 127.0.0.1 at this port (0: any free one); off when absent. */
+    metricsPort: z.coerce.number().int().min(0).max(65535).optional(),
+    /**
+     * Models served by an OpenAI-compatible server the operator runs (vLLM, llama-server, Ollama, …).
+     * Its key, if it needs one, comes from CLUSTER_UPSTREAM_API_KEY.
+     */
+    upstreams: z
+      .array(
+        z
+          .object({
+            baseUrl: z.url({ protocol: /^https?$/ }),
+            model: z.string().min(1),
+            id: z.string().min(1).optional(),
+            contextSize: z.number().int().min(64).optional(),
+            slots: z.number().int().min(1).max(1024).optional(),
+          })
+          .strict(),
+      )
+      .default([]),
+  })
+  .strict()
 
 const EvmAddress = z.string().regex(/^0x[0-9a-fA-F]{40}$/, 'an EVM address, 0x and 40 hex digits')
 
@@ -139,6 +154,7 @@ export const ChainSectionSchema = z
     /** Receives what nodes without a payout address earned. @default the signer's address */
     payoutAddress: EvmAddress.optional(),
   })
+  .strict()
   .transform((c, ctx) => {
     const known = c.network === 'local' ? undefined : KNOWN_NETWORKS[c.network]
     const chainId = c.chainId ?? known?.chainId
@@ -161,40 +177,44 @@ export type ChainSection = z.output<typeof ChainSectionSchema>
  * facilitator is a remote one (`facilitatorUrl`), or embedded: in-process, paying gas with the key
  * in CLUSTER_FACILITATOR_KEY or `facilitatorKeyFile`.
  */
-export const X402SectionSchema = z.object({
-  facilitatorUrl: z.url({ protocol: /^https?$/ }).optional(),
-  facilitatorKeyFile: z.string().min(1).optional(),
-  /** Receives the payments. @default the chain section's payoutAddress, else the gateway's address */
-  payTo: EvmAddress.optional(),
-  /** The token's EIP-712 domain. @default USD Coin / 2 (USDC on Base) */
-  assetName: z.string().min(1).default('USD Coin'),
-  assetVersion: z.string().min(1).default('2'),
-  maxTimeoutSeconds: z.coerce.number().int().min(10).max(3600).default(60),
-  settleTimeoutMs: z.coerce.number().int().min(100).max(600_000).default(30_000),
-})
+export const X402SectionSchema = z
+  .object({
+    facilitatorUrl: z.url({ protocol: /^https?$/ }).optional(),
+    facilitatorKeyFile: z.string().min(1).optional(),
+    /** Receives the payments. @default the chain section's payoutAddress, else the gateway's address */
+    payTo: EvmAddress.optional(),
+    /** The token's EIP-712 domain. @default USD Coin / 2 (USDC on Base) */
+    assetName: z.string().min(1).default('USD Coin'),
+    assetVersion: z.string().min(1).default('2'),
+    maxTimeoutSeconds: z.coerce.number().int().min(10).max(3600).default(60),
+    settleTimeoutMs: z.coerce.number().int().min(100).max(600_000).default(30_000),
+  })
+  .strict()
 
-export const ConfigSchema = z.object({
-  dataDir: z.string().min(1).default('.cluster'),
-  listen: z.array(Multiaddr).optional(),
-  bootstrap: z.array(Multiaddr).default([]),
-  heartbeatIntervalMs: z.coerce.number().int().min(50).max(60_000).optional(),
-  /** JSON log lines at this level and above (stderr). @default CLUSTER_LOG_LEVEL, else info */
-  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).optional(),
-  gateway: GatewaySectionSchema.default({ port: 8787, host: '127.0.0.1' }),
-  node: NodeSectionSchema.default({
-    models: [],
-    slots: 4,
-    maxQueue: 32,
-    gpu: 'auto',
-    payoutAddress: '',
-    acceptDeploys: true,
-    upstreams: [],
-  }),
-  /** On-chain settlement (the gateway): off when absent. */
-  chain: ChainSectionSchema.optional(),
-  /** Pay per request with x402 (the gateway): off when absent. */
-  x402: X402SectionSchema.optional(),
-})
+export const ConfigSchema = z
+  .object({
+    dataDir: z.string().min(1).default('.cluster'),
+    listen: z.array(Multiaddr).optional(),
+    bootstrap: z.array(Multiaddr).default([]),
+    heartbeatIntervalMs: z.coerce.number().int().min(50).max(60_000).optional(),
+    /** JSON log lines at this level and above (stderr). @default CLUSTER_LOG_LEVEL, else info */
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).optional(),
+    gateway: GatewaySectionSchema.default({ port: 8787, host: '127.0.0.1' }),
+    node: NodeSectionSchema.default({
+      models: [],
+      slots: 4,
+      maxQueue: 32,
+      gpu: 'auto',
+      payoutAddress: '',
+      acceptDeploys: true,
+      upstreams: [],
+    }),
+    /** On-chain settlement (the gateway): off when absent. */
+    chain: ChainSectionSchema.optional(),
+    /** Pay per request with x402 (the gateway): off when absent. */
+    x402: X402SectionSchema.optional(),
+  })
+  .strict()
 export type Config = z.infer<typeof ConfigSchema>
 export type ConfigInput = z.input<typeof ConfigSchema>
 
@@ -236,11 +256,16 @@ export function configFromEnv(env: NodeJS.ProcessEnv): ConfigInput {
 }
 
 export function configFromFile(path: string): ConfigInput {
+  let json: unknown
   try {
-    return JSON.parse(readFileSync(path, 'utf8')) as ConfigInput
+    json = JSON.parse(readFileSync(path, 'utf8'))
   } catch (err) {
-    throw new ConfigError(`cannot read config file ${path}: ${(err as Error).message}`)
+    throw new ConfigError(`cannot read config file ${path}: ${(err as Error).message.replace(/\s+/g, ' ')}`)
   }
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) {
+    throw new ConfigError(`config file ${path}: not a JSON object ({ … })`)
+  }
+  return json as ConfigInput
 }
 
 /** Resolves file < env < flags into one validated config. */
@@ -251,6 +276,15 @@ export function resolveConfig(layers: { file?: string; env?: NodeJS.ProcessEnv; 
   if (layers.flags) merged = merge(merged, layers.flags as Plain)
   const parsed = ConfigSchema.safeParse(merged)
   if (!parsed.success) {
+    // Every object of the schema is strict: a misspelt key is an error, never silently ignored.
+    const keys = parsed.error.issues.flatMap((i) =>
+      i.code === 'unrecognized_keys' ? i.keys.map((k) => [...i.path, k].join('.')) : [],
+    )
+    if (keys.length > 0) {
+      throw new ConfigError(
+        `config: unknown key${keys.length > 1 ? 's' : ''} ${keys.join(', ')}${layers.file ? ` (in ${layers.file})` : ''}`,
+      )
+    }
     const issue = parsed.error.issues[0]
     throw new ConfigError(`invalid config at ${issue?.path.join('.') || '(root)'}: ${issue?.message}`)
   }
