@@ -5,14 +5,17 @@ import { z } from 'zod'
 import type { FinishReason, Sampling, Usage, WireChatMessage } from '../protocols/index.ts'
 import { invalidRequest, parseFields } from './errors.ts'
 
-const TextPart = z.object({ type: z.literal('text'), text: z.string() })
-/** Any other part (image_url, input_audio, file, …): passed on to providers, which understand them. */
-const OtherPart = z.looseObject({ type: z.string().min(1).max(64) })
+/**
+ * A content part: a text part with its text, or any other kind (image_url, input_audio, file, …),
+ * passed on to providers, which understand them.
+ */
+const Part = z.looseObject({ type: z.string().min(1).max(64), text: z.unknown().optional() }).superRefine((p, ctx) => {
+  if (p.type === 'text' && typeof p.text !== 'string') {
+    ctx.addIssue({ code: 'custom', path: ['text'], message: p.text === undefined ? 'is required' : 'must be a string' })
+  }
+})
 
-const Content = z.union(
-  [z.string(), z.array(z.union([TextPart, OtherPart])).min(1)],
-  'must be a string or an array of content parts',
-)
+const Content = z.union([z.string(), z.array(Part).min(1)], 'must be a string or an array of content parts')
 
 /**
  * The wire's limits (protocols/schemas.ts: ChatMessageSchema, InferenceRequestFrameSchema, SamplingSchema),

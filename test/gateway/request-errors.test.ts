@@ -129,6 +129,32 @@ describe('chat request schema', () => {
     }
   })
 
+  it('a text part needs its text; other kinds of part pass as they are', () => {
+    const content = (parts: unknown[]) => chat({ model: 'm', messages: [{ role: 'user', content: parts }] })
+    expect(content([{ type: 'text' }])).toEqual({
+      status: 400,
+      message: "'messages[0].content[0].text' is required.",
+      param: 'messages[0].content[0].text',
+    })
+    expect(
+      content([
+        { type: 'text', text: 'a' },
+        { type: 'text', text: 5 },
+      ]),
+    ).toEqual({
+      status: 400,
+      message: "'messages[0].content[1].text' must be a string.",
+      param: 'messages[0].content[1].text',
+    })
+    const parts = [
+      { type: 'text', text: 'What is here?' },
+      { type: 'image_url', image_url: { url: 'data:image/png;base64,AAAA' } },
+    ]
+    expect(parseChatRequest({ model: 'm', messages: [{ role: 'user', content: parts }] }).messages[0]?.content).toEqual(
+      parts,
+    )
+  })
+
   it('the wire limits are said by field name, at exactly the wire bounds', () => {
     const frame = (messages: Array<{ role: 'user'; content: string }>) =>
       InferenceRequestFrameSchema.safeParse({ type: 'request', id: 'r', model: 'm', messages, sampling: {} }).success
