@@ -46,6 +46,8 @@ export class MeshVectorsError extends Error {
     /** The node the request went to. */
     readonly peerId: string,
     options?: ErrorOptions,
+    /** invalid_request: the request field the node's refusal is about. */
+    readonly param?: string,
   ) {
     super(message, options)
   }
@@ -190,7 +192,7 @@ export class MeshVectors {
       const first = await decodeFrames(stream, VectorsResponseFrameSchema, MAX_VECTORS_REPLY_BYTES).next()
       if (first.done) throw new MeshVectorsError('unreachable', `${peerId} closed the stream without an answer`, peerId)
       const reply = first.value
-      if (reply.type === 'error') throw new MeshVectorsError(reply.code, reply.message, peerId)
+      if (reply.type === 'error') throw new MeshVectorsError(reply.code, reply.message, peerId, undefined, reply.param)
       answered = true
       return reply
     } catch (err) {

@@ -60,31 +60,13 @@ type ProviderCandidate = Extract<Candidate, { kind: 'provider' }>
 
 type Served<T> = { kind: 'node'; peerId: string; result: T } | { kind: 'provider'; body: Record<string, unknown> }
 
-/**
- * The request field a node's refusal is about (node/vectors-service.ts checkEmbed: "dimensions 1000
- * exceeds the 128 of <model>", "3000 inputs of 768 dimensions exceed one reply; …"), with the
- * message said to the client; the rest is the node's message as it is.
- */
-function refusal(message: string): { message: string; param: string | null } {
-  const dims = /^dimensions (\d+) exceeds the (\d+) of (.+)$/.exec(message)
-  if (dims != null) {
-    return {
-      message: `'dimensions' must be at most ${dims[2]} for the model '${dims[3]}' (its embeddings have ${dims[2]} dimensions).`,
-      param: 'dimensions',
-    }
-  }
-  if (/^\d+ inputs of \d+ dimensions exceed one reply/.test(message))
-    return { message: `'input' has too many items: ${message}.`, param: 'input' }
-  return { message, param: null }
-}
-
 /** A node's refusal: its fault (next candidate) or the request's (400, no failover). */
 function nodeFailure(err: unknown): Attempt<never> {
   if (!(err instanceof MeshVectorsError)) return { nodeOutcome: 'failed' }
   if (err.failover || err.code === 'model_not_found') return { nodeOutcome: err.code }
   if (err.code === 'aborted') return { nodeOutcome: 'client_closed' }
-  const { message, param } = refusal(err.message)
-  return { nodeOutcome: err.code, fatal: invalidRequest(message, param, err.code) }
+  // The node's refusal is said as it is, with the field it names (its error frame's param).
+  return { nodeOutcome: err.code, fatal: invalidRequest(err.message, err.param ?? null, err.code) }
 }
 
 async function providerJson(

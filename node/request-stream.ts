@@ -16,9 +16,14 @@ import { sendBytes } from '../src/mesh/streams.ts'
 export const REQUEST_TIMEOUT_MS = 10_000
 
 /** Answers an error frame and closes the stream (nothing if the requester is gone). */
-export async function sendError(stream: Stream, code: InferenceErrorCode, message: string): Promise<void> {
+export async function sendError(
+  stream: Stream,
+  code: InferenceErrorCode,
+  message: string,
+  param?: string,
+): Promise<void> {
   if (stream.writeStatus !== 'writable') return
-  await sendBytes(stream, encodeFrame(ErrorFrameSchema, { type: 'error', code, message }))
+  await sendBytes(stream, encodeFrame(ErrorFrameSchema, { type: 'error', code, message, ...(param ? { param } : {}) }))
   await stream.close().catch(() => stream.abort(new Error('close failed')))
 }
 

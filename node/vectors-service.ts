@@ -139,12 +139,12 @@ async function handleStream(
   const task = request.type === 'embed' ? 'embeddings' : 'rerank'
   const runs = request.type === 'embed' ? engine.embed != null : engine.rank != null
   if (!runs || !engine.describe().tasks.includes(task)) {
-    await sendError(stream, 'invalid_request', `the model ${request.model} does not serve ${task}`)
+    await sendError(stream, 'invalid_request', `The model '${request.model}' does not serve ${task}.`, 'model')
     return
   }
   const refusal = request.type === 'embed' ? checkEmbed(request, engine) : undefined
   if (refusal != null) {
-    await sendError(stream, 'invalid_request', refusal)
+    await sendError(stream, 'invalid_request', refusal.message, refusal.param)
     return
   }
 
@@ -200,19 +200,28 @@ async function handleStream(
 /** Bytes of an embeddings reply besides the vectors: usage, receipt, punctuation. */
 const REPLY_OVERHEAD_BYTES = 4096
 
-/** Why an embed request cannot be answered, found before any work; undefined when it can. */
-function checkEmbed(request: EmbedRequestFrame, engine: Engine): string | undefined {
+/**
+ * Why an embed request cannot be answered, found before any work, said to the client as it is (with
+ * the field it is about); undefined when it can.
+ */
+function checkEmbed(request: EmbedRequestFrame, engine: Engine): { message: string; param?: string } | undefined {
   const native = engine.embeddingDimensions
-  if (native == null) return `the model ${request.model} does not serve embeddings`
+  if (native == null) return { message: `The model '${request.model}' does not serve embeddings.`, param: 'model' }
   if (request.dimensions != null && request.dimensions > native) {
-    return `dimensions ${request.dimensions} exceeds the ${native} of ${request.model}`
+    return {
+      message: `'dimensions' must be at most ${native} for the model '${request.model}' (its embeddings have ${native} dimensions).`,
+      param: 'dimensions',
+    }
   }
   const dimensions = request.dimensions ?? native
   // base64 text of one vector, its quotes and comma.
   const perVector = 4 * Math.ceil((dimensions * 4) / 3) + 3
   const fits = Math.floor((MAX_VECTORS_REPLY_BYTES - REPLY_OVERHEAD_BYTES) / perVector)
   if (request.input.length > fits) {
-    return `${request.input.length} inputs of ${dimensions} dimensions exceed one reply; send at most ${fits} per request`
+    return {
+      message: `'input' has too many items: ${request.input.length} inputs of ${dimensions} dimensions exceed one reply; send at most ${fits} per request.`,
+      param: 'input',
+    }
   }
   return undefined
 }

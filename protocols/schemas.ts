@@ -238,6 +238,8 @@ export const ErrorFrameSchema = z.object({
   type: z.literal('error'),
   code: InferenceErrorCodeSchema,
   message: z.string().max(4096),
+  /** invalid_request: the request field it is about (as OpenAI's `param`, e.g. `dimensions`, `input`). */
+  param: z.string().max(128).optional(),
 })
 export type ErrorFrame = z.infer<typeof ErrorFrameSchema>
 

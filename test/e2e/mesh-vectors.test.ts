@@ -188,7 +188,7 @@ describe('embeddings and rerank over the mesh', () => {
       [embed(Array.from({ length: 2049 }, () => 'x')), /at most 2048 inputs/],
       [
         embed(['fine'], { dimensions: DIMENSIONS + 1 }),
-        new RegExp(`dimensions ${DIMENSIONS + 1} exceeds the ${DIMENSIONS}`),
+        new RegExp(`^'dimensions' must be at most ${DIMENSIONS} for the model`),
       ],
       [embed(['fine'], { dimensions: 0 }), /at dimensions/],
       [embed(['x'.repeat(5 * 1024 * 1024)]), /too large/],
@@ -228,11 +228,12 @@ describe('embeddings and rerank over the mesh', () => {
       vectors.rerank(node.peerId, { id: id(), model: EMBED_MODEL, query: 'q', documents: ['d'] }, signal()),
     )
     expect(noRerank.code).toBe('invalid_request')
-    expect(noRerank.message).toBe(`the model ${EMBED_MODEL} does not serve rerank`)
+    expect(noRerank.message).toBe(`The model '${EMBED_MODEL}' does not serve rerank.`)
+    expect(noRerank.param).toBe('model')
     const noEmbed = await rejection(
       vectors.embed(node.peerId, { id: id(), model: RERANK_MODEL, input: ['a'] }, signal()),
     )
     expect(noEmbed.code).toBe('invalid_request')
-    expect(noEmbed.message).toBe(`the model ${RERANK_MODEL} does not serve embeddings`)
+    expect(noEmbed.message).toBe(`The model '${RERANK_MODEL}' does not serve embeddings.`)
   })
 })

@@ -173,7 +173,9 @@ describe('vectors service', () => {
     )
     expect(err.code).toBe('invalid_request')
     expect(err.failover).toBe(false)
-    expect(err.message).toMatch(/dimensions 5 exceeds the 4 of gated/)
+    expect(err.message).toBe("'dimensions' must be at most 4 for the model 'gated' (its embeddings have 4 dimensions).")
+    // The field it is about travels in the error frame (the gateway gives it to the client as `param`).
+    expect(err.param).toBe('dimensions')
   })
 
   it('runs one request at a time per engine, queues maxQueue more, and refuses the next as busy', async () => {
@@ -266,7 +268,8 @@ describe('vectors service', () => {
       vectors.rerank(peer, { id: id(), model: 'gated', query: 'q', documents: ['d'] }, signal()),
     )
     expect(rerank.code).toBe('invalid_request')
-    expect(rerank.message).toBe('the model gated does not serve rerank')
+    expect(rerank.message).toBe("The model 'gated' does not serve rerank.")
+    expect(rerank.param).toBe('model')
   })
 
   it('answers internal when the engine fails or gives values that are not finite, and tells the operator', async () => {
