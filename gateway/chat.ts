@@ -246,10 +246,11 @@ async function serveNode(
       const { text, done } = await collect(call, meter)
       // A plain answer is delivered whole or not at all: a client gone by now pays nothing.
       if (signal.aborted) throw clientClosed()
+      // x402: paid before it is charged or counted (a payment that failed gets a 402 and costs nothing).
+      await settledHeaders(s)
       await meter.finish(call.nodePeerId, done, false)
       measured(done)
       complete(done.finishReason, done.usage)
-      await settledHeaders(s)
       return c.json(completionBody(meta, text, done.finishReason, done.usage))
     } finally {
       answer.end()
@@ -358,6 +359,11 @@ async function serveNode(
         if (cancel.signal.aborted && done == null) done = await current.drain()
         current.abort()
       }
+      // x402 whose payment failed mid-answer: what reached the client was served, so it is charged
+      // (the payer then owes it: the failed payment's credit is taken back).
+      if (unpaid != null && !finished && meter.deliveredTokens > 0) {
+        await meter.finishProvider({ promptTokens: 0, completionTokens: meter.deliveredTokens })
+      }
       // Billed for what reached the client, with the node's receipt; a failed node, nothing.
       await meter.finish(current.nodePeerId, cancel.signal.aborted ? done : undefined, true)
     }
@@ -442,10 +448,10 @@ async function serveProvider(
         promptTokens: await promptCount(),
         completionTokens: await countTokens(reply.content),
       }
+      await settledHeaders(s)
       await meter.finishProvider(usage)
       s.deps.routing.success(answer.scored.candidate, s.meta.model, { ttftMs: performance.now() - answer.t0 })
       complete(finishOf(reply.body), usage)
-      await settledHeaders(s)
       const body = reply.usage != null ? reply.body : { ...reply.body, usage: usageBody(usage) }
       return c.json(body)
     } finally {
@@ -532,7 +538,8 @@ async function serveProvider(
               promptTokens: usage?.promptTokens ?? (await promptCount()),
               completionTokens: await countTokens(text),
             }
-      if (finished || cancel.signal.aborted) await meter.finishProvider(billed)
+      // Billed for what was delivered; x402 whose payment failed mid-answer too (the payer owes it).
+      if (finished || cancel.signal.aborted || unpaid != null) await meter.finishProvider(billed)
       else await meter.cancel()
       if (finished) {
         s.deps.routing.success(answer.scored.candidate, s.meta.model, {

@@ -122,13 +122,14 @@ export function mediaRoutes(app: Hono<AuthVars>, deps: MediaDeps): void {
       const body = answer.value
       const images = Math.min((body.data as unknown[]).length, n)
       await call.answered(plan, answer)
+      // x402: paid before it is charged or counted (a payment that failed gets a 402 and costs nothing).
+      await call.settledHeaders('/v1/images/generations')
       await call.meter?.finishProvider(
         { promptTokens: 0, completionTokens: 0 },
         BigInt(images) * deps.pricing.units.image,
       )
       deps.routing.success(answer.scored.candidate, req.model, { ttftMs: performance.now() - answer.t0 })
       call.complete({ provider: answer.scored.candidate.provider }, { promptTokens: 0, completionTokens: 0 }, 0)
-      await call.settledHeaders('/v1/images/generations')
       return c.json(body)
     } finally {
       answer.end()
@@ -239,10 +240,10 @@ export function mediaRoutes(app: Hono<AuthVars>, deps: MediaDeps): void {
     }
     try {
       await call.answered(plan, answer)
+      await call.settledHeaders('/v1/audio/transcriptions')
       await call.meter?.finishProvider({ promptTokens: 0, completionTokens: 0 }, cost)
       deps.routing.success(answer.scored.candidate, req.model, { ttftMs: performance.now() - answer.t0 })
       call.complete({ provider: answer.scored.candidate.provider }, { promptTokens: 0, completionTokens: 0 }, 0)
-      await call.settledHeaders('/v1/audio/transcriptions')
       return c.body(answer.value.text, 200, { 'content-type': answer.value.type })
     } finally {
       answer.end()

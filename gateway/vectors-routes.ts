@@ -126,6 +126,8 @@ export function vectorsRoutes(app: Hono<AuthVars>, deps: VectorsDeps): void {
       answer.end()
       const { value: served } = answer
       await call.answered(plan, answer)
+      // x402: paid before it is charged or counted (a payment that failed gets a 402 and costs nothing).
+      await call.settledHeaders(`/v1/${endpoint}`)
       let usage: Usage
       if (served.kind === 'node') {
         usage = served.result.usage
@@ -143,7 +145,6 @@ export function vectorsRoutes(app: Hono<AuthVars>, deps: VectorsDeps): void {
         usage,
         performance.now() - answer.t0,
       )
-      await call.settledHeaders(`/v1/${endpoint}`)
       return { served, usage, call, plan }
     } finally {
       await call.release()

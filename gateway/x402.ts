@@ -2,8 +2,9 @@
 // requirements; a retry carrying a payment (X-PAYMENT, v1, as the docs show; PAYMENT-SIGNATURE, v2)
 // is de-duplicated by its authorization nonce, verified with the facilitator before any work, and
 // settled alongside the work once a node has answered — never holding the answer back. A settlement
-// that fails leaves the payer owing the amount (its next payment must cover it); one that times out
-// stays pending and is reconciled by its nonce.
+// that fails takes its credit back and leaves the payer owing what it was served (its next payment
+// must cover it); one that times out stays pending and is reconciled by its nonce. Credit left by a
+// call that failed after its payment settled pays the payer's next call (that payment is not settled).
 import type { Context } from 'hono'
 import type { Account, Ledger } from '../src/ledger/ledger.ts'
 import { formatUsd } from '../src/payments/money.ts'
@@ -62,12 +63,19 @@ export interface VerifiedPayment {
   requirements: PaymentRequirements | PaymentRequirementsV1
   /** Set by use(): the work started and the payment is being settled. */
   used: boolean
+  /**
+   * The payer's credit (left by a request that failed after its payment settled) pays for this one:
+   * the payment only proved who pays and is not settled.
+   */
+  covered?: boolean
 }
 
 export type SettlementOutcome =
   | { status: 'settled'; txHash: string; header: { name: string; value: string } }
   | { status: 'failed'; reason: string }
   | { status: 'pending' }
+  /** Paid from the payer's credit: nothing to settle. */
+  | { status: 'covered' }
 
 export class X402Gate {
   /** payer!nonce of payments being used right now: a copy arriving meanwhile starts nothing. */
@@ -144,6 +152,8 @@ export class X402Gate {
         payload: decoded.payload,
         requirements,
         used: false,
+        // Owing nothing, with credit for the whole price: the credit pays, this payment is not taken.
+        ...(debt === 0n && this.options.ledger.x402Credit(payer) >= price ? { covered: true } : {}),
       }
     } catch (err) {
       this.inflight.delete(key)
@@ -178,6 +188,12 @@ export class X402Gate {
     const { ledger } = this.options
     payment.used = true
     const account = await ledger.x402Account(payment.payer)
+    if (payment.covered === true && ledger.x402Credit(payment.payer) >= payment.amount) {
+      // Its signature proved who pays; the authorization is left unused (it can still pay later).
+      this.inflight.delete(this.keyOf(payment))
+      return { account, settlement: Promise.resolve({ status: 'covered' }) }
+    }
+    payment.covered = false
     await ledger.recordX402Payment(
       {
         nonce: payment.nonce,

@@ -107,8 +107,11 @@ export interface Payout {
 
 /**
  * A request paid with x402: credited to the payer's x402 account when verified, then settled on
- * chain by the facilitator. A settlement that fails leaves the payer owing `amount` (a debt its
- * next payment must cover); one that times out stays pending until reconciled by its nonce.
+ * chain by the facilitator. A settlement that fails takes its credit back (once its request has
+ * ended), and the payer owes what could not be taken back — what the request spent, and any debt the
+ * payment was to pay off — a debt its next payment must cover. One that times out stays pending until
+ * reconciled by its nonce. Credit left by a request that failed after its payment settled pays for
+ * the payer's next request.
  */
 export interface X402Payment {
   /** The EIP-3009 authorization nonce (unique per payer and token). */
@@ -124,6 +127,10 @@ export interface X402Payment {
   txHash?: string
   error?: string
   createdAt: number
+  /** Of `amount`, what was added to the payer's balance (the rest paid off what it owed). */
+  credited?: bigint
+  /** A failed payment's credit is taken back once the hold of the request it paid for has ended. */
+  reversal?: 'pending' | 'done'
 }
 
 export type BatchStatus = 'pending' | 'settled' | 'failed'
@@ -272,8 +279,13 @@ export interface Ledger {
     debtPaid: bigint,
   ): Promise<boolean>
   x402Settled(payer: string, nonce: string, txHash: string): Promise<void>
-  /** The payment will never settle: the payer owes its amount. */
+  /**
+   * The payment will never settle: its credit is taken back off the payer's balance (when the hold of
+   * its request has ended, charged or released), and the payer owes what could not be taken back.
+   */
   x402Failed(payer: string, nonce: string, error: string): Promise<void>
+  /** What an x402 payer's account holds and is not holding for a call: pays its next requests. */
+  x402Credit(payer: string): bigint
   x402Payments(status?: X402Payment['status']): X402Payment[]
   /** Whether a payment with this payer and nonce was ever recorded (constant time). */
   hasX402Payment(payer: string, nonce: string): boolean

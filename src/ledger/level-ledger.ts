@@ -150,6 +150,8 @@ export class LevelLedger implements Ledger {
   private readonly keyByLookup = new Map<string, ApiKeyRecord>()
   private readonly lookupsByAccount = new Map<string, string[]>()
   private readonly holdById = new Map<string, Hold>()
+  /** Open holds whose end takes back a failed x402 payment's credit: hold id → payment key. */
+  private readonly reversalByHold = new Map<string, string>()
   /** ref → the transaction it credited. */
   private readonly refs = new Map<string, Transaction>()
   private calls = 0
@@ -229,7 +231,11 @@ export class LevelLedger implements Ledger {
     for await (const key of this.db.keys({ gt: 'rs!', lt: 'rs"' })) this.seen.add(key.slice(3))
     for await (const [key, value] of this.db.iterator({ gt: 'x!', lt: 'x"' })) {
       const j = JSON.parse(value) as Json
-      this.x402ById.set(key.slice(2), { ...(j as unknown as X402Payment), amount: BigInt(j.amount as string) })
+      this.x402ById.set(key.slice(2), {
+        ...(j as unknown as X402Payment),
+        amount: BigInt(j.amount as string),
+        ...(j.credited != null ? { credited: BigInt(j.credited as string) } : {}),
+      })
     }
     for await (const [key, value] of this.db.iterator({ gt: 'xd!', lt: 'xd"' }))
       this.debts.set(key.slice(3), BigInt(value))
@@ -253,6 +259,16 @@ export class LevelLedger implements Ledger {
         return undefined
       }
     }
+    // Failed payments whose credit waits for their request's hold to end; without a hold any more
+    // (a crash between the two), taken back now.
+    const orphans: Batch = []
+    for (const [key, payment] of this.x402ById) {
+      if (payment.reversal !== 'pending') continue
+      const hold = this.holdOf(payment)
+      if (hold != null) this.reversalByHold.set(hold.id, key)
+      else orphans.push(...this.reverseX402(key, { ...this.mirrored(payment.accountId) }))
+    }
+    if (orphans.length > 0) await this.db.batch(orphans)
     this.payoutSeq = Number((await meta('payoutSeq')) ?? 0)
     this.batchSeq = Number((await meta('batchSeq')) ?? 0)
     this.instance = (await meta('instance')) ?? ''
@@ -472,6 +488,7 @@ export class LevelLedger implements Ledger {
     this.calls++
     const ops: Batch = [this.putAccount(account), op, { type: 'del', key: `h!${hold.id}` }]
     if (usage.payout != null && charge > 0n) ops.push(...this.payoutsFor(account.id, tx, op.key, charge, usage))
+    ops.push(...this.afterHold(hold.id, account))
     await this.commit(ops)
     return tx
   }
@@ -528,7 +545,11 @@ export class LevelLedger implements Ledger {
     const account = { ...this.mirrored(hold.accountId) }
     account.held -= hold.amount
     this.holdById.delete(hold.id)
-    await this.commit([this.putAccount(account), { type: 'del', key: `h!${hold.id}` }])
+    await this.commit([
+      this.putAccount(account),
+      { type: 'del', key: `h!${hold.id}` },
+      ...this.afterHold(hold.id, account),
+    ])
   }
 
   async reconcileHolds(): Promise<number> {
@@ -883,6 +904,7 @@ export class LevelLedger implements Ledger {
       accountId: account.id,
       status: 'pending',
       createdAt: Date.now(),
+      credited: input.amount - debtPaid,
     }
     const credit = input.amount - debtPaid
     if (credit > 0n) {
@@ -938,14 +960,76 @@ export class LevelLedger implements Ledger {
 
   async x402Failed(payer: string, nonce: string, error: string): Promise<void> {
     this.assertWritable()
+    const key = this.x402Key(payer, nonce)
     const payment = this.pendingX402(payer, nonce)
     if (payment.status !== 'pending') return
-    const next = { ...payment, status: 'failed' as const, error: error.slice(0, 300) }
-    this.x402ById.set(this.x402Key(payer, nonce), next)
-    await this.commit([
-      { type: 'put', key: `x!${this.x402Key(payer, nonce)}`, value: bigJson(next) },
-      this.putDebt(payer, this.x402Debt(payer) + payment.amount),
-    ])
+    const failed = { ...payment, status: 'failed' as const, error: error.slice(0, 300) }
+    // While its request still holds money, what the payment credited cannot be told from what the
+    // request will spend: its credit is taken back when that hold ends (charged or released).
+    const hold = this.holdOf(payment)
+    if (hold != null) {
+      const next = { ...failed, reversal: 'pending' as const }
+      this.x402ById.set(key, next)
+      this.reversalByHold.set(hold.id, key)
+      await this.commit([{ type: 'put', key: `x!${key}`, value: bigJson(next) }])
+      return
+    }
+    this.x402ById.set(key, failed)
+    await this.commit(this.reverseX402(key, { ...this.mirrored(payment.accountId) }))
+  }
+
+  /** The open hold of the request a payment paid for, if that request is still running. */
+  private holdOf(payment: X402Payment): Hold | undefined {
+    for (const hold of this.holdById.values()) {
+      if (hold.accountId === payment.accountId && hold.requestId === payment.requestId) return hold
+    }
+    return undefined
+  }
+
+  /** A failed x402 payment waiting for this hold to end: its credit is taken back now. */
+  private afterHold(holdId: string, account: Mirrored): Batch {
+    const key = this.reversalByHold.get(holdId)
+    if (key == null) return []
+    this.reversalByHold.delete(holdId)
+    return this.reverseX402(key, account)
+  }
+
+  /**
+   * Takes a failed payment's credit back off its payer's balance, as far as what is not held allows
+   * (`account`, a copy, is updated); what could not be taken back — spent on the request it paid for
+   * — and what the payment was to pay off are owed.
+   */
+  private reverseX402(key: string, account: Mirrored): Batch {
+    const payment = this.x402ById.get(key) as X402Payment
+    const credited = payment.credited ?? payment.amount
+    const free = account.balance - account.held
+    const back = free <= 0n ? 0n : minAmount(credited, free)
+    const ops: Batch = []
+    if (back > 0n) {
+      account.balance -= back
+      const { op } = this.txRow(account, {
+        type: 'x402',
+        amount: -back,
+        wallet: payment.payer,
+        requestId: payment.requestId,
+        memo: 'x402 payment failed to settle: its credit taken back',
+      })
+      ops.push(this.putAccount(account), op)
+    }
+    const next = { ...payment, reversal: 'done' as const }
+    this.x402ById.set(key, next)
+    ops.push({ type: 'put', key: `x!${key}`, value: bigJson(next) })
+    const owed = payment.amount - back
+    if (owed > 0n) ops.push(this.putDebt(payment.payer, this.x402Debt(payment.payer) + owed))
+    return ops
+  }
+
+  x402Credit(payer: string): bigint {
+    const id = this.accountByEmail.get(this.x402Email(payer))
+    if (id == null) return 0n
+    const account = this.mirrored(id)
+    const free = account.balance - account.held
+    return free > 0n ? free : 0n
   }
 
   x402Payments(status?: X402Payment['status']): X402Payment[] {

@@ -164,6 +164,27 @@ describe('x402 on every endpoint', () => {
     expect(await usdcOf(p.address)).toBe(before - 3_000n)
   })
 
+  it('a call that fails after its payment settled leaves credit, and the credit pays the next call', async () => {
+    const p = await payer()
+    const before = await usdcOf(p.address)
+    // Venice dies mid-answer: the payment was taken (a candidate had answered), the answer was not given.
+    venice.queue('/v1/chat/completions', { kind: 'die-mid-stream', afterChunks: 1 })
+    const body = { model: 'llama-3.3-70b-instruct', provider: 'venice', messages: [{ role: 'user', content: 'hi' }] }
+    const failed = await p.pay(`${gw.url}/v1/chat/completions`, json({ ...body, stream: true }))
+    expect(failed.status).toBe(200)
+    expect(await failed.text()).toContain('provider_failed')
+    await waitFor(async () => (await usdcOf(p.address)) === before - 3_000n, 10_000, 'the payment settled')
+    await waitFor(() => gw.ledger.x402Credit(p.address) === 3_000n, 5_000, 'the credit left')
+    // The next call: its payment only proves who pays; the credit pays, no USDC moves.
+    const next = await p.pay(`${gw.url}/v1/chat/completions`, json(body))
+    expect(next.status).toBe(200)
+    expect(
+      ((await next.json()) as { choices: Array<{ message: { content: string } }> }).choices[0]?.message.content,
+    ).toBe('Hello from venice')
+    expect(gw.ledger.x402Credit(p.address)).toBe(0n)
+    expect(await usdcOf(p.address)).toBe(before - 3_000n)
+  })
+
   it('embeddings and rerank on the mesh node, paid per request', async () => {
     const p = await payer()
     const before = await usdcOf(p.address)

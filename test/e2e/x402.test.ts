@@ -439,6 +439,8 @@ describe('x402: pay per request, no account', () => {
     })
     expect(text).toContain('payment_failed')
     expect(gw.ledger.x402Debt(payer.address)).toBe(PRICE)
+    // What the failed payment credited is taken back: owed once, and no credit left over.
+    expect(gw.ledger.x402Credit(payer.address)).toBe(0n)
     // Its next payment at the plain price is refused: it must cover what it owes too.
     await fundWallet(chain, payer.address, { usdc: 1_000_000n })
     const before = submits
@@ -455,14 +457,38 @@ describe('x402: pay per request, no account', () => {
     expect(both.status).toBe(200)
     expect(gw.ledger.x402Debt(payer.address)).toBe(0n)
     expect(await usdcOf(payer.address)).toBe(1_000_000n - 2n * PRICE)
+    expect(gw.ledger.x402Credit(payer.address)).toBe(0n)
+  })
+
+  it('a plain answer whose payment fails to settle: a 402, no answer, nothing charged and nothing owed', async () => {
+    // Enough USDC for one payment, two signed at once: both verify, only one can settle.
+    const payer = await newPayer(PRICE)
+    const accepted = await requirements()
+    const [a, b] = await Promise.all([signedPayment(payer, accepted), signedPayment(payer, accepted)])
+    const answers = await Promise.all([
+      post({ 'payment-signature': a.header }),
+      post({ 'payment-signature': b.header }),
+    ])
+    const statuses = answers.map((r) => r.status).sort()
+    expect(statuses).toEqual([200, 402])
+    const refused = answers.find((r) => r.status === 402) as Response
+    expect(reasonOf(refused)).toMatch(/^settlement_failed/)
+    expect(await usdcOf(payer.address)).toBe(0n)
+    const account = await gw.ledger.x402Account(payer.address)
+    await waitFor(async () => (await gw.ledger.getAccount(account.id))?.held === 0n, 5_000, 'holds ended')
+    // One answer, one charge; the refused one neither charged nor owed, and no credit left behind.
+    expect(await gw.ledger.getAccount(account.id)).toMatchObject({ balance: 0n, totalSpent: PRICE, totalCalls: 1 })
+    expect(gw.ledger.x402Debt(payer.address)).toBe(0n)
+    expect(gw.ledger.x402Credit(payer.address)).toBe(0n)
   })
 
   it('x402 payments are recorded and counted; the node is paid for x402 work through settlement', async () => {
     const payments = gw.ledger.x402Payments()
     const settled = payments.filter((p) => p.status === 'settled')
-    // All settled but the one whose payer emptied its wallet.
-    expect(payments.filter((p) => p.status === 'failed')).toHaveLength(1)
-    expect(settled.length).toBe(payments.length - 1)
+    // All settled but two: the stream whose payer emptied its wallet, and the plain answer that
+    // could not be paid (not given).
+    expect(payments.filter((p) => p.status === 'failed')).toHaveLength(2)
+    expect(settled.length).toBe(payments.length - 2)
     for (const p of settled) {
       // (one was reconciled by its nonce: its tx hash is not known)
       if (p.txHash !== '') expect(p.txHash).toMatch(/^0x[0-9a-f]{64}$/)
@@ -477,9 +503,10 @@ describe('x402: pay per request, no account', () => {
       .pendingPayouts(1_000)
       .filter((p) => p.payer === '')
       .reduce((s, p) => s + p.amount, 0n)
-    // One payout per served call, the price each (the failed payment's call too: the gateway pays
-    // its node and the payer owes it — the debt was paid by the double payment).
-    expect(owed).toBe(BigInt(payments.length) * PRICE)
+    // One payout per served call, the price each (the failed stream's call too: the gateway pays its
+    // node and the payer owes it — the debt was paid by the double payment); none for the plain
+    // answer that was not given.
+    expect(owed).toBe(BigInt(payments.length - 1) * PRICE)
     const earnings = (): Promise<bigint> =>
       publicClient.readContract({
         address: chain.escrow,

@@ -739,3 +739,92 @@ describe('persistence', () => {
     await ledger.reserve(b.id, 1_000n, 'again')
   })
 })
+
+describe('x402: a payment that fails to settle', () => {
+  const PRICE = 3_000n
+  let n = 0
+  const pay = async (payer: string, amount: bigint, debtPaid: bigint, requestId: string) => {
+    const nonce = `0x${(++n).toString(16).padStart(64, '0')}`
+    const base = { payer, amount, requestId, network: 'eip155:31337', validBefore: 4_000_000_000 }
+    expect(await ledger.recordX402Payment({ nonce, ...base }, debtPaid)).toBe(true)
+    return nonce
+  }
+  const payerAccount = async (payer: string): Promise<Account> => account((await ledger.x402Account(payer)).id)
+
+  it('not served (its hold released): the credit is taken back when the hold ends; nothing is owed', async () => {
+    const payer = '0x00000000000000000000000000000000000000a1'
+    const nonce = await pay(payer, PRICE, 0n, 'req-1')
+    const hold = await ledger.reserve((await payerAccount(payer)).id, PRICE, 'req-1')
+    // The settlement fails while the request still holds the money: nothing can be told yet.
+    await ledger.x402Failed(payer, nonce, 'insufficient_funds')
+    expect((await payerAccount(payer)).balance).toBe(PRICE)
+    await ledger.release(hold.id)
+    expect(await payerAccount(payer)).toMatchObject({ balance: 0n, held: 0n })
+    expect(ledger.x402Debt(payer)).toBe(0n)
+    expect(ledger.x402Credit(payer)).toBe(0n)
+    await expectConsistent((await payerAccount(payer)).id)
+  })
+
+  it('served (its hold charged): the payer owes it, and no credit is left over', async () => {
+    const payer = '0x00000000000000000000000000000000000000a2'
+    const nonce = await pay(payer, PRICE, 0n, 'req-2')
+    const hold = await ledger.reserve((await payerAccount(payer)).id, PRICE, 'req-2')
+    await ledger.x402Failed(payer, nonce, 'insufficient_funds')
+    await ledger.settle(hold.id, PRICE, usage('req-2'))
+    expect((await payerAccount(payer)).balance).toBe(0n)
+    expect(ledger.x402Debt(payer)).toBe(PRICE)
+    expect(ledger.x402Credit(payer)).toBe(0n)
+    // Failed after the request ended (a reconciliation): the same.
+    const later = await pay(payer, 2n * PRICE, PRICE, 'req-3')
+    const h3 = await ledger.reserve((await payerAccount(payer)).id, PRICE, 'req-3')
+    await ledger.settle(h3.id, PRICE, usage('req-3'))
+    expect(ledger.x402Debt(payer)).toBe(0n)
+    await ledger.x402Failed(payer, later, 'not settled before the authorization expired')
+    // It was to pay the earlier debt and this request: both owed again.
+    expect(ledger.x402Debt(payer)).toBe(2n * PRICE)
+    expect(ledger.x402Credit(payer)).toBe(0n)
+    await expectConsistent((await payerAccount(payer)).id)
+  })
+
+  it('a payment that paid off a debt and then failed unserved: the debt is back, nothing more', async () => {
+    const payer = '0x00000000000000000000000000000000000000a3'
+    const first = await pay(payer, PRICE, 0n, 'req-4')
+    const h4 = await ledger.reserve((await payerAccount(payer)).id, PRICE, 'req-4')
+    await ledger.settle(h4.id, PRICE, usage('req-4'))
+    await ledger.x402Failed(payer, first, 'insufficient_funds')
+    expect(ledger.x402Debt(payer)).toBe(PRICE)
+    const second = await pay(payer, 2n * PRICE, PRICE, 'req-5')
+    const h5 = await ledger.reserve((await payerAccount(payer)).id, PRICE, 'req-5')
+    await ledger.x402Failed(payer, second, 'insufficient_funds')
+    await ledger.release(h5.id)
+    expect(ledger.x402Debt(payer)).toBe(PRICE)
+    expect((await payerAccount(payer)).balance).toBe(0n)
+  })
+
+  it('credit left by a request that failed after its payment settled is the payer’s to spend', async () => {
+    const payer = '0x00000000000000000000000000000000000000a4'
+    const nonce = await pay(payer, PRICE, 0n, 'req-6')
+    const hold = await ledger.reserve((await payerAccount(payer)).id, PRICE, 'req-6')
+    await ledger.x402Settled(payer, nonce, '0xabc')
+    await ledger.release(hold.id)
+    expect(ledger.x402Credit(payer)).toBe(PRICE)
+    const h = await ledger.reserve((await payerAccount(payer)).id, PRICE, 'req-7')
+    expect(ledger.x402Credit(payer)).toBe(0n)
+    await ledger.settle(h.id, PRICE, usage('req-7'))
+    expect(ledger.x402Credit(payer)).toBe(0n)
+    expect(ledger.x402Credit('0x00000000000000000000000000000000000000ff')).toBe(0n)
+  })
+
+  it('a crash between the failure and the end of its hold: taken back on the next start', async () => {
+    const payer = '0x00000000000000000000000000000000000000a5'
+    const nonce = await pay(payer, PRICE, 0n, 'req-8')
+    await ledger.reserve((await payerAccount(payer)).id, PRICE, 'req-8')
+    await ledger.x402Failed(payer, nonce, 'insufficient_funds')
+    await ledger.close()
+    ledger = await openLedger()
+    // Start-up frees every hold (the requests died with the process): the credit goes with it.
+    await ledger.reconcileHolds()
+    expect(await payerAccount(payer)).toMatchObject({ balance: 0n, held: 0n })
+    expect(ledger.x402Debt(payer)).toBe(0n)
+  })
+})
