@@ -8,7 +8,13 @@ import { CallRefusedError, type EscrowClient } from '../src/chain/escrow.ts'
 import type { Settler } from '../src/chain/settler.ts'
 import type { WalletChallenges } from '../src/chain/wallet-link.ts'
 import type { DepositWatcher } from '../src/chain/watcher.ts'
-import { InsufficientBalanceError, type Ledger, WalletInUseError, WalletLinkedError } from '../src/ledger/ledger.ts'
+import {
+  InsufficientBalanceError,
+  type Ledger,
+  WalletInUseError,
+  WalletLinkedError,
+  withdrawalHoldPrefix,
+} from '../src/ledger/ledger.ts'
 import { formatUsd } from '../src/payments/money.ts'
 import { type AuthVars, body, requireAuth } from './api-routes.ts'
 import { ApiError, conflict, insufficientBalance, invalidRequest, notFound } from './errors.ts'
@@ -269,7 +275,7 @@ export function chainRoutes(deps: ChainDeps): Hono<AuthVars> {
     }
     let hold: Awaited<ReturnType<Ledger['reserve']>>
     try {
-      hold = await ledger.reserve(account.id, amount, `withdraw:${payer}:${Date.now()}`)
+      hold = await ledger.reserve(account.id, amount, `${withdrawalHoldPrefix(payer)}${Date.now()}`)
     } catch (err) {
       if (err instanceof InsufficientBalanceError) {
         throw insufficientBalance(formatUsd(err.available < 0n ? 0n : err.available), formatUsd(amount))

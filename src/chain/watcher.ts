@@ -1,6 +1,7 @@
 // The deposit watcher: follows the escrow's events for the gateway's ledger. A deposit credits the
-// wallet's account (or waits until the wallet is linked), a withdrawal request debits it, a
-// cancelled one gives it back — each exactly once (the event's chain, tx and log index are the
+// wallet's account (or waits until the wallet is linked), a withdrawal request debits it (not
+// what calls in flight hold), a cancelled one gives it back, a completed one squares the account
+// with what the escrow paid out — each exactly once (the event's chain, tx and log index are the
 // ledger ref), only after `confirmations` blocks, and from where the last run stopped.
 import { parseEventLogs } from 'viem'
 import type { Ledger } from '../ledger/ledger.ts'
@@ -119,7 +120,7 @@ export class DepositWatcher {
         } else if (log.eventName === 'WithdrawCancelled') {
           await this.ledger.chainWithdrawCancelled({ address: log.args.payer, amount: log.args.amount, ref, txHash })
         } else if (log.eventName === 'Withdrawn') {
-          await this.ledger.chainWithdrawn({ address: log.args.payer, ref })
+          await this.ledger.chainWithdrawn({ address: log.args.payer, amount: log.args.amount, ref, txHash })
         }
       }
       // Only once every event up to `to` is in the ledger: a crash before this re-reads them, and

@@ -30,6 +30,12 @@ export interface ApiKeyRecord {
   sealed?: string
 }
 
+/**
+ * How the requestId of the hold that keeps a relayed withdrawal's amount from being spent begins
+ * (any suffix after it): the ledger recognises that hold when the watcher sees the request first.
+ */
+export const withdrawalHoldPrefix = (address: string): string => `withdraw:${address.toLowerCase()}:`
+
 export interface Hold {
   id: string
   accountId: string
@@ -248,8 +254,11 @@ export interface Ledger {
     txHash: string
   }): Promise<Transaction | undefined>
   /**
-   * An on-chain withdrawal request, once per ref: debits the wallet's account (never below zero)
-   * and frees `holdId` (the hold that kept the amount from being spent meanwhile), if given.
+   * An on-chain withdrawal request, once per ref: debits the wallet's account by what of the amount
+   * is the account's to spend (at most the wallet's funds and the balance less what calls in flight
+   * hold: their charges are still paid from the thawing amount), and frees `holdId` (the hold that
+   * kept the amount from being spent meanwhile), if given — or, without it, the withdraw route's
+   * hold for this wallet and amount (see withdrawalHoldPrefix).
    */
   chainWithdrawal(input: {
     address: string
@@ -265,8 +274,18 @@ export interface Ledger {
     ref: string
     txHash: string
   }): Promise<Transaction | undefined>
-  /** An on-chain withdrawal completed: nothing of the wallet is thawing any more. */
-  chainWithdrawn(input: { address: string; ref: string }): Promise<void>
+  /**
+   * An on-chain withdrawal completed, once per ref: `amount` (what was left of the thawing amount)
+   * was paid out. Reconciles the account and the wallet's funds with it: what its requests had not
+   * debited (kept for calls in flight, not charged) is debited now; usage charged to the wallet that
+   * the escrow can no longer pay moves to the gateway's own account. Nothing of the wallet thaws now.
+   */
+  chainWithdrawn(input: {
+    address: string
+    amount: bigint
+    ref: string
+    txHash: string
+  }): Promise<Transaction | undefined>
   // ---- x402 ----
   /** The account of an x402 payer (created on first use). */
   x402Account(payer: string): Promise<Account>

@@ -23,6 +23,7 @@ import {
   WalletInUseError,
   type WalletLink,
   WalletLinkedError,
+  withdrawalHoldPrefix,
   type X402Payment,
 } from './ledger.ts'
 
@@ -38,9 +39,9 @@ type Batch = Array<{ type: 'put'; key: string; value: string } | { type: 'del'; 
 //   t!<accountId>!<seq:12>      transaction (seq grows per account; newest first = reverse)
 //   r!<ref>                     transaction id that a ref credited
 //   w!<address>                 linked wallet (address lowercased)
-//   pd!<address>!<ref>          deposit, withdrawal or cancel of a wallet not linked yet
-//   wt!<address>                what the wallet's withdrawal requests took since its last cancel
-//   rs!<ref>                    an event applied that moved no money (a completed withdrawal)
+//   pd!<address>!<ref>          deposit, withdrawal request, cancel or completed withdrawal of a wallet not linked yet
+//   wt!<address>                what the wallet's withdrawal requests took since its last cancel or withdrawal
+//   rs!<ref>                    a completed withdrawal applied (once per ref)
 //   x!<payer>!<nonce>           x402 payment (lowercased)
 //   xd!<payer>                  what an x402 payer owes for payments that failed to settle
 //   p!<seq:12>                  payout awaiting (or in) an on-chain settlement batch
@@ -59,8 +60,8 @@ interface ParkedDeposit {
 
 /** An event of a wallet not linked yet, applied in order (`n`) when it is. */
 interface ParkedEvent extends ParkedDeposit {
-  /** Absent: a deposit. */
-  kind?: 'withdrawal' | 'cancel'
+  /** Absent: a deposit. withdrawal: requested; withdrawn: completed (`amount` paid out). */
+  kind?: 'withdrawal' | 'cancel' | 'withdrawn'
   n?: number
 }
 
@@ -132,6 +133,8 @@ function holdFromJson(s: string): Hold {
   return { ...(j as unknown as Hold), amount: BigInt(j.amount as string) }
 }
 
+const atLeastZero = (n: bigint): bigint => (n > 0n ? n : 0n)
+
 const normaliseEmail = (email: string): string => email.trim().toLowerCase()
 const newId = (prefix: string, length = 32): string => `${prefix}_${randomUUID().replaceAll('-', '').slice(0, length)}`
 
@@ -166,7 +169,7 @@ export class LevelLedger implements Ledger {
   private readonly x402ById = new Map<string, X402Payment & { txKey?: string }>()
   /** payer (lowercased) → what it owes for payments that failed to settle. */
   private readonly debts = new Map<string, bigint>()
-  /** Refs of events that move no money but must be applied once (a completed withdrawal). */
+  /** Refs of completed withdrawals applied (each once). */
   private readonly seen = new Set<string>()
   private readonly payoutById = new Map<string, Payout & { txKey: string }>()
   private readonly batchById = new Map<string, SettlementBatch>()
@@ -216,7 +219,7 @@ export class LevelLedger implements Ledger {
         amount: BigInt(j.amount as string),
         ref: j.ref as string,
         txHash: j.txHash as string,
-        ...(j.kind === 'withdrawal' || j.kind === 'cancel' ? { kind: j.kind } : {}),
+        ...(j.kind === 'withdrawal' || j.kind === 'cancel' || j.kind === 'withdrawn' ? { kind: j.kind } : {}),
         n: typeof j.n === 'number' ? j.n : 0,
       }
       const key = event.address.toLowerCase()
@@ -614,9 +617,11 @@ export class LevelLedger implements Ledger {
           ? this.withdrawalOps(current, event, { ...this.mirrored(accountId) })
           : event.kind === 'cancel'
             ? this.cancelOps(current, event)
-            : this.depositOps(current, event)
+            : event.kind === 'withdrawn'
+              ? this.withdrawnOps(current, event)
+              : this.depositOps(current, event)
       ops.push(...more, { type: 'del', key: `pd!${key}!${event.ref}` })
-      credited.push(tx)
+      if (tx != null) credited.push(tx)
     }
     this.parked.delete(key)
     await this.commit(ops)
@@ -718,16 +723,23 @@ export class LevelLedger implements Ledger {
   }): Promise<Transaction | undefined> {
     this.assertWritable()
     const ops: Batch = []
-    const hold = input.holdId != null ? this.holdById.get(input.holdId) : undefined
+    const done = this.refs.get(input.ref)
+    const key = input.address.toLowerCase()
+    const link = this.walletByAddress.get(key)
+    // The hold that kept this amount from being spent: given by the route that relayed the
+    // request, or, when the watcher sees the request first, that route's hold still open.
+    const hold =
+      input.holdId != null
+        ? this.holdById.get(input.holdId)
+        : done == null && link != null
+          ? this.withdrawalHold(link, input.amount)
+          : undefined
     const freeHold = (account: Mirrored): void => {
       if (hold == null || hold.accountId !== account.id) return
       account.held -= hold.amount
       this.holdById.delete(hold.id)
       ops.push({ type: 'del', key: `h!${hold.id}` })
     }
-    const done = this.refs.get(input.ref)
-    const key = input.address.toLowerCase()
-    const link = this.walletByAddress.get(key)
     if (done != null || link == null || input.amount <= 0n) {
       // Counted already (the watcher saw it first), or of a wallet not linked (yet: then it waits
       // with the wallet's deposits): only the hold is left to free.
@@ -750,22 +762,50 @@ export class LevelLedger implements Ledger {
     return tx
   }
 
-  /** The writes that debit a withdrawal request from `account` (the link's, maybe a hold freed). */
+  /**
+   * The open hold of the withdraw route for this very request (same wallet and amount), if any:
+   * the oldest such one (its requestId begins with withdrawalHoldPrefix(address)).
+   */
+  private withdrawalHold(link: WalletLink, amount: bigint): Hold | undefined {
+    const prefix = withdrawalHoldPrefix(link.address)
+    for (const hold of this.holdById.values()) {
+      if (hold.accountId === link.accountId && hold.amount === amount && hold.requestId.startsWith(prefix)) {
+        return hold
+      }
+    }
+    return undefined
+  }
+
+  /**
+   * The writes that debit a withdrawal request from `account` (the link's, maybe a hold freed).
+   *
+   * On chain the requested amount thaws, and until it is withdrawn the gateway can still settle
+   * from it — available balance first, then the thawing amount; `withdraw()` then pays out what is
+   * left of it. So the request debits only what of it is the account's to spend: at most the
+   * wallet's funds (the rest of the amount is usage already charged to this wallet, paid from it
+   * when settled) and at most the balance less what calls in flight hold. What those calls hold
+   * stays in the balance and in the wallet's funds, so their charges are paid from this wallet's
+   * deposit during the thaw; whatever of it they leave unspent is debited when the withdrawal
+   * completes (withdrawnOps), by what the escrow actually paid out.
+   */
   private withdrawalOps(
     link: WalletLink,
     input: { amount: bigint; ref: string; txHash: string },
     account: Mirrored,
   ): { ops: Batch; tx: Transaction } {
-    // The escrow lets a thawing amount still be settled, so usage not settled yet is still paid;
-    // the account's balance just never goes below zero.
-    const debit = minAmount(input.amount, account.balance)
-    const fromFunds = minAmount(input.amount, link.funds)
+    const spendable = account.balance - account.held
+    const debit = atLeastZero(minAmount(minAmount(input.amount, link.funds), spendable))
     account.balance -= debit
     const { op, tx } = this.txRow(account, {
       type: 'withdrawal',
       amount: -debit,
       txHash: input.txHash,
       wallet: link.address,
+      ...(debit < input.amount
+        ? {
+            memo: `withdrawal of ${input.amount} requested: ${input.amount - debit} of it pays usage charged or in flight; what that leaves is debited when withdrawn`,
+          }
+        : {}),
     })
     this.refs.set(input.ref, tx)
     const key = link.address.toLowerCase()
@@ -774,9 +814,9 @@ export class LevelLedger implements Ledger {
       this.putAccount(account),
       op,
       { type: 'put', key: `r!${input.ref}`, value: txToJson(tx) },
-      this.putWallet({ ...link, funds: link.funds - fromFunds }),
-      // What a cancel may give back: never more than this took.
-      this.putTaken(key, { balance: taken.balance + debit, funds: taken.funds + fromFunds }),
+      this.putWallet({ ...link, funds: link.funds - debit }),
+      // What a cancel may give back, and what the completed withdrawal is reconciled against.
+      this.putTaken(key, { balance: taken.balance + debit, funds: taken.funds + debit }),
     ]
     return { ops, tx }
   }
@@ -835,18 +875,105 @@ export class LevelLedger implements Ledger {
     return { ops, tx }
   }
 
-  async chainWithdrawn(input: { address: string; ref: string }): Promise<void> {
+  async chainWithdrawn(input: {
+    address: string
+    amount: bigint
+    ref: string
+    txHash: string
+  }): Promise<Transaction | undefined> {
     this.assertWritable()
-    const key = input.address.toLowerCase()
     // Once per ref: replayed after a crash, it must not clear what a later request took.
-    if (this.seen.has(input.ref)) return
+    if (this.seen.has(input.ref)) return undefined
+    const key = input.address.toLowerCase()
+    const link = this.walletByAddress.get(key)
+    if (link == null) {
+      // Of a wallet not linked (yet): it waits, after the request it completes.
+      const ops = this.park(key, { ...input, kind: 'withdrawn' })
+      if (ops.length > 0) await this.commit(ops)
+      return undefined
+    }
+    const { ops, tx } = this.withdrawnOps(link, input)
+    await this.commit(ops)
+    return tx
+  }
+
+  /**
+   * The writes that reconcile a completed withdrawal with what the escrow paid out (`amount`: what
+   * was left of the thawing amount). The wallet's funds follow the escrow: what its requests took
+   * from them since the last cancel comes back, the payout leaves. Of what leaves, the part the
+   * requests had not debited (kept for calls in flight and not charged) is debited now, never
+   * below what calls in flight hold. A part beyond the funds is usage charged to this wallet that
+   * was not settled before the withdrawal took its money: the gateway's own escrow account pays
+   * those payouts instead (the balance was charged for them already).
+   */
+  private withdrawnOps(
+    link: WalletLink,
+    input: { amount: bigint; ref: string; txHash: string },
+  ): { ops: Batch; tx: Transaction | undefined } {
+    const key = link.address.toLowerCase()
+    const taken = this.taken.get(key) ?? { balance: 0n, funds: 0n }
+    const account = { ...this.mirrored(link.accountId) }
+    const funds = link.funds + taken.funds - input.amount
+    const shortfall = funds < 0n ? -funds : 0n
+    let change = taken.balance - input.amount + shortfall
+    const floor = -atLeastZero(account.balance - account.held)
+    if (change < floor) change = floor
     this.seen.add(input.ref)
     // Whatever was thawing has left: a later cancel can only give back what a later request takes.
     this.taken.delete(key)
-    await this.commit([
+    const ops: Batch = [
       { type: 'del', key: `wt!${key}` },
       { type: 'put', key: `rs!${input.ref}`, value: '1' },
-    ])
+      this.putWallet({ ...link, funds: atLeastZero(funds) }),
+    ]
+    let tx: Transaction | undefined
+    if (change !== 0n) {
+      account.balance += change
+      const row = this.txRow(account, {
+        type: 'withdrawal',
+        amount: change,
+        txHash: input.txHash,
+        wallet: link.address,
+        memo:
+          change < 0n
+            ? `withdrawn: ${input.amount} paid out, of which ${-change} was kept for calls in flight and not charged`
+            : `withdrawn: ${input.amount} paid out, ${change} less than its request debited`,
+      })
+      tx = row.tx
+      ops.push(this.putAccount(account), row.op)
+    }
+    if (shortfall > 0n) ops.push(...this.payoutsToGateway(key, shortfall))
+    return { ops, tx }
+  }
+
+  /**
+   * Moves up to `amount` of the wallet's payouts not in a batch yet (newest first) to the gateway's
+   * own escrow account: the wallet's escrow balance can no longer pay them.
+   */
+  private payoutsToGateway(wallet: string, amount: bigint): Batch {
+    const ops: Batch = []
+    let left = amount
+    for (const p of [...this.payoutById.values()].reverse()) {
+      if (left === 0n) break
+      if (p.batch != null || p.payer.toLowerCase() !== wallet) continue
+      const take = minAmount(p.amount, left)
+      left -= take
+      if (take === p.amount) {
+        const next = { ...p, payer: '' }
+        this.payoutById.set(p.id, next)
+        ops.push({ type: 'put', key: `p!${p.id}`, value: bigJson(next) })
+        continue
+      }
+      const kept = { ...p, amount: p.amount - take }
+      this.payoutById.set(p.id, kept)
+      ops.push({ type: 'put', key: `p!${p.id}`, value: bigJson(kept) })
+      this.payoutSeq++
+      const moved = { ...p, id: seqKey(this.payoutSeq), payer: '', amount: take }
+      this.payoutById.set(moved.id, moved)
+      ops.push({ type: 'put', key: `p!${moved.id}`, value: bigJson(moved) })
+    }
+    if (ops.length > 0) ops.push({ type: 'put', key: 'm!payoutSeq', value: String(this.payoutSeq) })
+    return ops
   }
 
   // -------------------------------------------------------------------------------------- x402

@@ -301,6 +301,71 @@ describe('DepositWatcher on anvil', () => {
     await rows(g.ledger, g.account.id)
   })
 
+  it('a request for the whole deposit made on chain during a call: never negative, the call paid from the deposit, the ledger ends where the escrow does', async () => {
+    const payer = await newPayer(10_000_000n)
+    await g.ledger.linkWallet(g.account.id, payer.address)
+    await payer.authorize(2n ** 256n - 1n)
+    const watcher = g.watcher()
+    const d = await payer.deposit(6_699_863n)
+    await watcher.poll()
+    const spendable = async (): Promise<bigint> => {
+      const a = await g.ledger.getAccount(g.account.id)
+      expect(a?.balance).toBeGreaterThanOrEqual(0n)
+      return (a?.balance ?? 0n) - (a?.held ?? 0n)
+    }
+    const house = await client.capacity(client.address)
+    // a streamed call holds 816 ...
+    const hold = await g.ledger.reserve(g.account.id, 816n, 'call')
+    // ... while the wallet asks the escrow itself for all of it
+    const r = await payer.requestWithdraw(6_699_863n)
+    await watcher.poll()
+    expect(await spendable()).toBe(0n)
+    expect(await g.balance()).toBe(816n)
+    const node = privateKeyToAccount(generatePrivateKey()).address
+    await g.ledger.settle(hold.id, 800n, {
+      model: 'm',
+      requestId: 'call',
+      tokensIn: 1,
+      tokensOut: 1,
+      payout: { node: 'n', payee: node, receipt: '{}' },
+    })
+    expect(await spendable()).toBe(16n)
+    // the charge is the wallet's to pay, and is paid on chain from its thawing amount
+    expect(g.ledger.pendingPayouts(10).map((p) => [p.payer, p.amount])).toEqual([[payer.address, 800n]])
+    const settled = await new Settler(g.ledger, client, { intervalMs: 60_000 }).run()
+    expect(settled.settled).toHaveLength(1)
+    expect(settled.failed).toEqual([])
+    expect(
+      await publicClient().readContract({
+        address: chain.escrow,
+        abi: clusterEscrowAbi,
+        functionName: 'earnings',
+        args: [node],
+      }),
+    ).toBe(800n)
+    expect(await client.account(payer.address)).toMatchObject({ available: 0n, thawing: 6_699_063n })
+    expect((await client.capacity(client.address)).balance).toBe(house.balance)
+    // after the thaw the wallet withdraws what is left of it: the ledger follows
+    await testClient().increaseTime({ seconds: Number(chain.thawPeriod) + 1 })
+    await testClient().mine({ blocks: 1 })
+    const w = await payer.withdraw()
+    await watcher.poll()
+    expect(await spendable()).toBe(0n)
+    const onChain = await client.capacity(payer.address)
+    expect(onChain.balance).toBe(0n)
+    expect(await g.balance()).toBe(onChain.balance)
+    expect(g.ledger.walletOwner(payer.address)?.funds).toBe(0n)
+    const txs = await rows(g.ledger, g.account.id)
+    expect(amounts(txs)).toEqual([
+      ['deposit', 6_699_863n, d.transactionHash],
+      ['withdrawal', -6_699_047n, r.transactionHash],
+      ['usage', -800n, undefined],
+      ['withdrawal', -16n, w.transactionHash],
+    ])
+    // nothing left for the link to back: it can go
+    expect(await g.ledger.unlinkWallet(g.account.id, payer.address)).toBe(true)
+  })
+
   it('an unlinked payer that deposited and asked for it all back: linking credits nothing', async () => {
     const payer = await newPayer(10_000_000n)
     const watcher = g.watcher()

@@ -11,6 +11,7 @@ import {
   UnknownHoldError,
   WalletInUseError,
   WalletLinkedError,
+  withdrawalHoldPrefix,
 } from '../../src/ledger/ledger.ts'
 import { LevelLedger } from '../../src/ledger/level-ledger.ts'
 import { tempDir } from '../helpers/fixtures.ts'
@@ -215,7 +216,7 @@ describe('wallet links and deposits', () => {
     await ledger.credit(a.id, 30n, { type: 'credit' })
     await ledger.chainWithdrawal({ address: W1, amount: 100n, ref: ref(), txHash: hash(90) })
     await expect(ledger.unlinkWallet(a.id, W1)).rejects.toThrow(WalletInUseError)
-    await ledger.chainWithdrawn({ address: W1, ref: ref() })
+    await ledger.chainWithdrawn({ address: W1, amount: 100n, ref: ref(), txHash: hash(91) })
     expect(await ledger.unlinkWallet(a.id, W1.toLowerCase())).toBe(true)
     expect(await ledger.unlinkWallet(a.id, W1)).toBe(false)
     expect(ledger.walletOwner(W1)).toBeUndefined()
@@ -576,16 +577,17 @@ describe('withdrawals and cancellations add up with usage not settled yet', () =
     await ledger.linkWallet(a.id, W1)
     await deposit(W1, 1_000n)
     await charge(a.id, 800n)
-    // all of it requested (800 of it still owed to the node), then withdrawn on chain
+    // all of it requested (800 of it still owed to the node, settled from the thaw), then the
+    // 200 left withdrawn on chain
     await ledger.chainWithdrawal({ address: W1, amount: 1_000n, ref: ref(), txHash: hash(20) })
     const withdrawn = ref()
-    await ledger.chainWithdrawn({ address: W1, ref: withdrawn })
+    expect(await ledger.chainWithdrawn({ address: W1, amount: 200n, ref: withdrawn, txHash: hash(24) })).toBe(undefined)
     await deposit(W1, 500n)
     const second = await ledger.chainWithdrawal({ address: W1, amount: 300n, ref: ref(), txHash: hash(21) })
     expect(second?.amount).toBe(-300n)
     // the watcher re-reads the old Withdrawn after a crash: it must not forget the second request
     await reopen()
-    await ledger.chainWithdrawn({ address: W1, ref: withdrawn })
+    await ledger.chainWithdrawn({ address: W1, amount: 200n, ref: withdrawn, txHash: hash(24) })
     const back = await ledger.chainWithdrawCancelled({ address: W1, amount: 300n, ref: ref(), txHash: hash(22) })
     expect(back?.amount).toBe(300n)
     expect(await account(a.id)).toMatchObject({ balance: 500n })
@@ -644,6 +646,203 @@ describe('withdrawals and cancellations add up with usage not settled yet', () =
     expect(await account(a.id)).toMatchObject({ balance: 900n })
     expect(funds(W1)).toBe(900n)
     expect((await expectConsistent(a.id)).map((t) => t.amount)).toEqual([-100n, 400n, -400n, 1_000n])
+  })
+})
+
+describe('a withdrawal requested on chain directly while calls are in flight', () => {
+  /** The call in flight: `held` reserved with a payout, to be charged `actual` (or released). */
+  const inFlight = async (accountId: string, held: bigint) => {
+    const requestId = `req-${++seq}`
+    const hold = await ledger.reserve(accountId, held, requestId)
+    return {
+      hold,
+      charge: (actual: bigint) =>
+        ledger.settle(hold.id, actual, {
+          model: 'm',
+          requestId,
+          tokensIn: 1,
+          tokensOut: 2,
+          payout: { node: '12D3KooWnode', payee: NODE_A, receipt: `{"r":"${requestId}"}` },
+        }),
+    }
+  }
+  const spendable = async (id: string): Promise<bigint> => {
+    const a = await account(id)
+    return a.balance - a.held
+  }
+
+  it('debits only what the call does not hold; the charge is paid from the deposit; withdrawn, the rest goes', async () => {
+    const a = await newAccount()
+    await ledger.linkWallet(a.id, W1)
+    await deposit(W1, 6_699_863n)
+    const call = await inFlight(a.id, 816n)
+    // requestWithdraw(everything) from the wallet itself, seen by the watcher (no hold of the route)
+    const tx = await ledger.chainWithdrawal({ address: W1, amount: 6_699_863n, ref: ref(), txHash: hash(30) })
+    expect(tx?.amount).toBe(-6_699_047n)
+    expect(await account(a.id)).toMatchObject({ balance: 816n, held: 816n })
+    expect(await spendable(a.id)).toBe(0n)
+    // the wallet's funds still back what the call holds: its charge is the wallet's, not the gateway's
+    expect(funds(W1)).toBe(816n)
+    await call.charge(800n)
+    expect(summary(ledger.pendingPayouts(100))).toEqual([[W1, 800n]])
+    expect(await account(a.id)).toMatchObject({ balance: 16n, held: 0n })
+    await reopen()
+    // settled from the thawing amount, the escrow pays out what is left: 6,699,863 − 800
+    const done = await ledger.chainWithdrawn({ address: W1, amount: 6_699_063n, ref: ref(), txHash: hash(31) })
+    expect(done).toMatchObject({ type: 'withdrawal', amount: -16n, balanceAfter: 0n, txHash: hash(31) })
+    expect(await account(a.id)).toMatchObject({ balance: 0n, held: 0n })
+    expect(funds(W1)).toBe(0n)
+    expect(summary(ledger.pendingPayouts(100))).toEqual([[W1, 800n]])
+    // the link is free again
+    expect(await ledger.unlinkWallet(a.id, W1)).toBe(true)
+    await expectConsistent(a.id)
+  })
+
+  it('the call ends without a charge: what it held leaves with the withdrawal', async () => {
+    const a = await newAccount()
+    await ledger.linkWallet(a.id, W1)
+    await deposit(W1, 1_000n)
+    const call = await inFlight(a.id, 300n)
+    await ledger.chainWithdrawal({ address: W1, amount: 1_000n, ref: ref(), txHash: hash(32) })
+    expect(await account(a.id)).toMatchObject({ balance: 300n, held: 300n })
+    await ledger.release(call.hold.id)
+    await ledger.chainWithdrawn({ address: W1, amount: 1_000n, ref: ref(), txHash: hash(33) })
+    expect(await account(a.id)).toMatchObject({ balance: 0n, held: 0n })
+    expect(funds(W1)).toBe(0n)
+    expect(ledger.pendingPayouts(100)).toEqual([])
+    await expectConsistent(a.id)
+  })
+
+  it('usage not settled before the withdrawal took its money is moved to the gateway, never below zero', async () => {
+    const a = await newAccount()
+    await ledger.linkWallet(a.id, W1)
+    await deposit(W1, 1_000n)
+    await charge(a.id, 100n) // charged before the request, not settled yet
+    const call = await inFlight(a.id, 300n)
+    await ledger.chainWithdrawal({ address: W1, amount: 1_000n, ref: ref(), txHash: hash(34) })
+    expect(await account(a.id)).toMatchObject({ balance: 300n, held: 300n })
+    await call.charge(250n)
+    expect(summary(ledger.pendingPayouts(100))).toEqual([
+      [W1, 100n],
+      [W1, 250n],
+    ])
+    // the gateway settled none of it within the thaw: the escrow paid out all 1000
+    await ledger.chainWithdrawn({ address: W1, amount: 1_000n, ref: ref(), txHash: hash(35) })
+    expect(await account(a.id)).toMatchObject({ balance: 0n, held: 0n })
+    expect(funds(W1)).toBe(0n)
+    expect(summary(ledger.pendingPayouts(100))).toEqual([
+      ['', 100n],
+      ['', 250n],
+    ])
+    await expectConsistent(a.id)
+  })
+
+  it('usage settled from the thaw stays the wallet’s; only what was not settled in time moves to the gateway', async () => {
+    const a = await newAccount()
+    await ledger.linkWallet(a.id, W1)
+    await deposit(W1, 1_000n)
+    const first = await inFlight(a.id, 100n)
+    const second = await inFlight(a.id, 150n)
+    await ledger.chainWithdrawal({ address: W1, amount: 1_000n, ref: ref(), txHash: hash(36) })
+    expect(await account(a.id)).toMatchObject({ balance: 250n, held: 250n })
+    await first.charge(100n)
+    await second.charge(150n)
+    // the first charge goes on chain (from the thawing amount), the second is not sent in time
+    const [p1] = ledger.pendingPayouts(1)
+    const batch = await ledger.createBatch([p1?.id as string])
+    await ledger.chainWithdrawn({ address: W1, amount: 900n, ref: ref(), txHash: hash(37) })
+    await ledger.settleBatch(batch.id, hash(38))
+    expect(await account(a.id)).toMatchObject({ balance: 0n, held: 0n })
+    expect(summary(ledger.pendingPayouts(100))).toEqual([['', 150n]])
+    await expectConsistent(a.id)
+  })
+
+  it('less paid out than the ledger expects (another gateway of the wallet settled from it): a payout is split', async () => {
+    const a = await newAccount()
+    await ledger.linkWallet(a.id, W1)
+    await deposit(W1, 1_000n)
+    const call = await inFlight(a.id, 300n)
+    await ledger.chainWithdrawal({ address: W1, amount: 1_000n, ref: ref(), txHash: hash(39) })
+    await call.charge(250n)
+    // 100 left the thawing amount that this ledger did not settle: 900 paid out, and of the 250
+    // this ledger charged to the wallet, the escrow holds only 100 more for it than it paid out
+    await ledger.chainWithdrawn({ address: W1, amount: 900n, ref: ref(), txHash: hash(40) })
+    expect(await account(a.id)).toMatchObject({ balance: 0n, held: 0n })
+    expect(summary(ledger.pendingPayouts(100))).toEqual([
+      [W1, 100n],
+      ['', 150n],
+    ])
+    await reopen()
+    expect(summary(ledger.pendingPayouts(100))).toEqual([
+      [W1, 100n],
+      ['', 150n],
+    ])
+    await expectConsistent(a.id)
+  })
+
+  it('a cancel during the thaw gives back what the request took; the charge stays the wallet’s', async () => {
+    const a = await newAccount()
+    await ledger.linkWallet(a.id, W1)
+    await deposit(W1, 1_000n)
+    const call = await inFlight(a.id, 300n)
+    await ledger.chainWithdrawal({ address: W1, amount: 1_000n, ref: ref(), txHash: hash(46) })
+    await call.charge(100n)
+    expect(await account(a.id)).toMatchObject({ balance: 200n, held: 0n })
+    // settled from the thaw (900 left thawing), then cancelled: 900 available again
+    await ledger.chainWithdrawCancelled({ address: W1, amount: 900n, ref: ref(), txHash: hash(47) })
+    expect(await account(a.id)).toMatchObject({ balance: 900n })
+    expect(funds(W1)).toBe(900n)
+    expect(summary(ledger.pendingPayouts(100))).toEqual([[W1, 100n]])
+    await expectConsistent(a.id)
+  })
+
+  it('admin credit covers what calls hold: the request takes all of the wallet', async () => {
+    const a = await newAccount()
+    await ledger.credit(a.id, 5_000n, { type: 'credit' })
+    await ledger.linkWallet(a.id, W1)
+    await deposit(W1, 1_000n)
+    const call = await inFlight(a.id, 800n)
+    await ledger.chainWithdrawal({ address: W1, amount: 1_000n, ref: ref(), txHash: hash(40) })
+    expect(await account(a.id)).toMatchObject({ balance: 5_000n, held: 800n })
+    expect(funds(W1)).toBe(0n)
+    await call.charge(800n)
+    expect(summary(ledger.pendingPayouts(100))).toEqual([['', 800n]])
+    await ledger.chainWithdrawn({ address: W1, amount: 1_000n, ref: ref(), txHash: hash(41) })
+    expect(await account(a.id)).toMatchObject({ balance: 4_200n })
+    await expectConsistent(a.id)
+  })
+
+  it('the watcher seeing a relayed request before the route: it takes the route’s hold, all of it is debited', async () => {
+    const a = await newAccount()
+    await ledger.linkWallet(a.id, W1)
+    await deposit(W1, 1_000n)
+    const hold = await ledger.reserve(a.id, 1_000n, `${withdrawalHoldPrefix(W1)}${Date.now()}`)
+    const seen = { address: W1, amount: 1_000n, ref: ref(), txHash: hash(42) }
+    await ledger.chainWithdrawal(seen)
+    expect(await account(a.id)).toMatchObject({ balance: 0n, held: 0n })
+    await ledger.chainWithdrawal({ ...seen, holdId: hold.id })
+    expect(await account(a.id)).toMatchObject({ balance: 0n, held: 0n })
+    await ledger.chainWithdrawn({ address: W1, amount: 1_000n, ref: ref(), txHash: hash(43) })
+    expect(await account(a.id)).toMatchObject({ balance: 0n, held: 0n })
+    expect(await expectConsistent(a.id)).toHaveLength(2)
+  })
+
+  it("an unlinked wallet's completed withdrawal waits too: linking squares it and frees the link", async () => {
+    const a = await newAccount()
+    await deposit(W1, 1_000n)
+    await ledger.chainWithdrawal({ address: W1, amount: 600n, ref: ref(), txHash: hash(44) })
+    const w = ref()
+    expect(await ledger.chainWithdrawn({ address: W1, amount: 600n, ref: w, txHash: hash(45) })).toBeUndefined()
+    await reopen()
+    await ledger.linkWallet(a.id, W1)
+    expect(await account(a.id)).toMatchObject({ balance: 400n })
+    expect(funds(W1)).toBe(400n)
+    // read again by the watcher: nothing moves
+    await ledger.chainWithdrawn({ address: W1, amount: 600n, ref: w, txHash: hash(45) })
+    expect(await account(a.id)).toMatchObject({ balance: 400n })
+    await charge(a.id, 400n)
+    expect(await ledger.unlinkWallet(a.id, W1)).toBe(true)
+    await expectConsistent(a.id)
   })
 })
 
