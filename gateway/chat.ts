@@ -366,6 +366,16 @@ async function serveNode(
       }
       // Billed for what reached the client, with the node's receipt; a failed node, nothing.
       await meter.finish(current.nodePeerId, cancel.signal.aborted ? done : undefined, true)
+      // A call cut short and charged is a call: counted, logged and told like any other.
+      if (!finished && cancel.signal.aborted && done != null) {
+        const usage = {
+          promptTokens: done.usage.promptTokens,
+          completionTokens: Math.min(done.usage.completionTokens, meter.deliveredTokens),
+        }
+        complete('abort', usage, current.nodePeerId)
+      } else if (!finished && unpaid != null && meter.deliveredTokens > 0) {
+        complete('abort', { promptTokens: 0, completionTokens: meter.deliveredTokens }, current.nodePeerId)
+      }
     }
   })
 }
@@ -555,6 +565,9 @@ async function serveProvider(
         if (settled?.status === 'settled') await sse.write(`: ${settled.header.name}: ${settled.header.value}\n\n`)
         await sse.write('data: [DONE]\n\n')
         complete(finish, billed)
+      } else if ((cancel.signal.aborted || unpaid != null) && billed.promptTokens + billed.completionTokens > 0) {
+        // Cut short and charged: a call like any other (counted, logged and told).
+        complete('abort', billed)
       }
       // A finished answer's body is read to its end (its connection goes back to the pool);
       // anything else is cut off.

@@ -1,7 +1,7 @@
 // `cluster start` (= `npm start`): one gateway and one node on 127.0.0.1, data under .cluster/,
 // serving a given model or a generated random-weights demo model; writes dev.json for clients.
 import { existsSync } from 'node:fs'
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { type Address, createPublicClient, createWalletClient, type Hex, http, maxUint256 } from 'viem'
 import { privateKeyToAccount } from 'viem/accounts'
@@ -318,7 +318,9 @@ async function startParts(config: Config, modelPath: string | undefined, shutdow
   }
   // Written whole then renamed: a client polling for dev.json never reads half of it.
   shutdown.check()
-  await writeFile(`${devJsonPath}.tmp`, `${JSON.stringify(dev, null, 2)}\n`)
+  // It holds keys (the admin's, the demo user's, the local chain's test accounts): the owner's only.
+  await writeFile(`${devJsonPath}.tmp`, `${JSON.stringify(dev, null, 2)}\n`, { mode: 0o600 })
+  await chmod(`${devJsonPath}.tmp`, 0o600)
   await rename(`${devJsonPath}.tmp`, devJsonPath)
   const first = models[0] ?? DEMO_MODEL_ID
   const me = await gateway.ledger.getAccount(demo.id)

@@ -277,6 +277,13 @@ describe('gateway + two nodes over libp2p', () => {
   it('a client that aborts mid-stream stops generation on the node', async () => {
     const engines = [nodeA, nodeB].map((n) => [...n.engines.values()][0]!)
     const total = (): number => engines.reduce((s, e) => s + e.generatedTokens, 0)
+    const served = async (): Promise<number> => {
+      const m = /cluster_inferences_total\{endpoint="chat",provider="cluster"\} (\d+)/.exec(
+        await (await fetch(`${gw.url}/metrics`)).text(),
+      )
+      return Number(m?.[1] ?? 0)
+    }
+    const servedBefore = await served()
     const before = total()
     const controller = new AbortController()
     const stream = await client.chat.completions.create(
@@ -308,6 +315,8 @@ describe('gateway + two nodes over libp2p', () => {
     expect(total()).toBe(after)
     // Without the abort reaching the node it would have run on towards 3000 tokens.
     expect(after - before).toBeLessThan(200)
+    // Billed for what it got, so counted as a call like any other.
+    await waitFor(async () => (await served()) === servedBefore + 1, 5_000, 'the call in the metrics')
   })
 
   it('concurrent requests are spread over both nodes (least loaded first)', async () => {

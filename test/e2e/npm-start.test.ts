@@ -1,7 +1,7 @@
 // `npm start`, run as a user would: it comes up, writes dev.json, answers a chat request with the
 // demo model, and stops everything cleanly within 5 s of Ctrl-C (SIGINT to its process group).
 import { type ChildProcess, spawn } from 'node:child_process'
-import { existsSync, readFileSync, rmSync } from 'node:fs'
+import { existsSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { ExactEvmScheme } from '@x402/evm/exact/client'
 import { wrapFetchWithPayment, x402Client } from '@x402/fetch'
@@ -92,7 +92,8 @@ describe('npm start', () => {
     expect(listed.models[0]?.cid).toMatch(/^baf[ky]/)
 
     expect(dev.adminApiKey).toMatch(/^sk-cluster-/)
-    // Keys live in dev.json and admin.key, never in the output.
+    // Keys live in dev.json and admin.key (the owner's only), never in the output.
+    expect(statSync(devJson).mode & 0o777).toBe(0o600)
     expect(output).not.toContain(dev.adminApiKey)
     expect(output).not.toContain(dev.demoApiKey)
     expect(dev.demoApiKey).toMatch(/^sk-cluster-/)

@@ -336,6 +336,16 @@ describe('provider routing', () => {
     expect(row?.tokensOut).toBeGreaterThanOrEqual(2)
     expect(row?.tokensOut).toBeLessThan(6)
     expect((await gw.ledger.getAccount(account?.id as string))?.held).toBe(0n)
+    // Charged, so a call like any other: told on /ws/admin (and so counted in the metrics and logged).
+    const told = () =>
+      events.find((e) => e.type === 'inference:complete' && e.requestId === r.headers.get('x-request-id')) as
+        | { finishReason: string; usage: { completionTokens: number } }
+        | undefined
+    await waitFor(() => told() != null, 5_000, 'the inference:complete event')
+    expect(told()).toMatchObject({
+      finishReason: 'abort',
+      tokens: { promptTokens: row?.tokensIn, completionTokens: row?.tokensOut },
+    })
   })
 
   it("usage is billed from the provider's numbers", async () => {
