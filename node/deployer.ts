@@ -1,8 +1,8 @@
 // The Deployer: a model deployed to this node is fetched by CID over IPFS (bitswap from whichever
 // peers hold it), checked (size, sha256, GGUF header), loaded and announced; undeploy unloads it and
-// announces that. Deployments are kept in the data dir, so a node killed mid-fetch resumes at its
-// next start (blocks already fetched stay in the blockstore) and a deployed model comes back after
-// a restart.
+// announces that, freeing the file and blocks no other deployment uses. Deployments are kept in the
+// data dir, so a node killed mid-fetch resumes at its next start (blocks already fetched stay in the
+// blockstore) and a deployed model comes back after a restart.
 import { createHash } from 'node:crypto'
 import { createWriteStream } from 'node:fs'
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
@@ -212,12 +212,43 @@ export class Deployer {
     }
     await this.persist()
     this.o.changed()
+    await this.release(d.spec.cid)
     if (id != null) {
       this.o.announce('model:undeployed', {
         id,
         cid: d.spec.cid,
         ...(d.spec.version != null ? { version: d.spec.version } : {}),
       })
+    }
+  }
+
+  /**
+   * Frees the disk a CID took (its file under models/ and its blocks) once no deployment uses it:
+   * another id on the same weights keeps both. Runs in turn with the work on the CID's file, so a
+   * deployment of it begun meanwhile finds either all of it or none.
+   */
+  private async release(cidText: string): Promise<void> {
+    // Still in use (another id may be fetching it): nothing to free, nothing to wait for.
+    if ([...this.deployments].some((x) => x.spec.cid === cidText)) return
+    try {
+      await this.withFile(cidText, new AbortController().signal, async () => {
+        if ([...this.deployments].some((x) => x.spec.cid === cidText)) return
+        const cid = parseCid(cidText)
+        const path = join(this.modelsDir, `${cid.toString()}.gguf`)
+        await rm(path, { force: true })
+        await rm(`${path}.part`, { force: true })
+        const keep = [...this.deployments].flatMap((x) => {
+          try {
+            return [parseCid(x.spec.cid)]
+          } catch {
+            return []
+          }
+        })
+        await this.o.store.remove(cid, { keep })
+      })
+    } catch (err) {
+      // Undeployed all the same: what is left is disk, told so the operator can see it.
+      this.o.log(`undeploy of ${cidText}: could not free its disk: ${(err as Error).message}`)
     }
   }
 
@@ -270,7 +301,7 @@ export class Deployer {
     await this.withFile(spec.cid, signal, async () => {
       if (!(await complete(path, size))) await this.fetch(d, path, size, providers)
       else this.checkKnownDigest(spec)
-      // Every block is local now (kept: nothing garbage-collects them): serve them to the next node.
+      // Every block is local now (kept while a deployment uses them): serve them to the next node.
       void this.o.store.provide(cid).catch(() => undefined)
       d.state = 'loading'
       this.o.changed()

@@ -49,7 +49,12 @@ const UNDEPLOY_DRAIN_MS = 30_000
 export interface NodeConfig {
   dataDir: string
   listen?: string[]
+  /** Multiaddrs, or paths of a peer.json to re-read at every redial (see MeshConfig.bootstrap). */
   bootstrap?: string[]
+  /** @default BOOTSTRAP_REDIAL_MS */
+  bootstrapRedialMs?: number
+  /** @default BOOTSTRAP_WARN_AFTER_MS */
+  bootstrapWarnAfterMs?: number
   models: NodeModelConfig[]
   /** Models served by an OpenAI-compatible HTTP server the operator runs (vLLM, llama-server, Ollama, …). */
   upstreams?: HttpEngineOptions[]
@@ -178,6 +183,9 @@ async function startParts(config: NodeConfig, teardown: Teardown, undo: () => Pr
     privateKey,
     ...(config.listen ? { listen: config.listen } : {}),
     ...(config.bootstrap ? { bootstrap: config.bootstrap } : {}),
+    ...(config.bootstrapRedialMs != null ? { bootstrapRedialMs: config.bootstrapRedialMs } : {}),
+    ...(config.bootstrapWarnAfterMs != null ? { bootstrapWarnAfterMs: config.bootstrapWarnAfterMs } : {}),
+    log: logger,
   })
   teardown.push(() => peer.stop())
   const peerId = peer.peerId.toString()

@@ -29,18 +29,23 @@ const seedArg = (value: string): number => {
   return n
 }
 
-/** A --bootstrap value may be a multiaddr or the path of another peer's peer.json. */
-async function expandBootstrap(values: string[]): Promise<string[]> {
+/**
+ * A --bootstrap value may be a multiaddr or the path of another peer's peer.json. Both are checked
+ * now; a file is handed on by its path (the mesh peer re-reads it at every redial, so a peer that
+ * restarted on another port is found again), multiaddrs as the config's `bootstrap`.
+ */
+async function expandBootstrap(values: string[]): Promise<{ multiaddrs: string[]; files: string[] }> {
   const { multiaddr } = await import('@multiformats/multiaddr')
-  const out: string[] = []
+  const { isMultiaddrText, PeerJsonError, parsePeerJson } = await import('../mesh/bootstrap.ts')
+  const out = { multiaddrs: [] as string[], files: [] as string[] }
   for (const v of values) {
-    if (/^\/(ip4|ip6|dns|dns4|dns6)\//.test(v)) {
+    if (isMultiaddrText(v)) {
       try {
         multiaddr(v)
       } catch (err) {
         throw new UserError(`--bootstrap: not a valid multiaddr: ${v} (${oneLine(err)})`)
       }
-      out.push(v)
+      out.multiaddrs.push(v)
       continue
     }
     const file = resolve(v)
@@ -55,18 +60,15 @@ async function expandBootstrap(values: string[]): Promise<string[]> {
           : `--bootstrap: cannot read ${file}: ${code ?? oneLine(err)}`,
       )
     }
-    let json: unknown
+    let multiaddrs: string[]
     try {
-      json = JSON.parse(text)
+      multiaddrs = parsePeerJson(text)
     } catch (err) {
-      throw new UserError(`--bootstrap: ${file} is not a peer.json (${(err as Error).message.replace(/\s+/g, ' ')})`)
-    }
-    const multiaddrs = (json as { multiaddrs?: unknown } | null)?.multiaddrs
-    if (!Array.isArray(multiaddrs) || !multiaddrs.every((m) => typeof m === 'string')) {
-      throw new UserError(`--bootstrap: ${file} is not a peer.json (no "multiaddrs" list)`)
+      if (!(err instanceof PeerJsonError)) throw err
+      throw new UserError(`--bootstrap: ${file} is not a peer.json (${err.message})`)
     }
     if (multiaddrs.length === 0) throw new UserError(`--bootstrap: ${file} lists no multiaddrs`)
-    out.push(...(multiaddrs as string[]))
+    out.files.push(file)
   }
   return out
 }
@@ -126,12 +128,22 @@ const listenOption = (): Option =>
 const bootstrapOption = (): Option =>
   new Option('--bootstrap <multiaddr|peer.json>', 'a peer to join through (repeatable)').argParser(collect)
 
-/** The flags every peer role shares, as a config layer. */
-async function meshFlags(opts: Record<string, unknown>): Promise<Record<string, unknown>> {
+/**
+ * The flags every peer role shares, as a config layer, and the peer.json files given with
+ * --bootstrap: the peer is given them beside the config's multiaddrs, to re-read as it redials.
+ */
+async function meshFlags(
+  opts: Record<string, unknown>,
+): Promise<{ flags: Record<string, unknown>; bootstrapFiles: string[] }> {
+  const bootstrap = opts.bootstrap ? await expandBootstrap(opts.bootstrap as string[]) : undefined
   return {
-    ...(opts.dataDir ? { dataDir: opts.dataDir as string } : {}),
-    ...(opts.listen ? { listen: opts.listen as string[] } : {}),
-    ...(opts.bootstrap ? { bootstrap: await expandBootstrap(opts.bootstrap as string[]) } : {}),
+    flags: {
+      ...(opts.dataDir ? { dataDir: opts.dataDir as string } : {}),
+      ...(opts.listen ? { listen: opts.listen as string[] } : {}),
+      // Flags win over the environment and the file, even when they are all peer.json files.
+      ...(bootstrap ? { bootstrap: bootstrap.multiaddrs } : {}),
+    },
+    bootstrapFiles: bootstrap?.files ?? [],
   }
 }
 
@@ -317,8 +329,9 @@ export async function main(argv: string[]): Promise<void> {
     .option('--host <host>', 'HTTP host', undefined)
     .option('--config <file>', 'a JSON config file')
     .action(async (opts: Record<string, unknown>) => {
+      const mesh = await meshFlags(opts)
       const config = loadConfig(opts, {
-        ...(await meshFlags(opts)),
+        ...mesh.flags,
         gateway: {
           ...(opts.port ? { port: opts.port as string } : {}),
           ...(opts.host ? { host: opts.host as string } : {}),
@@ -336,7 +349,7 @@ export async function main(argv: string[]): Promise<void> {
             ...(x402 ? { x402 } : {}),
             dataDir: resolve(config.dataDir),
             ...(config.listen ? { listen: config.listen } : {}),
-            bootstrap: config.bootstrap,
+            bootstrap: [...config.bootstrap, ...mesh.bootstrapFiles],
             port: config.gateway.port,
             host: config.gateway.host,
             ...gatewayExtras(config),
@@ -410,8 +423,9 @@ export async function main(argv: string[]): Promise<void> {
               },
             ]
           : []
+      const mesh = await meshFlags(opts)
       const config = loadConfig(opts, {
-        ...(await meshFlags(opts)),
+        ...mesh.flags,
         node: {
           ...(models.length ? { models } : {}),
           ...(upstreams.length ? { upstreams } : {}),
@@ -439,7 +453,7 @@ export async function main(argv: string[]): Promise<void> {
             ...(config.logLevel ? { logLevel: config.logLevel } : {}),
             dataDir: resolve(config.dataDir),
             ...(config.listen ? { listen: config.listen } : {}),
-            bootstrap: config.bootstrap,
+            bootstrap: [...config.bootstrap, ...mesh.bootstrapFiles],
             models: config.node.models,
             upstreams: config.node.upstreams.map((u) => ({
               baseUrl: u.baseUrl,

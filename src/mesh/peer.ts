@@ -5,16 +5,17 @@ import { yamux } from '@chainsafe/libp2p-yamux'
 import { type GossipSub, gossipsub } from '@libp2p/gossipsub'
 import { createPeerScoreParams, createTopicScoreParams } from '@libp2p/gossipsub/score'
 import { identify } from '@libp2p/identify'
-import { KEEP_ALIVE, type Libp2p, type PrivateKey } from '@libp2p/interface'
+import type { Libp2p, PrivateKey } from '@libp2p/interface'
 import { type KadDHT, kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { type Ping, ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { webSockets } from '@libp2p/websockets'
-import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import { DHT_PROTOCOL, TOPICS } from '../../protocols/index.ts'
+import { createLogger } from '../log.ts'
+import { type BootstrapLog, keepBootstrapped } from './bootstrap.ts'
 import { withCoalescedWrites } from './coalesce.ts'
-import { BOOTSTRAP_REDIAL_MS, DEFAULT_LISTEN } from './constants.ts'
+import { BOOTSTRAP_REDIAL_MS, BOOTSTRAP_WARN_AFTER_MS, DEFAULT_LISTEN } from './constants.ts'
 import { loadOrCreatePeerKey } from './peer-key.ts'
 import { endReadersAfterBufferedData } from './stream-end.ts'
 import { sendWindowUpdatesAtHalf } from './window-updates.ts'
@@ -24,10 +25,17 @@ export interface MeshConfig {
   dataDir: string
   /** Multiaddrs to listen on. @default DEFAULT_LISTEN */
   listen?: string[]
-  /** Multiaddrs of peers to stay connected to (redialled while unreachable). */
+  /**
+   * Peers to stay connected to (redialled while unreachable): multiaddrs, or paths of a peer's
+   * peer.json, re-read at every redial so a peer that restarted on another port is found again.
+   */
   bootstrap?: string[]
   /** Redial period for bootstrap peers. @default BOOTSTRAP_REDIAL_MS */
   bootstrapRedialMs?: number
+  /** No bootstrap peer reachable for this long is logged (warn, once per outage). @default BOOTSTRAP_WARN_AFTER_MS */
+  bootstrapWarnAfterMs?: number
+  /** Where the mesh tells the operator what needs them (bootstrap outages). @default a pino logger to stderr */
+  log?: BootstrapLog
   /** The peer's key, when the caller signs with it too; else loaded from (or created in) dataDir. */
   privateKey?: PrivateKey
 }
@@ -107,37 +115,15 @@ export async function createMeshPeer(config: MeshConfig): Promise<MeshPeer> {
       }),
     },
   })
-  keepBootstrapped(peer, config.bootstrap ?? [], config.bootstrapRedialMs ?? BOOTSTRAP_REDIAL_MS)
+  let log = config.log
+  keepBootstrapped(peer, config.bootstrap ?? [], {
+    redialMs: config.bootstrapRedialMs ?? BOOTSTRAP_REDIAL_MS,
+    warnAfterMs: config.bootstrapWarnAfterMs ?? BOOTSTRAP_WARN_AFTER_MS,
+    // Made only if an outage is ever told (most peers never have one).
+    log: () => {
+      log ??= createLogger({ role: 'mesh' })
+      return log
+    },
+  })
   return peer
-}
-
-/** Dials each bootstrap address now and again whenever it is not connected, until the peer stops. */
-function keepBootstrapped(peer: MeshPeer, list: string[], redialMs: number): void {
-  if (list.length === 0) return
-  const addrs: Multiaddr[] = list.map((a) => multiaddr(a))
-  let timer: NodeJS.Timeout | undefined
-  const tick = async (): Promise<void> => {
-    await Promise.all(
-      addrs.map(async (ma) => {
-        const id = ma.getComponents().findLast((c) => c.name === 'p2p')?.value
-        if (id != null && id === peer.peerId.toString()) return
-        if (id != null && peer.getConnections().some((c) => c.remotePeer.toString() === id)) return
-        try {
-          const conn = await peer.dial(ma, { signal: AbortSignal.timeout(Math.max(redialMs, 1000)) })
-          await peer.peerStore.merge(conn.remotePeer, { tags: { [KEEP_ALIVE]: { value: 1 } } })
-        } catch {
-          // Unreachable for now: the next tick tries again.
-        }
-      }),
-    )
-  }
-  const loop = (): void => {
-    if (peer.status !== 'started') return
-    void tick().finally(() => {
-      if (peer.status === 'started') timer = setTimeout(loop, redialMs)
-    })
-  }
-  peer.addEventListener('start', loop, { once: true })
-  peer.addEventListener('stop', () => clearTimeout(timer), { once: true })
-  if (peer.status === 'started') loop()
 }

@@ -1,8 +1,11 @@
 // The node's Deployer, asked directly over /cluster/deploy/1.0.0 by a peer of the mesh (as any peer
 // can): it takes only weights a signed registry record vouches for under that name, checks what it
-// fetches against the record, and never serves what fails a check.
+// fetches against the record, and never serves what fails a check. Undeploying frees the disk the
+// deployment took (file and blocks) unless another id on the same weights still uses it.
 import { createHash, randomBytes } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { readdir, readFile, stat } from 'node:fs/promises'
+import { join } from 'node:path'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
@@ -22,14 +25,24 @@ import { createMeshPeer, type MeshPeer } from '../../src/mesh/peer.ts'
 import { loadOrCreatePeerKey } from '../../src/mesh/peer-key.ts'
 import { sendBytes } from '../../src/mesh/streams.ts'
 import { signModelRecord } from '../../src/models/registry.ts'
-import { ContentStore } from '../../src/storage/content.ts'
-import { tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
+import { ContentStore, parseCid } from '../../src/storage/content.ts'
+import { smallModelPath, tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
 
 type Model = Extract<DeployRequest, { type: 'deploy' }>['model']
 const SOME_CID = 'bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku'
 
-describe('Deployer: what a deploy request is checked against', () => {
+/** Bytes of the files under `dir`, all the way down. */
+async function diskUse(dir: string): Promise<number> {
+  let total = 0
+  for (const e of await readdir(dir, { recursive: true, withFileTypes: true })) {
+    if (e.isFile()) total += (await stat(join(e.parentPath, e.name)).catch(() => ({ size: 0 }))).size
+  }
+  return total
+}
+
+describe('Deployer: what a deploy request is checked against, and the disk a deployment takes', () => {
   let node: RunningNode
+  let nodeDir: string
   let peer: MeshPeer
   let store: ContentStore
   let key: PrivateKey
@@ -38,6 +51,7 @@ describe('Deployer: what a deploy request is checked against', () => {
   beforeAll(async () => {
     const p = await tempDir('deployer-peer')
     const n = await tempDir('deployer-node')
+    nodeDir = n.path
     cleanups.push(p.remove, n.remove)
     // This peer plays a gateway: it signs registry records and asks the node to deploy them.
     key = await loadOrCreatePeerKey(p.path)
@@ -49,7 +63,8 @@ describe('Deployer: what a deploy request is checked against', () => {
       bootstrap: peer.getMultiaddrs().map(String),
       models: [],
       gpu: false,
-      modelMemoryBytes: 8 * 1024 * 1024,
+      // Room for a few small models (55 MB each), not for 'big'.
+      modelMemoryBytes: 256 * 1024 * 1024,
     })
     await waitFor(() => peer.getConnections().some((c) => c.remotePeer.toString() === node.peerId), 10_000, 'connected')
   })
@@ -103,7 +118,7 @@ describe('Deployer: what a deploy request is checked against', () => {
     ).cid.toString()
 
   it('refuses a model bigger than its room, a CID that does not parse, and an undeploy of nothing', async () => {
-    expect(await deploy(model({ id: 'big', sizeBytes: 9 * 1024 * 1024 }))).toMatchObject({
+    expect(await deploy(model({ id: 'big', sizeBytes: 257 * 1024 * 1024 }))).toMatchObject({
       type: 'refused',
       code: 'no_room',
     })
@@ -217,4 +232,43 @@ describe('Deployer: what a deploy request is checked against', () => {
     })
     expect(node.engines.size).toBe(0)
   }, 60_000)
+
+  it('undeploy frees the file and the blocks, once no other id on the same CID uses them', async () => {
+    const bytes = await readFile(await smallModelPath())
+    const cid = await addRandom(bytes)
+    const sha256 = createHash('sha256').update(bytes).digest('hex')
+    const file = join(nodeDir, 'models', `${cid}.gguf`)
+    const before = await diskUse(nodeDir)
+    const one = model({ id: 'disk-one', cid, sizeBytes: bytes.length, sha256 })
+    const two = model({ id: 'disk-two', cid, sizeBytes: bytes.length, sha256 })
+    expect(await deploy(one, peer.getMultiaddrs().map(String))).toMatchObject({ type: 'accepted' })
+    await waitFor(() => node.engines.has('disk-one'), 30_000, 'disk-one served')
+    expect(await deploy(two)).toMatchObject({ type: 'accepted' })
+    await waitFor(() => node.engines.has('disk-two'), 30_000, 'disk-two served')
+    // While deployed: the file llama.cpp reads, and the blocks the node provides to others.
+    expect(existsSync(file)).toBe(true)
+    expect(await node.store.hasAll(parseCid(cid))).toBe(true)
+    const deployed = await diskUse(nodeDir)
+    expect(deployed - before).toBeGreaterThan(1.9 * bytes.length)
+    expect(deployed - before).toBeLessThan(2.1 * bytes.length)
+
+    // One of two ids on these weights leaves: the other keeps its file and blocks.
+    expect(await ask({ type: 'undeploy', modelId: 'disk-one' })).toEqual({ type: 'accepted', state: 'unloaded' })
+    expect(node.engines.has('disk-two')).toBe(true)
+    expect(existsSync(file)).toBe(true)
+    expect(await node.store.hasAll(parseCid(cid))).toBe(true)
+
+    // The last one leaves: both copies go.
+    expect(await ask({ type: 'undeploy', modelId: 'disk-two' })).toEqual({ type: 'accepted', state: 'unloaded' })
+    expect(existsSync(file)).toBe(false)
+    expect(existsSync(`${file}.part`)).toBe(false)
+    expect(await node.store.hasAll(parseCid(cid))).toBe(false)
+    expect(await diskUse(nodeDir)).toBeLessThan(before + 0.05 * bytes.length)
+    // Deployed again, it is fetched again (the peer still provides it) and served.
+    expect(await deploy(one, peer.getMultiaddrs().map(String))).toMatchObject({ type: 'accepted' })
+    await waitFor(() => node.engines.has('disk-one'), 30_000, 'disk-one served again')
+    expect(existsSync(file)).toBe(true)
+    expect(await ask({ type: 'undeploy', modelId: 'disk-one' })).toMatchObject({ type: 'accepted' })
+    expect(existsSync(file)).toBe(false)
+  }, 120_000)
 })

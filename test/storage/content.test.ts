@@ -1,5 +1,6 @@
 // Helia on our mesh peers: a file added on one peer is fetched by another over bitswap, found
-// through our private DHT or from named providers, byte for byte; ranges read; restart keeps blocks.
+// through our private DHT or from named providers, byte for byte; ranges read; restart keeps blocks;
+// a DAG removed leaves the blocks another kept DAG shares.
 import { createHash, randomBytes } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createMeshPeer, type MeshPeer } from '../../src/mesh/peer.ts'
@@ -81,6 +82,25 @@ describe('ContentStore on mesh peers', () => {
     stores.push(reopened)
     expect(await reopened.hasAll(cid)).toBe(true)
     expect((await collect(reopened.cat(cid))).equals(small)).toBe(true)
+  })
+
+  it('removes the blocks of a DAG, but not those a DAG still kept shares', async () => {
+    const mib = 1024 * 1024
+    const shared = randomBytes(2 * mib)
+    const one = Buffer.concat([shared, randomBytes(mib / 2 + 7)])
+    const two = Buffer.concat([shared, randomBytes(mib / 2 + 9)])
+    const c1 = (await a.add(chunks(one, 64 * 1024))).cid
+    const c2 = (await a.add(chunks(two, 64 * 1024))).cid
+    expect((await collect(a.cat(c1))).equals(one)).toBe(true)
+    // 3 leaves and a root each; the first two leaves are the same blocks in both.
+    expect(await a.remove(c1, { keep: [c2] })).toBe(2)
+    expect(await a.hasAll(c1)).toBe(false)
+    expect(await a.hasAll(c2)).toBe(true)
+    expect((await collect(a.cat(c2))).equals(two)).toBe(true)
+    expect(await a.remove(c2)).toBe(4)
+    expect(await a.hasAll(c2)).toBe(false)
+    // Nothing of it left to remove, and nothing fetched to find out.
+    expect(await a.remove(c2)).toBe(0)
   })
 
   it('refuses text that is not a CID', () => {
