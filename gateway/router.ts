@@ -1,5 +1,7 @@
 // The mesh router: picks the nodes serving a model, least loaded first, opens an inference stream
-// to the best one and fails over to the next when a node fails before its first token.
+// to the best one and fails over to the next when a node fails before its first token. A node that
+// is full says busy at once; one that queued the request says so (a queued frame), and then running
+// out of time before its first token is "busy" too, not a failure of the node.
 import type { Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import {
@@ -9,11 +11,12 @@ import {
   decodeFrames,
   encodeOwnFrame,
   INFERENCE_PROTOCOL,
+  InferenceReplyFrameSchema,
   type InferenceRequestFrame,
   type InferenceResponseFrame,
-  InferenceResponseFrameSchema,
   MAX_FRAME_BYTES,
 } from '../protocols/index.ts'
+import { DEFAULT_HEARTBEAT_INTERVAL_MS } from '../src/mesh/constants.ts'
 import type { Directory, NodeEntry } from '../src/mesh/directory.ts'
 import type { MeshPeer } from '../src/mesh/peer.ts'
 import { sendBytes } from '../src/mesh/streams.ts'
@@ -24,7 +27,51 @@ export interface RouterOptions {
   dialTimeoutMs?: number
   /** Time allowed between sending a request and the node's first frame (queueing included). @default 120000 */
   firstFrameTimeoutMs?: number
+  /**
+   * The longest a request may wait in a node's queue (sent with it; the node refuses it as busy when
+   * it cannot start it in this time, and applies its own bound too).
+   * @default firstFrameTimeoutMs less a margin for the prompt's evaluation (a quarter, at most 10 s)
+   */
+  maxQueueMs?: number
+  /**
+   * After the gateway starts, a model no node has been heard serving yet may be served by a node
+   * whose first heartbeat has not arrived: for this long it is answered 503, not 404.
+   * @default STARTUP_GRACE_MS
+   */
+  startupGraceMs?: number
 }
+
+/** Three heartbeat intervals: every node that is up has been heard from by then. */
+export const STARTUP_GRACE_MS = 3 * DEFAULT_HEARTBEAT_INTERVAL_MS
+
+/**
+ * The start-up grace of a gateway: from its start for `graceMs`, but no longer than one heartbeat
+ * interval after the first heartbeat it hears (it has joined the gossip mesh then: every node's next
+ * one arrives within an interval). Meanwhile a model nobody has been heard serving may still be served.
+ */
+export class StartupGrace {
+  private until: number
+
+  constructor(
+    directory: Pick<Directory, 'once'>,
+    graceMs: number,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.until = now() + graceMs
+    if (graceMs > 0) {
+      directory.once('node:heartbeat', (entry) => {
+        this.until = Math.min(this.until, this.now() + entry.heartbeat.intervalMs)
+      })
+    }
+  }
+
+  get active(): boolean {
+    return this.now() < this.until
+  }
+}
+
+/** Said of a model unknown while the gateway may not have heard from every node yet. */
+export const NOT_HEARD_YET = 'No node serving it has been heard from yet since the gateway started.'
 
 /** An inference under way on one node. */
 export interface InferenceCall {
@@ -63,6 +110,8 @@ export class MeshRouter {
   private readonly spares = new Map<string, Array<{ stream: Promise<Stream>; at: number }>>()
   private readonly dialTimeoutMs: number
   private readonly firstFrameTimeoutMs: number
+  private readonly maxQueueMs: number
+  private readonly grace: StartupGrace
 
   constructor(
     private readonly peer: MeshPeer,
@@ -71,6 +120,10 @@ export class MeshRouter {
   ) {
     this.dialTimeoutMs = options.dialTimeoutMs ?? 5_000
     this.firstFrameTimeoutMs = options.firstFrameTimeoutMs ?? 120_000
+    this.maxQueueMs =
+      options.maxQueueMs ??
+      Math.max(0, this.firstFrameTimeoutMs - Math.min(10_000, Math.floor(this.firstFrameTimeoutMs / 4)))
+    this.grace = new StartupGrace(directory, options.startupGraceMs ?? STARTUP_GRACE_MS)
   }
 
   private openStream(peerId: string, signal: AbortSignal): Promise<Stream> {
@@ -140,6 +193,7 @@ export class MeshRouter {
     const nodes = this.candidates(request.model)
     if (nodes.length === 0) {
       if (this.directory.knowsModel(request.model)) throw noNodes(request.model)
+      if (this.grace.active) throw noNodes(request.model, NOT_HEARD_YET)
       throw modelNotFound(request.model)
     }
     const attempts: Attempt[] = []
@@ -185,13 +239,25 @@ export class MeshRouter {
     }
     const fail = (outcome: string, fatal?: ApiError): { outcome: string; fatal?: ApiError } => {
       release()
+      signal.removeEventListener('abort', onAbort)
       stream.abort(new Error(outcome))
       return fatal ? { outcome, fatal } : { outcome }
     }
     // Deltas (one per token) are checked by hand, exactly as the schema would; the rest by zod.
-    const frames = decodeFrames(stream, InferenceResponseFrameSchema, MAX_FRAME_BYTES, checkDeltaFrame)
-    const timer = setTimeout(() => stream.abort(new Error('first frame timeout')), this.firstFrameTimeoutMs)
+    const frames = decodeFrames(stream, InferenceReplyFrameSchema, MAX_FRAME_BYTES, checkDeltaFrame)
+    let timedOut = false
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const startTimer = (): void => {
+      clearTimeout(timer)
+      timer = setTimeout(() => {
+        timedOut = true
+        stream.abort(new Error('first frame timeout'))
+      }, this.firstFrameTimeoutMs)
+    }
+    startTimer()
     let answered = false
+    /** The node said it queued the request: it is alive, only full. */
+    let queued = false
     const onAbort = (): void => {
       // Before any answer there is nothing to pay for: reset. After it, close our end: the node
       // stops within a token and still sends done with the receipt for what it generated.
@@ -204,10 +270,22 @@ export class MeshRouter {
     }
     signal.addEventListener('abort', onAbort, { once: true })
     try {
-      await sendBytes(stream, encodeOwnFrame<InferenceRequestFrame>(request), signal)
-      const first = await frames.next()
+      await sendBytes(
+        stream,
+        encodeOwnFrame<InferenceRequestFrame>({ ...request, maxQueueMs: this.maxQueueMs }),
+        signal,
+      )
+      let first = await frames.next()
+      while (!first.done && first.value.type === 'queued') {
+        // The node starts it, or refuses it as busy, within maxQueueMs: wait for that afresh (once:
+        // a node repeating queued frames does not hold the request longer).
+        if (!queued) startTimer()
+        queued = true
+        first = await frames.next()
+      }
       if (first.done) return fail('closed')
       const frame = first.value
+      if (frame.type === 'queued') return fail('closed') // not reached: the loop above reads past them
       if (frame.type === 'error') {
         if (frame.code === 'invalid_request' || frame.code === 'context_length_exceeded') {
           return fail(
@@ -222,7 +300,8 @@ export class MeshRouter {
         call: {
           nodePeerId: peerId,
           first: frame,
-          rest: frames,
+          // A node sends queued frames only before its first delta: the rest are response frames.
+          rest: frames as AsyncGenerator<InferenceResponseFrame, void, undefined>,
           drain: async () => {
             try {
               for await (const next of frames) {
@@ -236,6 +315,7 @@ export class MeshRouter {
           },
           abort: () => {
             release()
+            signal.removeEventListener('abort', onAbort)
             stream.abort(new Error('cancelled'))
           },
           close: () => {
@@ -247,7 +327,11 @@ export class MeshRouter {
         },
       }
     } catch {
-      return fail(signal.aborted ? 'client closed' : 'failed')
+      if (signal.aborted) return fail('client closed')
+      // Out of time before the first token on a node that queued the request (it said so, or its
+      // heartbeat shows a queue): it is alive and full — busy, not failed, and not cooled down.
+      if (timedOut && (queued || (this.directory.get(peerId)?.heartbeat.load.queued ?? 0) > 0)) return fail('busy')
+      return fail(timedOut ? 'timeout' : 'failed')
     } finally {
       clearTimeout(timer)
     }

@@ -10,6 +10,7 @@ import type { TokenPrice } from '../src/payments/money.ts'
 import { ApiError, invalidRequest, modelNotFound, noNodes } from './errors.ts'
 import { type Endpoint, MESH_PROVIDER, PROVIDER_NAMES } from './providers/catalog.ts'
 import type { Provider } from './providers/provider.ts'
+import { NOT_HEARD_YET, STARTUP_GRACE_MS, StartupGrace } from './router.ts'
 
 export type Task = 'chat' | 'embeddings' | 'rerank'
 
@@ -48,6 +49,12 @@ export interface RoutingOptions {
   priceWeightMs?: number | undefined
   /** Measurements older than this are forgotten (the candidate is explored again). @default 300000 */
   staleMs?: number | undefined
+  /**
+   * After the gateway starts, a model no node has been heard serving yet may still be served by a
+   * node whose first heartbeat is on its way: for this long it is answered 503, not 404.
+   * @default STARTUP_GRACE_MS (three heartbeat intervals)
+   */
+  startupGraceMs?: number | undefined
   now?: (() => number) | undefined
 }
 
@@ -79,6 +86,7 @@ export class Routing {
   private readonly priceWeightMs: number
   private readonly staleMs: number
   private readonly now: () => number
+  private readonly grace: StartupGrace
 
   constructor(
     private readonly directory: Directory,
@@ -92,6 +100,7 @@ export class Routing {
     this.priceWeightMs = options.priceWeightMs ?? 20
     this.staleMs = options.staleMs ?? 300_000
     this.now = options.now ?? Date.now
+    this.grace = new StartupGrace(directory, options.startupGraceMs ?? STARTUP_GRACE_MS, this.now)
   }
 
   /** The names `provider` accepts, mesh first. */
@@ -206,6 +215,9 @@ export class Routing {
       )
     }
     if (task != null && this.directory.knowsModel(model)) return noNodes(model)
+    // Just after a start the directory knows only the nodes heard from so far: an unknown model may
+    // be served by one not heard from yet (StartupGrace). A 404 would be taken as final (SDKs do not retry it).
+    if (task != null && this.grace.active) return noNodes(model, NOT_HEARD_YET)
     return modelNotFound(model)
   }
 

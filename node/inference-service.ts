@@ -1,16 +1,18 @@
 // The inference protocol on a node: one request per stream, deltas streamed as they are generated,
 // done with usage and a receipt signed by the node's peer key, or an error frame with a code. The
 // requester closing its end cancels the generation at the next token and still gets done + receipt
-// for what was generated; a reset cancels without an answer.
+// for what was generated; a reset cancels without an answer. A request the scheduler cannot start
+// within its queue wait is refused as busy at once; a requester that sent maxQueueMs is told with a
+// queued frame when its request waits in the queue, so it knows the node is alive and not failing.
 import type { Connection, PrivateKey, Stream } from '@libp2p/interface'
 import {
   type encodeFrame,
   encodeOwnFrame,
   INFERENCE_PROTOCOL,
+  type InferenceReplyFrame,
+  type InferenceReplyFrameSchema,
   type InferenceRequestFrame,
   InferenceRequestFrameSchema,
-  type InferenceResponseFrame,
-  type InferenceResponseFrameSchema,
   STREAM_LIMITS,
 } from '../protocols/index.ts'
 import type { MeshPeer } from '../src/mesh/peer.ts'
@@ -18,8 +20,6 @@ import { signReceipt } from '../src/mesh/receipts.ts'
 import { EngineError } from './engine.ts'
 import { readRequest, sendError } from './request-stream.ts'
 import type { Scheduler } from './scheduler.ts'
-
-/** How long a requester may take to send its request frame after opening the stream. */
 
 export interface InferenceServiceOptions {
   /** The scheduler serving each model id. */
@@ -40,10 +40,10 @@ export async function serveInference(peer: MeshPeer, options: InferenceServiceOp
   )
 }
 
-function send(stream: Stream, frame: Parameters<typeof encodeFrame<typeof InferenceResponseFrameSchema>>[1]): void {
+function send(stream: Stream, frame: Parameters<typeof encodeFrame<typeof InferenceReplyFrameSchema>>[1]): void {
   if (stream.writeStatus !== 'writable') return
   // Frames are small and produced no faster than tokens: the stream's own buffer bounds them.
-  stream.send(encodeOwnFrame<InferenceResponseFrame>(frame))
+  stream.send(encodeOwnFrame<InferenceReplyFrame>(frame))
 }
 
 async function handleStream(
@@ -81,6 +81,15 @@ async function handleStream(
       { messages: request.messages, sampling: request.sampling },
       {
         signal: cancel.signal,
+        // Only a requester that said how long it waits understands a queued frame.
+        ...(request.maxQueueMs != null
+          ? {
+              maxWaitMs: request.maxQueueMs,
+              onQueued: ({ position, etaMs }) => {
+                if (first) send(stream, { type: 'queued', position, ...(etaMs != null ? { etaMs } : {}) })
+              },
+            }
+          : {}),
         onDelta: (text, tokens, promptTokens) => {
           send(stream, { type: 'delta', text, tokens, ...(first ? { promptTokens } : {}) })
           first = false

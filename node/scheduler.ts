@@ -2,6 +2,9 @@
 // context when one is free, and advances every active generation in the same tick so the
 // engine decodes them as one batch. Prompts that arrive a few ms apart wait a short admission
 // window so they are prefilled together. Its load (active, queued, slots) goes into heartbeats.
+// A request is queued only if it can start within a bounded wait (estimated from the measured decode
+// speed and the work ahead of it); otherwise, or once that wait runs out in the queue, it is refused
+// as busy, so the requester can go elsewhere instead of timing out.
 import type { FinishReason, Load, Usage } from '../protocols/index.ts'
 import { type ChatGenerationRequest, type Engine, EngineError, type TokenStream } from './engine.ts'
 
@@ -9,6 +12,10 @@ export interface ScheduleOptions {
   signal?: AbortSignal
   /** Called with each piece of text as it is generated, and the prompt's size in tokens. */
   onDelta?: (text: string, tokens: number, promptTokens: number) => void
+  /** The requester's own bound on the wait in the queue (ms); the scheduler's maxQueueWaitMs applies too. */
+  maxWaitMs?: number
+  /** Called once, at submit, when the request is queued rather than started: requests ahead, expected wait. */
+  onQueued?: (info: { position: number; etaMs?: number }) => void
 }
 
 export interface ScheduleResult {
@@ -31,6 +38,12 @@ export interface SchedulerOptions {
   admissionShare?: number
   /** Upper bound of the admission window in ms. @default 50 */
   maxAdmissionWaitMs?: number
+  /**
+   * Longest wait in the queue (ms). A request expected to wait longer (from the measured time per
+   * token and the tokens of the work ahead) is refused as busy at once; one still queued after it
+   * is refused as busy then. @default 30000
+   */
+  maxQueueWaitMs?: number
 }
 
 interface Job {
@@ -45,11 +58,18 @@ interface Job {
   submittedAt: number
   /** Stepped at least once: its prompt has been evaluated. */
   started: boolean
+  /** Refuses it as busy when it has waited in the queue as long as it may. */
+  queueTimer?: ReturnType<typeof setTimeout> | undefined
 }
 
 export const DEFAULT_MAX_QUEUE = 32
 export const DEFAULT_ADMISSION_SHARE = 0.1
 export const DEFAULT_MAX_ADMISSION_WAIT_MS = 50
+export const DEFAULT_MAX_QUEUE_WAIT_MS = 30_000
+/** Completion tokens expected of a request without max_tokens until some have been measured. */
+const DEFAULT_EXPECTED_TOKENS = 256
+/** How fast the speed and length estimates follow new measurements. */
+const ALPHA = 0.3
 /** Windows shorter than this are not worth a timer (small models prefill in a few ms). */
 const MIN_ADMISSION_WAIT_MS = 1
 
@@ -57,7 +77,12 @@ export class Scheduler {
   private readonly queue: Job[] = []
   private readonly active = new Set<Job>()
   /** Jobs holding a slot while their prompt is being prepared. */
-  private opening = 0
+  private readonly opening = new Set<Job>()
+  /**
+   * The jobs waiting on each caller signal, with one abort listener per signal: a signal shared by
+   * many requests (a service's close signal) gets one listener, not one per request.
+   */
+  private readonly watched = new Map<AbortSignal, { jobs: Set<Job>; listener: () => void }>()
   /** Finished jobs whose sequence is being handed back to the engine. */
   private releasing = 0
   private running = false
@@ -65,7 +90,14 @@ export class Scheduler {
   private wake: (() => void) | undefined
   /** Measured prefill cost, ms per prompt token (moving average); undefined until a prefill is seen. */
   private prefillMsPerToken: number | undefined
+  /** Measured duration of a decode step (one token of every active job), ms (moving average). */
+  private stepMs: number | undefined
+  /** Measured share of max_tokens that finished requests generated (moving average; 1 until measured). */
+  private lengthShare = 1
+  /** Measured completion tokens of finished requests without max_tokens (moving average). */
+  private unboundedTokens: number | undefined
   readonly maxQueue: number
+  readonly maxQueueWaitMs: number
   private readonly admissionShare: number
   private readonly maxAdmissionWaitMs: number
 
@@ -76,6 +108,7 @@ export class Scheduler {
     this.maxQueue = options.maxQueue ?? DEFAULT_MAX_QUEUE
     this.admissionShare = options.admissionShare ?? DEFAULT_ADMISSION_SHARE
     this.maxAdmissionWaitMs = options.maxAdmissionWaitMs ?? DEFAULT_MAX_ADMISSION_WAIT_MS
+    this.maxQueueWaitMs = options.maxQueueWaitMs ?? DEFAULT_MAX_QUEUE_WAIT_MS
   }
 
   load(): Load {
@@ -87,28 +120,41 @@ export class Scheduler {
     }
   }
 
-  /** Runs one chat generation to its end. Rejects with EngineError('busy') when the queue is full. */
+  /**
+   * Runs one chat generation to its end. Rejects with EngineError('busy') when the queue is full, when
+   * the request could not start within the queue wait (expected, or waited), or when it may not wait.
+   */
   submit(request: ChatGenerationRequest, options: ScheduleOptions = {}): Promise<ScheduleResult> {
     if (options.signal?.aborted) return Promise.reject(new EngineError('invalid_request', 'aborted before start'))
     const free = this.taken() < this.engine.slots
-    if (!free && this.queue.length >= this.maxQueue) {
-      return Promise.reject(
-        new EngineError('busy', `node busy: ${this.engine.slots} running and ${this.queue.length} queued`),
-      )
+    const bound = Math.min(this.maxQueueWaitMs, options.maxWaitMs ?? Number.POSITIVE_INFINITY)
+    let etaMs: number | undefined
+    if (!free) {
+      if (this.queue.length >= this.maxQueue || bound <= 0) {
+        return Promise.reject(
+          new EngineError('busy', `node busy: ${this.engine.slots} running and ${this.queue.length} queued`),
+        )
+      }
+      etaMs = this.expectedStartMs(bound)
+      if (etaMs != null && etaMs > bound) {
+        return Promise.reject(
+          new EngineError(
+            'busy',
+            `node busy: ${this.engine.slots} running and ${this.queue.length} queued; it could not start within ${Math.round(bound / 1000)} s`,
+          ),
+        )
+      }
     }
     return new Promise<ScheduleResult>((resolve, reject) => {
-      const signal = options.signal
-      const onAbort = (): void => this.abort(job)
-      // The listener goes when the job settles, so a long-lived shared signal does not collect them.
       const job: Job = {
         request,
         options,
         resolve: (r) => {
-          signal?.removeEventListener('abort', onAbort)
+          this.unwatch(job)
           resolve(r)
         },
         reject: (e) => {
-          signal?.removeEventListener('abort', onAbort)
+          this.unwatch(job)
           reject(e)
         },
         completionTokens: 0,
@@ -116,17 +162,117 @@ export class Scheduler {
         submittedAt: performance.now(),
         started: false,
       }
-      signal?.addEventListener('abort', onAbort, { once: true })
+      if (options.signal != null) this.watch(job, options.signal)
+      if (!free) {
+        const position = this.queue.length
+        job.queueTimer = setTimeout(() => {
+          job.queueTimer = undefined
+          if (!this.dequeue(job)) return
+          job.reject(
+            new EngineError(
+              'busy',
+              `node busy: ${this.engine.slots} running; it waited ${Math.round(bound / 1000)} s in the queue without starting`,
+            ),
+          )
+        }, bound)
+        job.queueTimer.unref?.()
+        try {
+          options.onQueued?.({ position, ...(etaMs != null ? { etaMs: Math.round(etaMs) } : {}) })
+        } catch {
+          // the requester is told when it can be; the request waits all the same
+        }
+      }
       this.queue.push(job)
       this.admit()
     })
   }
 
+  /** Listens for aborts of `signal` on behalf of `job`: one listener per signal, whatever its jobs. */
+  private watch(job: Job, signal: AbortSignal): void {
+    let entry = this.watched.get(signal)
+    if (entry == null) {
+      const jobs = new Set<Job>()
+      const listener = (): void => {
+        this.watched.delete(signal)
+        for (const j of [...jobs]) this.abort(j)
+      }
+      entry = { jobs, listener }
+      this.watched.set(signal, entry)
+      signal.addEventListener('abort', listener, { once: true })
+    }
+    entry.jobs.add(job)
+  }
+
+  /** The job has settled: its signal's listener goes with the last job waiting on it. */
+  private unwatch(job: Job): void {
+    const signal = job.options.signal
+    if (signal == null) return
+    const entry = this.watched.get(signal)
+    if (entry == null || !entry.jobs.delete(job)) return
+    if (entry.jobs.size === 0) {
+      this.watched.delete(signal)
+      signal.removeEventListener('abort', entry.listener)
+    }
+  }
+
+  /** Takes a job out of the queue (false when it is not there any more). */
+  private dequeue(job: Job): boolean {
+    const i = this.queue.indexOf(job)
+    if (i < 0) return false
+    this.queue.splice(i, 1)
+    clearTimeout(job.queueTimer)
+    job.queueTimer = undefined
+    return true
+  }
+
+  /**
+   * When a request submitted now would start (ms from now), from the measured time per decode step
+   * and the tokens each job ahead of it is expected to generate; undefined before any step has been
+   * measured. Stops counting once past `limit` (the answer is then only known to exceed it).
+   */
+  private expectedStartMs(limit: number): number | undefined {
+    const stepMs = this.stepMs
+    if (stepMs == null) return undefined
+    const frees: number[] = []
+    for (const job of this.active) frees.push(Math.max(0, this.expectedTokens(job) - job.completionTokens) * stepMs)
+    for (const job of this.opening) frees.push(this.expectedTokens(job) * stepMs)
+    for (let i = 0; i < this.releasing; i++) frees.push(0)
+    while (frees.length < this.engine.slots) frees.push(0)
+    const earliest = (): number => {
+      let at = 0
+      for (let i = 1; i < frees.length; i++) if ((frees[i] as number) < (frees[at] as number)) at = i
+      return at
+    }
+    for (const job of this.queue) {
+      const at = earliest()
+      const start = frees[at] as number
+      if (start > limit) return start
+      frees[at] = start + this.expectedTokens(job) * stepMs
+    }
+    return frees[earliest()] as number
+  }
+
+  /** Completion tokens `job` is expected to generate in all. */
+  private expectedTokens(job: Job): number {
+    const max = job.request.sampling.maxTokens
+    if (max != null) return Math.max(1, Math.ceil(max * this.lengthShare))
+    return this.unboundedTokens ?? DEFAULT_EXPECTED_TOKENS
+  }
+
+  private measureLength(job: Job): void {
+    const max = job.request.sampling.maxTokens
+    if (max != null) {
+      const share = Math.min(1, job.completionTokens / max)
+      this.lengthShare = this.lengthShare + ALPHA * (share - this.lengthShare)
+    } else {
+      const prev = this.unboundedTokens
+      this.unboundedTokens = prev == null ? job.completionTokens : prev + ALPHA * (job.completionTokens - prev)
+    }
+  }
+
   private abort(job: Job): void {
     job.aborted = true
-    const queued = this.queue.indexOf(job)
-    if (queued >= 0) {
-      this.queue.splice(queued, 1)
+    if (this.dequeue(job)) {
       job.resolve({ finishReason: 'abort', usage: { promptTokens: 0, completionTokens: 0 } })
     }
     // An active job stops at the next step boundary: within one token (or now, if it is waiting).
@@ -136,7 +282,9 @@ export class Scheduler {
   private admit(): void {
     while (this.queue.length > 0 && this.taken() < this.engine.slots) {
       const job = this.queue.shift() as Job
-      this.opening++
+      clearTimeout(job.queueTimer)
+      job.queueTimer = undefined
+      this.opening.add(job)
       this.engine
         .openChat(job.request)
         .then(
@@ -147,7 +295,7 @@ export class Scheduler {
           (err: unknown) => job.reject(err),
         )
         .finally(() => {
-          this.opening--
+          this.opening.delete(job)
           this.admit()
           this.run()
         })
@@ -193,6 +341,7 @@ export class Scheduler {
       const stepStart = performance.now()
       const results = await Promise.allSettled(stepping.map((j) => (j.stream as TokenStream).step()))
       if (promptTokens > 0) this.measurePrefill((performance.now() - stepStart) / promptTokens)
+      else this.measureStep(performance.now() - stepStart)
       for (const [i, job] of stepping.entries()) {
         const result = results[i] as PromiseSettledResult<Awaited<ReturnType<TokenStream['step']>>>
         if (result.status === 'rejected') {
@@ -236,6 +385,11 @@ export class Scheduler {
     return Math.max(0, oldest.submittedAt + window - performance.now())
   }
 
+  private measureStep(ms: number): void {
+    const prev = this.stepMs
+    this.stepMs = prev == null ? ms : prev + ALPHA * (ms - prev)
+  }
+
   private measurePrefill(msPerToken: number): void {
     const prev = this.prefillMsPerToken
     this.prefillMsPerToken = prev == null ? msPerToken : 0.7 * prev + 0.3 * msPerToken
@@ -243,7 +397,7 @@ export class Scheduler {
 
   /** Sequences in use: generating, being opened, or being handed back. */
   private taken(): number {
-    return this.active.size + this.opening + this.releasing
+    return this.active.size + this.opening.size + this.releasing
   }
 
   private async finish(job: Job, finishReason: FinishReason): Promise<void> {
@@ -253,6 +407,7 @@ export class Scheduler {
     this.releasing++
     await stream.release().catch(() => undefined)
     this.releasing--
+    if (finishReason !== 'abort') this.measureLength(job)
     job.resolve({
       finishReason,
       usage: { promptTokens: stream.promptTokens, completionTokens: job.completionTokens },

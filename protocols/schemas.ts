@@ -182,6 +182,13 @@ export const InferenceRequestFrameSchema = z.object({
   model: modelId,
   messages: z.array(ChatMessageSchema).min(1).max(10_000),
   sampling: SamplingSchema,
+  /**
+   * How long the requester lets the request wait in the node's queue before its first token. A node
+   * that cannot start it within this (or its own bound) refuses it as busy at once, or when the wait
+   * runs out; a node that queues it says so with a queued frame. Sent only by requesters that
+   * understand queued frames (older nodes ignore it; older gateways, without it, get none).
+   */
+  maxQueueMs: count.optional(),
 })
 export type InferenceRequestFrame = z.infer<typeof InferenceRequestFrameSchema>
 
@@ -225,6 +232,19 @@ export const DoneFrameSchema = z.object({
 })
 export type DoneFrame = z.infer<typeof DoneFrameSchema>
 
+/**
+ * Sent before any delta, only to a request that carried maxQueueMs, when the node queued it instead
+ * of starting it: the node is alive and will start it, or refuse it as busy, within that time.
+ */
+export const QueuedFrameSchema = z.object({
+  type: z.literal('queued'),
+  /** Requests ahead of it in the queue. */
+  position: count,
+  /** The node's estimate of the wait before it starts, when it has one. */
+  etaMs: count.optional(),
+})
+export type QueuedFrame = z.infer<typeof QueuedFrameSchema>
+
 export const InferenceErrorCodeSchema = z.enum([
   'busy',
   'model_not_found',
@@ -250,3 +270,12 @@ export const InferenceResponseFrameSchema = z.discriminatedUnion('type', [
   ErrorFrameSchema,
 ])
 export type InferenceResponseFrame = z.infer<typeof InferenceResponseFrameSchema>
+
+/** What a requester that sent maxQueueMs may read: a queued frame may come before the first delta. */
+export const InferenceReplyFrameSchema = z.discriminatedUnion('type', [
+  QueuedFrameSchema,
+  DeltaFrameSchema,
+  DoneFrameSchema,
+  ErrorFrameSchema,
+])
+export type InferenceReplyFrame = z.infer<typeof InferenceReplyFrameSchema>

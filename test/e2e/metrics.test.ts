@@ -35,7 +35,13 @@ describe('GET /metrics', () => {
     const g = await tempDir('metrics-gw')
     const n = await tempDir('metrics-node')
     dirs.push(g, n)
-    gw = await startGateway({ dataDir: g.path, listen: ['/ip4/127.0.0.1/tcp/0'], port: 0 })
+    gw = await startGateway({
+      dataDir: g.path,
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      port: 0,
+      // An unknown model counts as a 404 below at once, not after the start-up grace (503 meanwhile).
+      routing: { startupGraceMs: 0 },
+    })
     node = await startTinyNode({ dataDir: n.path, bootstrap: gw.multiaddrs(), model: 'metered' })
     await waitFor(() => gw.directory.nodesServing('metered').length === 1, 15_000, 'the node')
     key = await fundedUser(gw, 'metrics@example.com')

@@ -72,9 +72,32 @@ describe('the routing plan', () => {
       now: () => now.t,
       cooldownBaseMs: 1000,
       cooldownMaxMs: 3000,
+      // Steady state: the start-up grace has its own test.
+      startupGraceMs: 0,
     })
     return { routing, events }
   }
+
+  it('just after start an unknown model is 503 (a node may not have been heard yet), 404 once the grace ends', () => {
+    const now = { t: 1_000 }
+    const directory = new Directory()
+    const routing = new Routing(directory, [], meshPrice, () => undefined, { now: () => now.t, startupGraceMs: 5_000 })
+    const err = (f: () => unknown): ApiError => {
+      try {
+        f()
+      } catch (e) {
+        return e as ApiError
+      }
+      throw new Error('no error')
+    }
+    const early = err(() => routing.plan('unheard', 'chat'))
+    expect(early.status).toBe(503)
+    expect(early.code).toBe('no_nodes_available')
+    expect(early.message).toContain('heard from yet since the gateway started')
+    now.t = 6_000
+    expect(err(() => routing.plan('unheard', 'chat')).status).toBe(404)
+    expect(err(() => routing.plan('unheard', 'chat')).code).toBe('model_not_found')
+  })
 
   it('errors: unknown provider 400 (listing all), a provider without a key 503, no candidate 404, mesh-only endpoint 400', () => {
     const { routing } = setup({ t: 0 })

@@ -2,6 +2,7 @@
 // only exists if every active stream is stepped in the same tick, and a node only stays healthy if
 // the queue is bounded and aborted or failed requests give their sequence back. A scripted fake
 // engine makes each of those observable without a model.
+import { getEventListeners } from 'node:events'
 import { afterEach, describe, expect, it } from 'vitest'
 import {
   type ChatGenerationRequest,
@@ -558,5 +559,100 @@ describe('Scheduler and the engine’s sequence pool', () => {
     expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled', 'fulfilled', 'fulfilled'])
     expect(engine.refusals).toBe(0)
     expect(engine.inUse).toBe(0)
+  })
+})
+
+describe('Scheduler queue wait', () => {
+  it('refuses at once, as busy, a request it expects not to start within maxQueueWaitMs', async () => {
+    const engine = new FakeEngine(1, { A: { tokens: ['1', '2'] }, B: { endless: true } })
+    const scheduler = new Scheduler(engine, { maxQueue: 8, maxQueueWaitMs: 200, admissionShare: 0 })
+    // A first request measures the decode speed (a fake step is one macrotask: well under 1 ms).
+    await scheduler.submit(req('A'))
+    const c = controller()
+    const long = scheduler.submit(
+      { messages: [{ role: 'user', content: 'B' }], sampling: { maxTokens: 4_000_000 } },
+      { signal: c.signal },
+    )
+    await waitUntil(() => engine.stepsOf('B') > 2, 'B to run')
+    const t0 = performance.now()
+    const refused = scheduler.submit(req('C'))
+    await expect(refused).rejects.toSatisfy((e) => e instanceof EngineError && e.code === 'busy')
+    expect(performance.now() - t0).toBeLessThan(100)
+    expect(engine.opened).not.toContain('C')
+    expect(scheduler.load().queued).toBe(0)
+    c.abort()
+    await long
+  })
+
+  it('queues a request it expects to start in time, and says so (position and expected wait)', async () => {
+    const engine = new FakeEngine(1, { A: { tokens: ['1', '2'] }, B: { tokens: ['1', '2', '3'] } })
+    const scheduler = new Scheduler(engine, { maxQueue: 8, maxQueueWaitMs: 5_000, admissionShare: 0 })
+    await scheduler.submit(req('A'))
+    const b = scheduler.submit({ messages: [{ role: 'user', content: 'B' }], sampling: { maxTokens: 3 } })
+    const told: Array<{ position: number; etaMs?: number }> = []
+    const c = scheduler.submit(req('C'), { onQueued: (info) => told.push(info) })
+    expect(told).toHaveLength(1)
+    expect(told[0]?.position).toBe(0)
+    expect(told[0]?.etaMs).toBeLessThan(5_000)
+    await expect(Promise.all([b, c])).resolves.toHaveLength(2)
+  })
+
+  it('a queued request that has not started when its wait runs out is refused as busy (nothing measured yet)', async () => {
+    // A holds the only slot for a second (its prefill).
+    const engine = new FakeEngine(1, { A: { endless: true, prefillMs: 1000 } })
+    const scheduler = new Scheduler(engine, { maxQueue: 8, admissionShare: 0 })
+    const c = controller()
+    const a = scheduler.submit(req('A'), { signal: c.signal })
+    // Nothing measured: admitted to the queue, with the requester's own (shorter) bound.
+    const t0 = performance.now()
+    const b = scheduler.submit(req('B'), { maxWaitMs: 150 })
+    expect(scheduler.load().queued).toBe(1)
+    await expect(b).rejects.toSatisfy((e) => e instanceof EngineError && e.code === 'busy')
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(140)
+    expect(scheduler.load().queued).toBe(0)
+    expect(engine.opened).not.toContain('B')
+    c.abort()
+    await a
+  })
+
+  it('a shared signal gets one abort listener however many requests wait on it, and none once they end', async () => {
+    const engine = new FakeEngine(1)
+    const scheduler = new Scheduler(engine, { maxQueue: 32, admissionShare: 0 })
+    const shared = controller().signal
+    let most = 0
+    const warnings: Error[] = []
+    const onWarning = (w: Error): void => {
+      warnings.push(w)
+    }
+    process.on('warning', onWarning)
+    try {
+      // 15 concurrent (1 running, 14 queued), then 15 one after another.
+      const all = Array.from({ length: 15 }, (_, i) => scheduler.submit(req(`c${i}`), { signal: shared }))
+      most = Math.max(most, getEventListeners(shared, 'abort').length)
+      await Promise.all(all)
+      for (let i = 0; i < 15; i++) {
+        const one = scheduler.submit(req(`s${i}`), { signal: shared })
+        most = Math.max(most, getEventListeners(shared, 'abort').length)
+        await one
+      }
+      await macrotask()
+    } finally {
+      process.off('warning', onWarning)
+    }
+    expect(most).toBe(1)
+    expect(getEventListeners(shared, 'abort')).toHaveLength(0)
+    expect(warnings.filter((w) => w.name === 'MaxListenersExceededWarning')).toEqual([])
+  })
+
+  it('aborting a shared signal aborts every request waiting on it', async () => {
+    const engine = new FakeEngine(1, { A: { endless: true } })
+    const scheduler = new Scheduler(engine, { maxQueue: 8, admissionShare: 0 })
+    const c = controller()
+    const jobs = ['A', 'B', 'C'].map((id) => scheduler.submit(req(id), { signal: c.signal }))
+    await waitUntil(() => engine.stepsOf('A') > 0, 'A to run')
+    c.abort()
+    const results = await Promise.all(jobs)
+    expect(results.map((r) => r.finishReason)).toEqual(['abort', 'abort', 'abort'])
+    expect(scheduler.load()).toMatchObject({ active: 0, queued: 0 })
   })
 })
