@@ -64,6 +64,8 @@ export interface NodeConfig {
   slots?: number
   /** @default 32 */
   maxQueue?: number
+  /** The longest a request may wait for a sequence before it is refused as busy. @default 30000 */
+  maxQueueWaitMs?: number
   contextSize?: number
   gpu?: 'auto' | false
   heartbeatIntervalMs?: number
@@ -151,6 +153,7 @@ async function startParts(config: NodeConfig, teardown: Teardown, undo: () => Pr
   const serveEngine = (engine: Engine): void => {
     const scheduler = new Scheduler(engine, {
       ...(config.maxQueue != null ? { maxQueue: config.maxQueue } : {}),
+      ...(config.maxQueueWaitMs != null ? { maxQueueWaitMs: config.maxQueueWaitMs } : {}),
       // A server of its own batches as it arrives: no admission window (it measures no prefill).
       ...(engine instanceof HttpEngine ? { admissionShare: 0 } : {}),
     })

@@ -397,6 +397,10 @@ export async function main(argv: string[]): Promise<void> {
     .option('--threads <n>', 'CPU threads (default: all cores; env CLUSTER_THREADS)')
     .option('--slots <n>', 'parallel sequences per model')
     .option('--max-queue <n>', 'requests allowed to wait for a free sequence; more are refused as busy')
+    .option(
+      '--max-queue-wait <ms>',
+      'longest a request may wait for a sequence; one that would wait longer is refused as busy (default 30000)',
+    )
     .option('--gpu <mode>', 'auto | off')
     .option('--payout-address <0x…>', 'the EVM address your earnings are settled to (claim with `cluster earnings`)')
     .option('--metrics-port <n>', 'serve Prometheus /metrics on 127.0.0.1 at this port')
@@ -432,6 +436,7 @@ export async function main(argv: string[]): Promise<void> {
           ...(opts.threads ? { threads: opts.threads as string } : {}),
           ...(opts.slots ? { slots: opts.slots as string } : {}),
           ...(opts.maxQueue != null ? { maxQueue: opts.maxQueue as string } : {}),
+          ...(opts.maxQueueWait != null ? { maxQueueWaitMs: opts.maxQueueWait as string } : {}),
           ...(opts.gpu ? { gpu: opts.gpu as 'auto' | 'off' } : {}),
           ...(opts.payoutAddress != null ? { payoutAddress: opts.payoutAddress as string } : {}),
           ...(opts.metricsPort != null ? { metricsPort: opts.metricsPort as string } : {}),
@@ -466,6 +471,7 @@ export async function main(argv: string[]): Promise<void> {
             ...(config.node.threads ? { threads: config.node.threads } : {}),
             slots: config.node.slots,
             maxQueue: config.node.maxQueue,
+            ...(config.node.maxQueueWaitMs != null ? { maxQueueWaitMs: config.node.maxQueueWaitMs } : {}),
             ...(config.node.contextSize ? { contextSize: config.node.contextSize } : {}),
             gpu: gpuOption(config),
             ...(config.heartbeatIntervalMs ? { heartbeatIntervalMs: config.heartbeatIntervalMs } : {}),

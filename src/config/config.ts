@@ -90,6 +90,8 @@ export const NodeSectionSchema = z
     threads: z.coerce.number().int().min(1).max(1024).optional(),
     slots: z.coerce.number().int().min(1).max(256).default(4),
     maxQueue: z.coerce.number().int().min(0).max(100_000).default(32),
+    /** A request that could not start within this long is refused as busy, at once when that is foreseen. */
+    maxQueueWaitMs: z.coerce.number().int().min(0).max(3_600_000).optional(),
     contextSize: z.coerce.number().int().min(64).optional(),
     gpu: z.enum(['auto', 'off']).default('auto'),
     payoutAddress: z.union([z.literal(''), z.string().regex(/^0x[0-9a-fA-F]{40}$/)]).default(''),

@@ -38,6 +38,7 @@ const full = {
     threads: 1,
     slots: 1,
     maxQueue: 1,
+    maxQueueWaitMs: 1000,
     contextSize: 128,
     gpu: 'off',
     payoutAddress: ADDR,

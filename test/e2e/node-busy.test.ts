@@ -43,9 +43,12 @@ describe('a busy node', () => {
       threads: 1,
       slots: 1,
       maxQueue: 8,
+      // The node's own bound (the operator's --max-queue-wait); the gateway asks for less.
+      maxQueueWaitMs: 5_000,
       gpu: false,
       heartbeatIntervalMs: 300,
     })
+    expect(node.schedulers.get(MODEL)?.maxQueueWaitMs).toBe(5_000)
     await waitFor(() => gw.directory.nodesServing(MODEL).length === 1, 15_000, 'the node')
     apiKey = await fundedUser(gw, 'busy@example.com')
   })
