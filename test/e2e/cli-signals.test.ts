@@ -176,10 +176,11 @@ describe('stopping cluster start', () => {
     return { proc, pid, port, anvil: anvil as Proc, url: `http://127.0.0.1:${port}` }
   }
 
-  it('SIGTERM during start-up, once anvil runs: anvil is stopped and the command exits', async () => {
-    const { proc, pid, anvil, url } = await starting('start-sigterm')
+  /** Sends `signal` and checks that everything started so far stops within 5 s, cluster waiting for anvil itself. */
+  const stopsCleanly = async (started: Awaited<ReturnType<typeof starting>>, signal: 'SIGTERM' | 'SIGINT') => {
+    const { proc, pid, anvil, url } = started
     const t0 = Date.now()
-    process.kill(pid, 'SIGTERM')
+    process.kill(pid, signal)
     await Promise.race([exited(proc), new Promise((r) => setTimeout(r, 5_000))])
     expect(proc.exitCode ?? proc.signalCode, proc.output()).not.toBeNull()
     expect(Date.now() - t0).toBeLessThan(5_000)
@@ -188,27 +189,20 @@ describe('stopping cluster start', () => {
     // Stopped and waited for by cluster itself, not left to exit on its own (an orphan stays a zombie here).
     expect(processes().filter((p) => p.pid === anvil.pid)).toEqual([])
     expect(proc.exitCode, proc.output()).toBe(0)
-    expect(proc.stderrText()).toContain('SIGTERM: stopping')
+    expect(proc.stderrText()).toContain(`${signal}: stopping`)
     expect(proc.stdoutText()).not.toContain('Cluster is running')
     expect(await answers(`${url}/health`)).toBe(false)
+  }
+
+  it('SIGTERM during start-up, once anvil runs: anvil is stopped and the command exits', async () => {
+    await stopsCleanly(await starting('start-sigterm'), 'SIGTERM')
   })
 
   it('SIGINT during start-up, once the gateway answers: the gateway, the node and anvil are stopped', async () => {
-    const { proc, pid, anvil, url } = await starting('start-sigint')
+    const started = await starting('start-sigint')
+    const { proc, url } = started
     await waitFor(async () => (await answers(`${url}/health`)) || proc.exitCode != null, 30_000, 'the gateway')
     expect(proc.stdoutText()).not.toContain('Cluster is running')
-    const t0 = Date.now()
-    process.kill(pid, 'SIGINT')
-    await Promise.race([exited(proc), new Promise((r) => setTimeout(r, 5_000))])
-    expect(proc.exitCode ?? proc.signalCode, proc.output()).not.toBeNull()
-    expect(Date.now() - t0).toBeLessThan(5_000)
-    await waitFor(() => running([anvil.pid]).length === 0, 1_000, 'anvil to exit').catch(() => undefined)
-    expect(running([anvil.pid]), proc.output()).toEqual([])
-    // Stopped and waited for by cluster itself, not left to exit on its own (an orphan stays a zombie here).
-    expect(processes().filter((p) => p.pid === anvil.pid)).toEqual([])
-    expect(proc.exitCode, proc.output()).toBe(0)
-    expect(proc.stderrText()).toContain('SIGINT: stopping')
-    expect(proc.stdoutText()).not.toContain('Cluster is running')
-    expect(await answers(`${url}/health`)).toBe(false)
+    await stopsCleanly(started, 'SIGINT')
   })
 })
