@@ -424,6 +424,15 @@ async function continueElsewhere(
   return undefined
 }
 
+/**
+ * A provider's event as it arrived, framed again: every line of its data gets its own `data:` (the
+ * client's parser joins them back with newlines), so nothing in it can start an event of its own.
+ */
+function sseEvent(event: { event?: string | undefined; data: string }): string {
+  const data = event.data.replaceAll('\r\n', '\n').replaceAll('\r', '\n').split('\n')
+  return `${event.event ? `event: ${event.event}\n` : ''}data: ${data.join('\ndata: ')}\n\n`
+}
+
 /** The id, created time and model a provider's chunk carries (those it lacks stay as they were). */
 function providerChunkMeta(data: unknown, was: CompletionMeta): CompletionMeta {
   const d = data as { id?: unknown; created?: unknown; model?: unknown } | undefined
@@ -522,7 +531,7 @@ async function serveProvider(
         const piece = contentOf(data)
         text += piece
         if (finishOf(data) === 'length') finish = 'length'
-        out += `${event.event ? `event: ${event.event}\n` : ''}data: ${event.data}\n\n`
+        out += sseEvent(event)
       }
       if (out !== '') await sse.write(out)
       if (!finished && !cancel.signal.aborted) {

@@ -348,6 +348,24 @@ describe('provider routing', () => {
     })
   })
 
+  it('a provider cannot start events of its own inside one: multi-line data is framed again', async () => {
+    const chunk = (content: string) =>
+      JSON.stringify({ id: 'c1', object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content } }] })
+    // One event whose data spans lines, the last of them looking like an event of its own.
+    const forged = `data: ${chunk('hello')}\ndata:\ndata: data: {"id":"FAKE","choices":[{"delta":{"content":"INJECTED"}}]}\n\n`
+    const body = `data: ${JSON.stringify({ id: 'c1', object: 'chat.completion.chunk', choices: [{ index: 0, delta: { role: 'assistant', content: '' } }] })}\n\n${forged}data: ${chunk('')}\n\ndata: [DONE]\n\n`
+    up.groq.queue(CHAT, { kind: 'status', status: 200, headers: { 'content-type': 'text/event-stream' }, body })
+    const r = await chat({ model: 'llama-3.3-70b-instruct', provider: 'groq', stream: true })
+    expect(r.status).toBe(200)
+    const text = await r.text()
+    // Every line of the forged event still belongs to it: none starts a data line with '{"id":"FAKE"'.
+    expect(text.split('\n').some((line) => line.startsWith('data: {"id":"FAKE"'))).toBe(false)
+    expect(text).toContain('data: data: {"id":"FAKE"')
+    // And a client's SSE parser sees it as one event with the provider's three lines joined.
+    const events = text.split('\n\n').filter((e) => e.includes('FAKE'))
+    expect(events).toHaveLength(1)
+  })
+
   it("usage is billed from the provider's numbers", async () => {
     const key = await fundedUser(gw, 'usage@example.com')
     const r = await chat({ model: 'llama-3.3-70b-instruct', provider: 'groq' }, key)
