@@ -43,13 +43,21 @@ export class Billing {
     private readonly log: (msg: string) => void = () => undefined,
   ) {}
 
-  /** The most a call can cost: the prompt bound plus max_tokens (or the whole context). */
-  maxCost(model: string, messages: WireChatMessage[], maxTokens: number | undefined, contextSize?: number): bigint {
+  /**
+   * The most a call can cost: the prompt bound plus max_tokens (or the whole context). A provider is
+   * sent the whole request (tools, schemas, …), so `bodyBytes`, the request's size, bounds its prompt
+   * too (a token is at least a byte).
+   */
+  maxCost(
+    model: string,
+    messages: WireChatMessage[],
+    maxTokens: number | undefined,
+    contextSize?: number,
+    bodyBytes = 0,
+  ): bigint {
     const completion = maxTokens ?? contextSize ?? FALLBACK_CONTEXT
-    return costOf(
-      { promptTokens: promptTokenBound(messages), completionTokens: completion },
-      this.pricing.priceOf(model),
-    )
+    const prompt = Math.max(promptTokenBound(messages), bodyBytes + 128)
+    return costOf({ promptTokens: prompt, completionTokens: completion }, this.pricing.priceOf(model))
   }
 
   /** Reserves the maximum cost, or throws the documented 402. */

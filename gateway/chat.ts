@@ -132,6 +132,7 @@ export function chatRoute(deps: ChatDeps) {
           frame.messages,
           frame.sampling.maxTokens,
           contextSizeOf(deps.directory, req.model),
+          bodyBytesOf(c, json),
         ),
       )
     }
@@ -611,6 +612,12 @@ async function collect(call: InferenceCall, meter: Meter): Promise<{ text: strin
     if (err instanceof ApiError) throw err
     throw new ApiError(502, 'The node failed while answering.', 'server_error', 'node_failed')
   }
+}
+
+/** The request's size in bytes: its declared length, else its JSON again. */
+function bodyBytesOf(c: Context, json: unknown): number {
+  const declared = Number(c.req.header('content-length'))
+  return Number.isSafeInteger(declared) && declared > 0 ? declared : Buffer.byteLength(JSON.stringify(json))
 }
 
 function contextSizeOf(directory: Directory, model: string): number | undefined {

@@ -97,6 +97,11 @@ export const ChatCompletionRequestSchema = z.object({
   tool_choice: z.unknown().optional(),
   response_format: z.looseObject({ type: z.string() }).nullish(),
 })
+  // Both go to a provider as sent, and the hold is taken on one: two different limits are refused.
+  .refine((r) => r.max_tokens == null || r.max_completion_tokens == null || r.max_tokens === r.max_completion_tokens, {
+    path: ['max_completion_tokens'],
+    message: "must equal 'max_tokens' when both are given (give one of them)",
+  })
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequestSchema>
 
 /** Parses a JSON body with `schema`, or throws a 400 naming the first bad field (errors.ts parseFields). */

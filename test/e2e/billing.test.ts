@@ -318,11 +318,12 @@ describe('accounts and billing', () => {
       gatewayPeerId: '',
       payeeOf: () => '',
     })
-    const hold = billing.maxCost(MODEL, messages, 4)
+    const body = { model: MODEL, messages, max_tokens: 4 }
+    const hold = billing.maxCost(MODEL, messages, 4, undefined, Buffer.byteLength(JSON.stringify(body)))
     await credit('crowd@example.com', formatUsd(hold * 50n))
     const results = await Promise.all(
       Array.from({ length: 200 }, async () => {
-        const r = await api('/v1/chat/completions', { key, body: { model: MODEL, messages, max_tokens: 4 } })
+        const r = await api('/v1/chat/completions', { key, body })
         return r
       }),
     )

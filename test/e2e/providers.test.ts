@@ -366,6 +366,28 @@ describe('provider routing', () => {
     expect(events).toHaveLength(1)
   })
 
+  it('the hold covers everything a provider is sent (tools too), and two different max token limits are refused', async () => {
+    const key = await fundedUser(gw, 'holds@example.com')
+    const account = await gw.accounts.ledger.findAccountByEmail('holds@example.com')
+    const description = 'x'.repeat(1_000_000)
+    const tools = [{ type: 'function', function: { name: 'f', description, parameters: { type: 'object' } } }]
+    up.groq.queue(CHAT, delayThen(400, { kind: 'ok' }))
+    const pending = chat({ model: 'llama-3.3-70b-instruct', provider: 'groq', max_tokens: 1, tools }, key)
+    await waitFor(async () => ((await gw.ledger.getAccount(account?.id as string))?.held ?? 0n) > 0n, 5_000, 'a hold')
+    const held = (await gw.ledger.getAccount(account?.id as string))?.held ?? 0n
+    // At least a token per byte of the tools it forwards (the messages alone are a few bytes).
+    const price = { inputPerMillion: parseUsd('0.10'), outputPerMillion: parseUsd('0.20') }
+    expect(held >= costOf({ promptTokens: description.length, completionTokens: 1 }, price)).toBe(true)
+    expect((await pending).status).toBe(200)
+    // The limit the hold is taken on is the one the provider gets: two that differ are refused.
+    const both = await chat(
+      { model: 'llama-3.3-70b-instruct', provider: 'groq', max_tokens: 100_000, max_completion_tokens: 1 },
+      key,
+    )
+    expect(both.status).toBe(400)
+    expect(((await both.json()) as { error: { param: string } }).error.param).toBe('max_completion_tokens')
+  })
+
   it("usage is billed from the provider's numbers", async () => {
     const key = await fundedUser(gw, 'usage@example.com')
     const r = await chat({ model: 'llama-3.3-70b-instruct', provider: 'groq' }, key)
