@@ -67,36 +67,37 @@ const Message = z
     }
   })
 
-export const ChatCompletionRequestSchema = z.object({
-  model: z.string().min(1, 'must be a non-empty string'),
-  messages: z
-    .array(Message)
-    .min(1, 'must contain at least one message')
-    .max(MAX_MESSAGES, `must contain at most ${MAX_MESSAGES} messages`),
-  stream: z.boolean().optional(),
-  stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
-  temperature: z.number().min(0).max(2).nullish(),
-  top_p: z.number().min(0).max(1).nullish(),
-  max_tokens: z.number().int().min(1).max(MAX_TOKENS).nullish(),
-  max_completion_tokens: z.number().int().min(1).max(MAX_TOKENS).nullish(),
-  stop: z
-    .union(
-      [
-        z.string().min(1).max(MAX_STOP_CHARS),
-        z.array(z.string().min(1).max(MAX_STOP_CHARS)).max(16, 'must have at most 16 stop sequences'),
-      ],
-      `must be a string or an array of up to 16 strings, each of 1 to ${MAX_STOP_CHARS} characters`,
-    )
-    .nullish(),
-  seed: z.number().int().min(0).max(0xffffffff).nullish(),
-  n: z.literal(1, 'must be 1 (only one choice is supported)').nullish(),
-  provider: z.string().min(1).optional(),
-  user: z.string().optional(),
-  /** Tools and structured output: providers only (the mesh's nodes generate plain text). */
-  tools: z.array(z.unknown()).max(512).optional(),
-  tool_choice: z.unknown().optional(),
-  response_format: z.looseObject({ type: z.string() }).nullish(),
-})
+export const ChatCompletionRequestSchema = z
+  .object({
+    model: z.string().min(1, 'must be a non-empty string'),
+    messages: z
+      .array(Message)
+      .min(1, 'must contain at least one message')
+      .max(MAX_MESSAGES, `must contain at most ${MAX_MESSAGES} messages`),
+    stream: z.boolean().optional(),
+    stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
+    temperature: z.number().min(0).max(2).nullish(),
+    top_p: z.number().min(0).max(1).nullish(),
+    max_tokens: z.number().int().min(1).max(MAX_TOKENS).nullish(),
+    max_completion_tokens: z.number().int().min(1).max(MAX_TOKENS).nullish(),
+    stop: z
+      .union(
+        [
+          z.string().min(1).max(MAX_STOP_CHARS),
+          z.array(z.string().min(1).max(MAX_STOP_CHARS)).max(16, 'must have at most 16 stop sequences'),
+        ],
+        `must be a string or an array of up to 16 strings, each of 1 to ${MAX_STOP_CHARS} characters`,
+      )
+      .nullish(),
+    seed: z.number().int().min(0).max(0xffffffff).nullish(),
+    n: z.literal(1, 'must be 1 (only one choice is supported)').nullish(),
+    provider: z.string().min(1).optional(),
+    user: z.string().optional(),
+    /** Tools and structured output: providers only (the mesh's nodes generate plain text). */
+    tools: z.array(z.unknown()).max(512).optional(),
+    tool_choice: z.unknown().optional(),
+    response_format: z.looseObject({ type: z.string() }).nullish(),
+  })
   // Both go to a provider as sent, and the hold is taken on one: two different limits are refused.
   .refine((r) => r.max_tokens == null || r.max_completion_tokens == null || r.max_tokens === r.max_completion_tokens, {
     path: ['max_completion_tokens'],
