@@ -309,6 +309,7 @@ async function startParts(
       secret,
       ...(config.models ? { config: config.models } : {}),
       log,
+      providerModels: () => routing.providerModelIds(),
     },
     billing:
       config.billing === false

@@ -35,6 +35,7 @@ import { type ContentStore, parseCid } from '../src/storage/content.ts'
 import { type AuthVars, body, requireAuth } from './api-routes.ts'
 import { ApiError, conflict, invalidRequest, noNodes, notFound } from './errors.ts'
 import type { Pricing } from './pricing.ts'
+import { PROVIDERS } from './providers/catalog.ts'
 import { receiveUpload } from './upload.ts'
 
 export interface ModelsConfig {
@@ -56,6 +57,24 @@ export interface ModelsDeps {
   secret: GatewaySecret
   config?: ModelsConfig
   log: (line: string) => void
+  /** Ids served under another name already (an enabled provider's models): not to be taken by an upload. */
+  providerModels?: () => ReadonlySet<string>
+}
+
+/**
+ * Why a new model id cannot be taken by an upload, or undefined: a provider's model (in the catalog, or
+ * listed by an enabled provider), or a model nodes serve from their own files. Either would route
+ * other users' requests for that name to whoever uploaded it.
+ */
+function reservedModel(deps: ModelsDeps, id: string): string | undefined {
+  // Any case: a slug is lower-case, some providers' own ids are not.
+  const same = (name: string): boolean => name.toLowerCase() === id
+  const catalog = Object.values(PROVIDERS).some((p) =>
+    Object.entries(p.models).some(([ours, theirs]) => same(ours) || same(theirs)),
+  )
+  if (catalog || [...(deps.providerModels?.() ?? [])].some(same)) return 'the name of a provider model'
+  if (deps.directory.knowsModel(id)) return 'the name of a model nodes serve'
+  return undefined
 }
 
 const DEFAULT_MAX_UPLOAD = 64 * 1024 ** 3
@@ -238,6 +257,8 @@ export function modelRoutes(deps: ModelsDeps): Hono<AuthVars> {
       if (existing != null && (existing.owner !== owner || existing.gateway !== gatewayId)) {
         throw conflict(`A model named '${id}' already exists and belongs to someone else. Choose another name.`)
       }
+      const reserved = existing == null ? reservedModel(deps, id) : undefined
+      if (reserved != null) throw conflict(`'${id}' is ${reserved}. Choose another name.`)
       const version = (existing?.latest.version ?? 0) + 1
       const { cid, size } = await store.add(createReadStream(tmp, { highWaterMark: 1024 * 1024 }))
       const record = await signModelRecord(deps.privateKey, {

@@ -118,6 +118,18 @@ describe('Models API: bad input', () => {
     expect(versions.versions).toHaveLength(1)
   })
 
+  it("refuses a provider model's name: an upload cannot catch other users' requests for it (409)", async () => {
+    const before = await footprint()
+    for (const name of ['llama-3.3-70b-instruct', 'llama-3.3-70b', 'Meta-Llama-3.3-70B-Instruct']) {
+      await expectRefused(
+        await uploadModel(gw.url, apiKey, { name }, { bytes: tiny }),
+        409,
+        /is the name of a provider model/,
+      )
+    }
+    expect((await footprint()).records).toBe(before.records)
+  })
+
   it('refuses an altered, unsigned or expired download signature (403)', async () => {
     const link = (await (await fetch(`${gw.url}/api/models/taken/download`)).json()) as { url: string }
     const url = new URL(link.url)
