@@ -2,7 +2,8 @@
 // {"type":"auth","token":"sk-cluster-…"} (an admin key) and then receives JSON events — node
 // heartbeats, joins and leaves, completed inferences (through any gateway), model deployments —
 // all taken from gossip. Bounded: a client that does not keep up is closed, not buffered without
-// end, and each key may hold only a few connections.
+// end, and each key may hold only a few connections. A key revoked (or whose account is no longer
+// an admin) loses its sockets: at once when revoked through the API, else at the next re-check.
 import { randomUUID } from 'node:crypto'
 import type { IncomingMessage, Server } from 'node:http'
 import type { Duplex } from 'node:stream'
@@ -31,12 +32,15 @@ export interface AdminFeedOptions {
   maxConnectionsPerKey?: number
   /** Largest message a client may send. @default 4 KiB */
   maxMessageBytes?: number
+  /** How often each socket's key and role are checked again (revocations outside the API). @default 5000 */
+  recheckMs?: number
 }
 
 interface Client {
   socket: WebSocket
   authDeadline?: NodeJS.Timeout
   keyId?: string
+  accountId?: string
   filter?: ReadonlySet<AdminEventType>
 }
 
@@ -50,6 +54,8 @@ export class AdminFeed {
   private readonly authTimeoutMs: number
   private readonly maxBufferedBytes: number
   private readonly maxConnectionsPerKey: number
+  private readonly recheck: NodeJS.Timeout
+  private rechecking = false
   /** Events sent and clients dropped for being slow: for tests and metrics. */
   readonly stats = { sent: 0, droppedSlow: 0 }
 
@@ -59,6 +65,8 @@ export class AdminFeed {
     this.maxConnectionsPerKey = o.maxConnectionsPerKey ?? 8
     this.wss = new WebSocketServer({ noServer: true, maxPayload: o.maxMessageBytes ?? 4096 })
     this.wss.on('connection', (socket) => this.accept(socket))
+    this.recheck = setInterval(() => void this.recheckKeys(), o.recheckMs ?? 5000)
+    this.recheck.unref()
     const d = o.directory
     const on = <E extends keyof DirectoryEvents>(event: E, listener: (...args: DirectoryEvents[E]) => void) => {
       d.on(event, listener as never)
@@ -130,7 +138,39 @@ export class AdminFeed {
     return this.clients.size
   }
 
+  /** A key was revoked: its sockets are closed now (1008) and get no further event. */
+  revoked(keyId: string): void {
+    for (const client of this.clients) {
+      if (client.keyId === keyId) this.refuse(client, 'the API key was revoked')
+    }
+  }
+
+  /** Closes the sockets whose key is no longer live, or whose account is no longer an admin. */
+  async recheckKeys(): Promise<void> {
+    if (this.rechecking) return
+    this.rechecking = true
+    try {
+      const { ledger } = this.o.accounts
+      for (const client of [...this.clients]) {
+        if (client.keyId == null || client.accountId == null) continue
+        const [account, keys] = await Promise.all([
+          ledger.getAccount(client.accountId),
+          ledger.listKeys(client.accountId),
+        ])
+        if (!this.clients.has(client)) continue
+        const key = keys.find((k) => k.id === client.keyId)
+        if (key == null || key.revokedAt != null) this.refuse(client, 'the API key was revoked')
+        else if (account?.role !== 'admin') this.refuse(client, 'the account is no longer an admin', 'FORBIDDEN')
+      }
+    } catch {
+      // A ledger that is closing: the next round checks again.
+    } finally {
+      this.rechecking = false
+    }
+  }
+
   close(): void {
+    clearInterval(this.recheck)
     for (const off of this.off.splice(0)) off()
     for (const c of this.clients) c.socket.close(ADMIN_CLOSE.goingAway, 'gateway stopping')
     this.clients.clear()
@@ -198,6 +238,7 @@ export class AdminFeed {
     }
     this.perKey.set(auth.key.id, held + 1)
     client.keyId = auth.key.id
+    client.accountId = auth.account.id
     clearTimeout(client.authDeadline)
     client.socket.send(JSON.stringify({ type: 'authenticated', role: 'admin' }))
   }

@@ -4,6 +4,7 @@ import { getConnInfo } from '@hono/node-server/conninfo'
 import { type Context, Hono } from 'hono'
 import { z } from 'zod'
 import { DuplicateEmailError } from '../src/ledger/ledger.ts'
+import { KdfBusyError, kdfAdmitsHash } from '../src/ledger/secrets.ts'
 import { formatUsd, MoneyFormatError, parseUsd } from '../src/payments/money.ts'
 import type { Accounts, Authenticated } from './accounts.ts'
 import {
@@ -17,7 +18,7 @@ import {
   unauthorized,
 } from './errors.ts'
 import type { Pricing } from './pricing.ts'
-import type { TokenBuckets } from './rate-limit.ts'
+import { RegistrationLimits, type Take, type TokenBuckets } from './rate-limit.ts'
 import type { VerifiedPayment } from './x402.ts'
 
 export interface ApiDeps {
@@ -25,6 +26,10 @@ export interface ApiDeps {
   pricing: Pricing
   /** Failed logins per email and per client address. */
   loginFailures: TokenBuckets
+  /** Sign-ups per client address and in all. @default RegistrationLimits' defaults */
+  registrations?: RegistrationLimits
+  /** A key was revoked: whatever holds it open (admin sockets) lets go at once. */
+  onKeyRevoked?: (keyId: string) => void
   /** Model ids served now, for pricing and stats. */
   servedModels: () => string[]
   /** Models callable through this gateway's providers (priced too). */
@@ -78,13 +83,42 @@ const accountBody = (account: { id: string; email: string; balance: bigint; held
   balance: formatUsd(account.balance - account.held),
 })
 
+/** A 429 from a bucket of its own, with that bucket's X-RateLimit-* headers. */
+function limitedBy(take: Take, what: string): ApiError {
+  const err = rateLimited(take.retryAfter)
+  err.message = `Too many ${what}. Retry after ${take.retryAfter} s.`
+  err.headers['X-RateLimit-Limit'] = String(take.limit)
+  err.headers['X-RateLimit-Remaining'] = String(take.remaining)
+  err.headers['X-RateLimit-Reset'] = String(take.reset)
+  return err
+}
+
+/** Password hashing is at its bound: a 503 at once (with Retry-After), not a place in a queue. */
+function kdfBusy(): ApiError {
+  const err = new ApiError(
+    503,
+    'The gateway is busy checking passwords. Retry after 1 s.',
+    'service_unavailable_error',
+    'busy',
+  )
+  err.headers['Retry-After'] = '1'
+  return err
+}
+
 export function apiRoutes(deps: ApiDeps): Hono<AuthVars> {
   const api = new Hono<AuthVars>()
   const { accounts, pricing } = deps
+  const registrations = deps.registrations ?? new RegistrationLimits()
 
   api.post('/auth/register', async (c) => {
     const { email, password } = await body(c, z.object({ email: Email, password: Password }))
+    const take = registrations.take(clientAddress(c))
+    if (!take.allowed) throw limitedBy(take, 'sign-ups')
+    // Sign-ups wait for the password hash only in a short queue (behind logins); beyond it they
+    // are refused, so a flood neither piles up 32 MiB hashes nor delays logins.
+    if (!kdfAdmitsHash()) throw kdfBusy()
     try {
+      // register() asks for the hash synchronously, before its first await: the check above holds.
       const { account, apiKey } = await accounts.register(email, password)
       return c.json(accountBody(account, apiKey), 201)
     } catch (err) {
@@ -101,7 +135,10 @@ export function apiRoutes(deps: ApiDeps): Hono<AuthVars> {
       const peek = deps.loginFailures.take(k, 0)
       if (peek.remaining < 1) throw rateLimited(Math.max(1, Math.ceil(1 / deps.loginFailures.refillPerSecond)))
     }
-    const result = await accounts.login(email, password)
+    const result = await accounts.login(email, password).catch((err: unknown) => {
+      if (err instanceof KdfBusyError) throw kdfBusy()
+      throw err
+    })
     if (result == null) {
       for (const k of keys) deps.loginFailures.take(k)
       throw new ApiError(401, 'Wrong email or password.', 'authentication_error', 'unauthorized')
@@ -149,6 +186,7 @@ export function apiRoutes(deps: ApiDeps): Hono<AuthVars> {
     const { account } = requireAuth(c)
     const ok = await accounts.ledger.revokeKey(account.id, c.req.param('id'))
     if (!ok) throw notFound('No such key.')
+    deps.onKeyRevoked?.(c.req.param('id'))
     return c.json({ id: c.req.param('id'), revoked: true })
   })
 

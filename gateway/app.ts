@@ -20,7 +20,7 @@ import type { GatewayMetrics, MetricsAccess } from './metrics.ts'
 import { type ModelsDeps, modelRoutes, modelsDeployedBy } from './models.ts'
 import type { Pricing } from './pricing.ts'
 import { MESH_PROVIDER } from './providers/catalog.ts'
-import type { TokenBuckets } from './rate-limit.ts'
+import type { RegistrationLimits, TokenBuckets } from './rate-limit.ts'
 import type { MeshRouter } from './router.ts'
 import type { Routing } from './routing.ts'
 import { vectorsRoutes } from './vectors-routes.ts'
@@ -43,6 +43,10 @@ export interface AppDeps {
   limits: TokenBuckets
   /** Failed logins per email and per client address. */
   loginFailures: TokenBuckets
+  /** Sign-ups per client address and in all. */
+  registrations?: RegistrationLimits
+  /** A key was revoked through the API (admin sockets holding it are closed). */
+  onKeyRevoked?: (keyId: string) => void
   /** Largest request body accepted, in bytes. @default 8 MiB */
   maxBodyBytes?: number
   onComplete?: (info: CompletedInference) => void
@@ -267,6 +271,8 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
       accounts: deps.accounts,
       pricing: deps.pricing,
       loginFailures: deps.loginFailures,
+      ...(deps.registrations != null ? { registrations: deps.registrations } : {}),
+      ...(deps.onKeyRevoked != null ? { onKeyRevoked: deps.onKeyRevoked } : {}),
       servedModels: () => [...deps.directory.models().keys()],
       providerModels: () => [...deps.routing.providerModelIds()],
       ...(deps.models != null

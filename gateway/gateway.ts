@@ -13,7 +13,7 @@ import { WalletChallenges } from '../src/chain/wallet-link.ts'
 import { DepositWatcher } from '../src/chain/watcher.ts'
 import type { Ledger } from '../src/ledger/ledger.ts'
 import { LevelLedger } from '../src/ledger/level-ledger.ts'
-import { GatewaySecret } from '../src/ledger/secrets.ts'
+import { configureKdf, GatewaySecret, type KdfLimits } from '../src/ledger/secrets.ts'
 import { startWithTeardown, type Teardown } from '../src/lifecycle.ts'
 import { createLogger, type Logger, lineLogger } from '../src/log.ts'
 import { Directory } from '../src/mesh/directory.ts'
@@ -36,7 +36,7 @@ import { GatewayMetrics, type MetricsAccess } from './metrics.ts'
 import type { ModelsConfig } from './models.ts'
 import { Pricing, type PricingConfig } from './pricing.ts'
 import { enabledProviders, type ProvidersConfig, type UpstreamTimeouts } from './providers/provider.ts'
-import { type RateLimitConfig, TokenBuckets } from './rate-limit.ts'
+import { type RateLimitConfig, RegistrationLimits, type RegistrationLimitsConfig, TokenBuckets } from './rate-limit.ts'
 import { MeshRouter, type RouterOptions } from './router.ts'
 import { Routing, type RoutingOptions } from './routing.ts'
 import { warmTokenCounter } from './tokens.ts'
@@ -55,6 +55,10 @@ export interface GatewayConfig {
   rateLimit?: RateLimitConfig
   /** Failed logins allowed per email and per address before 429. @default 5, one back every 3 minutes */
   loginFailures?: RateLimitConfig
+  /** Sign-ups per client address (@default 5, one back every 12 minutes) and in all (@default 20, then 2/s). */
+  registrationLimit?: RegistrationLimitsConfig
+  /** Password hashes running at once (process-wide; @default 2) and how many logins (64) and sign-ups (8) may wait. */
+  passwordHashing?: KdfLimits
   /** Charge calls to balances. Off only for benchmarks. @default true */
   billing?: boolean
   /** Email of the admin created on an empty data dir. */
@@ -152,6 +156,7 @@ async function startParts(
   teardown.push(() => ledger.close())
   const reconciledHolds = await ledger.reconcileHolds()
   const secret = await GatewaySecret.load(config.dataDir)
+  if (config.passwordHashing != null) configureKdf(config.passwordHashing)
   const accounts = new Accounts(ledger, secret)
   const adminKeyFile = await accounts.ensureFirstAdmin(config.dataDir, config.adminEmail)
   const pricing = new Pricing(config.pricing)
@@ -325,6 +330,8 @@ async function startParts(
           ),
     limits: new TokenBuckets(config.rateLimit),
     loginFailures: new TokenBuckets(config.loginFailures ?? { capacity: 5, refillPerSecond: 1 / 180 }),
+    registrations: new RegistrationLimits(config.registrationLimit),
+    onKeyRevoked: (keyId) => feed.revoked(keyId),
   })
 
   const host = config.host ?? '127.0.0.1'

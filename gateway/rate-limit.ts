@@ -41,13 +41,22 @@ export class TokenBuckets {
   }
 
   take(id: string, cost = 1): Take {
+    return this.draw(id, cost, true)
+  }
+
+  /** What `take` would answer, without taking anything. */
+  peek(id: string, cost = 1): Take {
+    return this.draw(id, cost, false)
+  }
+
+  private draw(id: string, cost: number, consume: boolean): Take {
     const now = this.now()
     if (++this.takes % SWEEP_EVERY === 0) this.sweep(now)
     const b = this.buckets.get(id) ?? { tokens: this.capacity, at: now }
     b.tokens = Math.min(this.capacity, b.tokens + ((now - b.at) / 1000) * this.refillPerSecond)
     b.at = now
     const allowed = b.tokens >= cost
-    if (allowed) b.tokens -= cost
+    if (allowed && consume) b.tokens -= cost
     this.buckets.set(id, b)
     const missing = this.capacity - b.tokens
     return {
@@ -64,4 +73,51 @@ export class TokenBuckets {
       if (b.tokens + ((now - b.at) / 1000) * this.refillPerSecond >= this.capacity) this.buckets.delete(id)
     }
   }
+}
+
+export interface RegistrationLimitsConfig {
+  /** Sign-ups per client address (IPv6: per /64). @default 5, one back every 12 minutes */
+  perAddress?: RateLimitConfig | undefined
+  /** Sign-ups across all addresses. @default a burst of 20, then 2 per second */
+  global?: RateLimitConfig | undefined
+}
+
+/**
+ * Sign-ups have buckets of their own: each costs a memory-hard password hash and creates an
+ * account, so they are limited far below other requests — per client address and in all.
+ */
+export class RegistrationLimits {
+  readonly perAddress: TokenBuckets
+  readonly global: TokenBuckets
+
+  constructor(config: RegistrationLimitsConfig = {}, now: () => number = Date.now) {
+    this.perAddress = new TokenBuckets(config.perAddress ?? { capacity: 5, refillPerSecond: 1 / 720 }, now)
+    this.global = new TokenBuckets(config.global ?? { capacity: 20, refillPerSecond: 2 }, now)
+  }
+
+  /** Takes one sign-up from both buckets, or from neither: the answer is the refusing bucket's (else the address's). */
+  take(address: string): Take {
+    const key = addressKey(address)
+    const mine = this.perAddress.peek(key)
+    if (!mine.allowed) return mine
+    const all = this.global.peek('all')
+    if (!all.allowed) return all
+    this.global.take('all')
+    return this.perAddress.take(key)
+  }
+}
+
+/** The bucket of a client address: IPv4 as it is, IPv6 by its /64 (one host usually holds a whole /64). */
+export function addressKey(address: string): string {
+  if (!address.includes(':') || /^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(address)) return address
+  const [head = '', tail = ''] = address.toLowerCase().split('%')[0]?.split('::') ?? []
+  const left = head === '' ? [] : head.split(':')
+  const right = tail === '' ? [] : tail.split(':')
+  const groups = address.includes('::')
+    ? [...left, ...Array<string>(Math.max(0, 8 - left.length - right.length)).fill('0'), ...right]
+    : left
+  return `${groups
+    .slice(0, 4)
+    .map((g) => g.replace(/^0+(?=.)/, ''))
+    .join(':')}::/64`
 }

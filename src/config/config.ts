@@ -66,6 +66,30 @@ export const GatewaySectionSchema = z
       .object({ capacity: z.number().int().min(1), refillPerSecond: z.number().positive() })
       .strict()
       .optional(),
+    /** Sign-ups: a bucket per client address (IPv6: per /64) and one for all of them. */
+    registrationLimit: z
+      .object({
+        perAddress: z
+          .object({ capacity: z.number().int().min(1), refillPerSecond: z.number().positive() })
+          .strict()
+          .optional(),
+        global: z
+          .object({ capacity: z.number().int().min(1), refillPerSecond: z.number().positive() })
+          .strict()
+          .optional(),
+      })
+      .strict()
+      .optional(),
+    /** Password hashes (scrypt, 32 MiB each) running at once, and logins that may wait for one. */
+    passwordHashing: z
+      .object({
+        maxConcurrent: z.number().int().min(1).max(64),
+        maxQueuedChecks: z.number().int().min(0),
+        maxQueuedHashes: z.number().int().min(0),
+      })
+      .partial()
+      .strict()
+      .optional(),
     /** Who may read GET /metrics: loopback or an admin key (default), an admin key only, or anyone. */
     metricsAccess: z.enum(['loopback-or-admin', 'admin', 'public']).optional(),
     /** Model uploads: the largest file accepted (bytes), and how long a download URL stays valid (s). */
@@ -297,6 +321,8 @@ export function resolveConfig(layers: { file?: string; env?: NodeJS.ProcessEnv; 
 export function gatewayExtras(config: Config): {
   pricing?: NonNullable<Config['gateway']['pricing']>
   rateLimit?: NonNullable<Config['gateway']['rateLimit']>
+  registrationLimit?: NonNullable<Config['gateway']['registrationLimit']>
+  passwordHashing?: NonNullable<Config['gateway']['passwordHashing']>
   adminEmail?: string
   models?: NonNullable<Config['gateway']['models']>
   metricsAccess?: NonNullable<Config['gateway']['metricsAccess']>
@@ -310,6 +336,8 @@ export function gatewayExtras(config: Config): {
     ...(config.gateway.models ? { models: config.gateway.models } : {}),
     ...(config.gateway.pricing ? { pricing: config.gateway.pricing } : {}),
     ...(config.gateway.rateLimit ? { rateLimit: config.gateway.rateLimit } : {}),
+    ...(config.gateway.registrationLimit ? { registrationLimit: config.gateway.registrationLimit } : {}),
+    ...(config.gateway.passwordHashing ? { passwordHashing: config.gateway.passwordHashing } : {}),
     ...(config.gateway.adminEmail ? { adminEmail: config.gateway.adminEmail } : {}),
   }
 }

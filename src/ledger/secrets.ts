@@ -25,11 +25,117 @@ function scrypt(password: string, salt: Buffer, keylen: number, options: ScryptO
   )
 }
 
+/** Too many password checks are waiting already: answer busy rather than queue without end. */
+export class KdfBusyError extends Error {
+  override name = 'KdfBusyError'
+}
+
+export interface KdfLimits {
+  /** Password hashes (scrypt, 32 MiB each) running at once. @default 2 */
+  maxConcurrent?: number | undefined
+  /** Password checks (logins) that may wait for a slot; more are refused. @default 64 */
+  maxQueuedChecks?: number | undefined
+  /** Password hashes (sign-ups) that may wait for a slot; more sign-ups are refused. @default 8 */
+  maxQueuedHashes?: number | undefined
+}
+
+/**
+ * A bound on the scrypts running at once, so a flood waits here instead of running hundreds of
+ * 32 MiB hashes (and filling libuv's thread pool ahead of everything else). Checks (logins) go
+ * before hashes (sign-ups), and hashes never take the last slot: a login waits for at most the
+ * hashes already running, never behind the queue of sign-ups. Sign-ups beyond a short queue are
+ * refused by the caller (kdfAdmitsHash), not queued.
+ */
+class KdfGate {
+  private max = 2
+  private maxQueuedChecks = 64
+  private maxQueuedHashes = 8
+  private running = 0
+  private hashing = 0
+  private readonly checks: Array<() => void> = []
+  private readonly hashes: Array<() => void> = []
+
+  configure(limits: KdfLimits): void {
+    if (limits.maxConcurrent != null) this.max = Math.max(1, Math.floor(limits.maxConcurrent))
+    if (limits.maxQueuedChecks != null) this.maxQueuedChecks = Math.max(0, Math.floor(limits.maxQueuedChecks))
+    if (limits.maxQueuedHashes != null) this.maxQueuedHashes = Math.max(0, Math.floor(limits.maxQueuedHashes))
+    this.pump()
+  }
+
+  /** Slots hashes may hold: all but one (kept for checks), unless there is only one. */
+  private get hashShare(): number {
+    return this.max > 1 ? this.max - 1 : 1
+  }
+
+  /** Whether a hash would start now. */
+  private hashStartsNow(): boolean {
+    return this.hashes.length === 0 && this.running < this.max && this.hashing < this.hashShare
+  }
+
+  /** Whether a hash asked for now would start or find room in the (short) queue: sign-ups are refused otherwise. */
+  admitsHash(): boolean {
+    return this.hashStartsNow() || this.hashes.length < this.maxQueuedHashes
+  }
+
+  /** Starts `fn` now if a slot is free (synchronously), else when one is. */
+  run<T>(kind: 'check' | 'hash', fn: () => Promise<T>): Promise<T> {
+    const start = async (): Promise<T> => {
+      try {
+        return await fn()
+      } finally {
+        this.running--
+        if (kind === 'hash') this.hashing--
+        this.pump()
+      }
+    }
+    if (kind === 'check' ? this.running < this.max : this.hashStartsNow()) {
+      this.claim(kind)
+      return start()
+    }
+    if (kind === 'check' && this.checks.length >= this.maxQueuedChecks) {
+      return Promise.reject(new KdfBusyError('too many password checks waiting'))
+    }
+    // The slot is claimed by pump() when it wakes the waiter, so nothing can take it in between.
+    return new Promise<void>((resolve) => (kind === 'check' ? this.checks : this.hashes).push(resolve)).then(start)
+  }
+
+  private claim(kind: 'check' | 'hash'): void {
+    this.running++
+    if (kind === 'hash') this.hashing++
+  }
+
+  private pump(): void {
+    while (this.running < this.max) {
+      const check = this.checks.shift()
+      if (check != null) {
+        this.claim('check')
+        check()
+        continue
+      }
+      if (this.hashes.length === 0 || this.hashing >= this.hashShare) break
+      this.claim('hash')
+      this.hashes.shift()?.()
+    }
+  }
+}
+
+const kdf = new KdfGate()
+
+/** Sets the bound on concurrent password hashing (process-wide: scrypt's memory and threads are). */
+export function configureKdf(limits: KdfLimits): void {
+  kdf.configure(limits)
+}
+
+/** Whether a password hash asked for now would start or find room in the short queue: else refuse the sign-up. */
+export function kdfAdmitsHash(): boolean {
+  return kdf.admitsHash()
+}
+
 /** `scrypt$N$r$p$salt$hash`, base64url parts. */
 export async function hashPassword(password: string): Promise<string> {
   const salt = randomBytes(16)
   const { N, r, p, keylen, maxmem } = SCRYPT
-  const hash = await scrypt(password, salt, keylen, { N, r, p, maxmem })
+  const hash = await kdf.run('hash', () => scrypt(password, salt, keylen, { N, r, p, maxmem }))
   return ['scrypt', N, r, p, salt.toString('base64url'), hash.toString('base64url')].join('$')
 }
 
@@ -40,17 +146,20 @@ export async function verifyPassword(password: string, stored: string): Promise<
   const expected = Buffer.from(hash, 'base64url')
   // A short or empty stored hash would compare equal to a short derived key: refuse it outright.
   if (expected.length < 16) return false
-  try {
-    const actual = await scrypt(password, Buffer.from(salt, 'base64url'), expected.length, {
-      N: Number(n),
-      r: Number(r),
-      p: Number(p),
-      maxmem: SCRYPT.maxmem,
-    })
-    return actual.length === expected.length && timingSafeEqual(actual, expected)
-  } catch {
-    return false // parameters scrypt refuses: not a hash we made
-  }
+  // Outside the try: a KdfBusyError is the caller's to answer (busy), not a wrong password.
+  return kdf.run('check', async () => {
+    try {
+      const actual = await scrypt(password, Buffer.from(salt, 'base64url'), expected.length, {
+        N: Number(n),
+        r: Number(r),
+        p: Number(p),
+        maxmem: SCRYPT.maxmem,
+      })
+      return actual.length === expected.length && timingSafeEqual(actual, expected)
+    } catch {
+      return false // parameters scrypt refuses: not a hash we made
+    }
+  })
 }
 
 /** A new API key: `sk-cluster-` + 256 random bits, base64url. */

@@ -87,6 +87,8 @@ describe('accounts and billing', () => {
       port: 0,
       pricing: { models: { [MODEL]: PRICES } },
       rateLimit: { capacity: 1000, refillPerSecond: 1000 },
+      // Many sign-ups from one address here; the limits themselves are tested in abuse-limits.
+      registrationLimit: { perAddress: { capacity: 100, refillPerSecond: 100 } },
     })
     adminKey = (await import('node:fs')).readFileSync(gw.adminKeyFile as string, 'utf8').trim()
     node = await startNode({
