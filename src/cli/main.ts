@@ -477,6 +477,7 @@ export async function main(argv: string[]): Promise<void> {
             ...(config.heartbeatIntervalMs ? { heartbeatIntervalMs: config.heartbeatIntervalMs } : {}),
             payoutAddress: config.node.payoutAddress,
             acceptDeploys: config.node.acceptDeploys,
+            trustedGateways: config.node.trustedGateways,
             ...(config.node.modelMemoryBytes != null ? { modelMemoryBytes: config.node.modelMemoryBytes } : {}),
             ...(config.node.metricsPort != null ? { metricsPort: config.node.metricsPort } : {}),
           }),
