@@ -37,6 +37,12 @@ export interface DeploymentSpec {
   sizeBytes?: number | undefined
   sha256?: string | undefined
   providers?: string[] | undefined
+  /**
+   * The peer id of the gateway that asked for it over the deploy protocol; only that gateway may
+   * undeploy or replace it. Absent for the operator's own (`--model cid:`) and for deployments kept
+   * before this was recorded: any trusted gateway may.
+   */
+  by?: string | undefined
 }
 
 interface Deployment {
@@ -77,6 +83,11 @@ export interface DeployerOptions {
    */
   verify?(spec: DeploymentSpec, records: ModelRecord[]): Promise<string | undefined>
   acceptDeploys: boolean
+  /**
+   * Whether deploy and undeploy requests from `peerId` are taken (the gateways this node bootstraps
+   * from, and those the operator lists); anyone else is refused as forbidden.
+   */
+  trusts(peerId: string): Promise<boolean>
   log(line: string): void
 }
 
@@ -102,7 +113,11 @@ export class Deployer {
   /** Resumes the deployments kept in the data dir, plus `extra` (`--model cid:…` on the command line). */
   async start(extra: DeploymentSpec[] = []): Promise<void> {
     await mkdir(this.modelsDir, { recursive: true })
-    await this.o.peer.handle(DEPLOY_PROTOCOL, (stream) => this.handle(stream), STREAM_LIMITS.deploy)
+    await this.o.peer.handle(
+      DEPLOY_PROTOCOL,
+      (stream, connection) => this.handle(stream, connection.remotePeer.toString()),
+      STREAM_LIMITS.deploy,
+    )
     const kept = await this.readKept()
     for (const spec of [...kept, ...extra]) {
       if (this.find(spec) == null) this.begin(spec)
@@ -193,11 +208,26 @@ export class Deployer {
    * pending() names it.
    */
   async undeploy(id: string): Promise<boolean> {
-    const matches = [...this.deployments].filter(
-      (x) => x.spec.id === id || x.engine?.modelId === id || (x.spec.id == null && x.spec.cid === id),
-    )
+    const matches = this.matching(id)
     for (const d of matches) await this.retire(d)
     return matches.length > 0
+  }
+
+  private matching(id: string): Deployment[] {
+    return [...this.deployments].filter(
+      (x) => x.spec.id === id || x.engine?.modelId === id || (x.spec.id == null && x.spec.cid === id),
+    )
+  }
+
+  /**
+   * Why gateway `from` may not undeploy (or replace) model `id` here: a deployment of it that another
+   * gateway asked for (a failed one, when `replacing`, is replaced by any). Undefined: it may.
+   */
+  private notYours(id: string, from: string, replacing: boolean): string | undefined {
+    const other = this.matching(id).find(
+      (x) => x.spec.by != null && x.spec.by !== from && !(replacing && x.state === 'failed'),
+    )
+    return other == null ? undefined : `${id} was deployed on this node by another gateway (${other.spec.by})`
   }
 
   /** Stops a deployment: aborts its fetch or load, drains and closes its engine, announces it. */
@@ -408,7 +438,7 @@ export class Deployer {
     }
   }
 
-  private async handle(stream: import('@libp2p/interface').Stream): Promise<void> {
+  private async handle(stream: import('@libp2p/interface').Stream, from: string): Promise<void> {
     const answer = async (response: DeployResponse): Promise<void> => {
       await sendBytes(stream, encodeFrame(DeployResponseSchema, response))
       await stream.close()
@@ -420,6 +450,16 @@ export class Deployer {
         break
       }
       if (request == null) return void stream.abort(new Error('no request'))
+      const what = request.type === 'deploy' ? `deploy of ${request.model.id}` : `undeploy of ${request.modelId}`
+      const forbidden = async (message: string): Promise<void> => {
+        this.o.log(`refused the ${what} asked by ${from}: ${message}`)
+        await answer({ type: 'refused', code: 'forbidden', message })
+      }
+      if (!(await this.o.trusts(from))) {
+        return await forbidden(
+          `peer ${from} is not a gateway this node trusts (its bootstrap peers and node.trustedGateways)`,
+        )
+      }
       if (request.type === 'deploy') {
         try {
           parseCid(request.model.cid)
@@ -433,11 +473,16 @@ export class Deployer {
           sizeBytes: request.model.sizeBytes,
           sha256: request.model.sha256,
           providers: request.providers,
+          by: from,
         }
+        const taken = this.notYours(request.model.id, from, true)
+        if (taken != null) return await forbidden(taken)
         const refusal = this.o.acceptDeploys ? await this.o.verify?.(spec, request.records) : undefined
         if (refusal != null) return await answer({ type: 'refused', code: 'invalid_request', message: refusal })
         return await answer(await this.deploy(spec))
       }
+      const taken = this.notYours(request.modelId, from, false)
+      if (taken != null) return await forbidden(taken)
       const removed = await this.undeploy(request.modelId)
       await answer(
         removed

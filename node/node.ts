@@ -32,6 +32,7 @@ import { serveInference } from './inference-service.ts'
 import { LlamaEngine, llamaGpus } from './llama-engine.ts'
 import { nodeMetricsRegistry, serveNodeMetrics } from './metrics.ts'
 import { Scheduler } from './scheduler.ts'
+import { deployTrust } from './trust.ts'
 import { serveVectors, type VectorsService } from './vectors-service.ts'
 
 export interface NodeModelConfig {
@@ -75,6 +76,12 @@ export interface NodeConfig {
   prices?: { inputPerMillion: bigint; outputPerMillion: bigint }
   /** Take deploy requests from gateways. @default true */
   acceptDeploys?: boolean
+  /**
+   * Peer ids of gateways whose deploy and undeploy requests are taken, beside the bootstrap peers
+   * (the /p2p/ id of a bootstrap multiaddr, the peerId of a bootstrap peer.json). Other peers are
+   * refused.
+   */
+  trustedGateways?: string[]
   /** Bytes offered for model weights. @default all VRAM, else three quarters of RAM */
   modelMemoryBytes?: number
   /** Operational messages. @default info lines of `logger` */
@@ -245,6 +252,7 @@ async function startParts(config: NodeConfig, teardown: Teardown, undo: () => Pr
     peer,
     store,
     acceptDeploys: config.acceptDeploys ?? true,
+    trusts: deployTrust(config.bootstrap ?? [], config.trustedGateways),
     load: (path, spec) => loadEngine(path, spec),
     serve: (engine, spec) => {
       serveEngine(engine)

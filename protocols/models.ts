@@ -107,7 +107,15 @@ export const DeployRequestSchema = z.discriminatedUnion('type', [
 ])
 export type DeployRequest = z.infer<typeof DeployRequestSchema>
 
-export const DeployRefusalSchema = z.enum(['no_room', 'not_accepting', 'invalid_request', 'not_deployed', 'internal'])
+/** `forbidden`: the asking peer is not a gateway the node trusts, or another gateway deployed the model. */
+export const DeployRefusalSchema = z.enum([
+  'no_room',
+  'not_accepting',
+  'invalid_request',
+  'not_deployed',
+  'internal',
+  'forbidden',
+])
 
 export const DeployResponseSchema = z.discriminatedUnion('type', [
   /** Deploy: fetching has started (or the model is already there). Undeploy: done. */

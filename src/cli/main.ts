@@ -404,6 +404,11 @@ export async function main(argv: string[]): Promise<void> {
     .option('--gpu <mode>', 'auto | off')
     .option('--payout-address <0x…>', 'the EVM address your earnings are settled to (claim with `cluster earnings`)')
     .option('--metrics-port <n>', 'serve Prometheus /metrics on 127.0.0.1 at this port')
+    .option(
+      '--trusted-gateway <peer-id>',
+      'a gateway whose deploy/undeploy requests are taken, beside the bootstrap peers (repeatable; node.trustedGateways)',
+      collect,
+    )
     .option('--config <file>', 'a JSON config file')
     .action(async (opts: Record<string, unknown>) => {
       // A cid: value is fetched over IPFS by the node, not a path on this machine.
@@ -438,6 +443,7 @@ export async function main(argv: string[]): Promise<void> {
           ...(opts.maxQueue != null ? { maxQueue: opts.maxQueue as string } : {}),
           ...(opts.maxQueueWait != null ? { maxQueueWaitMs: opts.maxQueueWait as string } : {}),
           ...(opts.gpu ? { gpu: opts.gpu as 'auto' | 'off' } : {}),
+          ...(opts.trustedGateway ? { trustedGateways: opts.trustedGateway as string[] } : {}),
           ...(opts.payoutAddress != null ? { payoutAddress: opts.payoutAddress as string } : {}),
           ...(opts.metricsPort != null ? { metricsPort: opts.metricsPort as string } : {}),
         },
@@ -477,6 +483,7 @@ export async function main(argv: string[]): Promise<void> {
             ...(config.heartbeatIntervalMs ? { heartbeatIntervalMs: config.heartbeatIntervalMs } : {}),
             payoutAddress: config.node.payoutAddress,
             acceptDeploys: config.node.acceptDeploys,
+            trustedGateways: config.node.trustedGateways,
             ...(config.node.modelMemoryBytes != null ? { modelMemoryBytes: config.node.modelMemoryBytes } : {}),
             ...(config.node.metricsPort != null ? { metricsPort: config.node.metricsPort } : {}),
           }),

@@ -121,6 +121,11 @@ export const NodeSectionSchema = z
     payoutAddress: z.union([z.literal(''), z.string().regex(/^0x[0-9a-fA-F]{40}$/)]).default(''),
     /** Take deploy requests from gateways. */
     acceptDeploys: z.boolean().default(true),
+    /**
+     * Peer ids of gateways whose deploy and undeploy requests are taken, beside the bootstrap peers
+     * (their /p2p/ ids, the peerId of a peer.json); other peers are refused.
+     */
+    trustedGateways: z.array(z.string().regex(/^[A-Za-z0-9]{32,128}$/, 'a peer id')).default([]),
     /** Bytes offered for model weights. @default all VRAM, else three quarters of RAM */
     modelMemoryBytes: z.number().int().min(0).optional(),
     /** Serve Prometheus /metrics on 127.0.0.1 at this port (0: any free one); off when absent. */
@@ -233,6 +238,7 @@ export const ConfigSchema = z
       gpu: 'auto',
       payoutAddress: '',
       acceptDeploys: true,
+      trustedGateways: [],
       upstreams: [],
     }),
     /** On-chain settlement (the gateway): off when absent. */

@@ -116,7 +116,7 @@ export async function openModelStores(
 ): Promise<{ store: ContentStore; registry: ModelRegistry; replica: RegistryReplica }> {
   const store = await ContentStore.open({ dataDir: o.dataDir, libp2p: o.peer })
   teardown.push(() => store.stop())
-  const registry = await ModelRegistry.open(join(o.dataDir, 'registry'))
+  const registry = await ModelRegistry.open(join(o.dataDir, 'registry'), o.log)
   teardown.push(() => registry.close())
   const replica = await replicateRegistry(o.peer, o.bus, registry, o.log)
   teardown.push(() => replica.stop())

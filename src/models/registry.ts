@@ -1,7 +1,9 @@
 // The model registry: model id → versions → CID, as signed records every peer keeps a replica of.
 // A gateway signs a record when it accepts an upload; the record spreads by gossip and by sync when
 // a peer joins. Any peer checks the signature against the signing gateway's peer id, so a record
-// cannot be forged or altered on its way, and version 1 fixes who may add the next ones.
+// cannot be forged or altered on its way, and version 1 fixes who may add the next ones. A model id
+// belongs to the gateway whose record for it this replica accepted first (kept on disk): records for
+// that id signed by any other gateway are refused, whatever they say (an earlier createdAt included).
 import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { Level } from 'level'
@@ -53,46 +55,94 @@ export interface RegistryModel {
 }
 
 const recordKey = (id: string, version: number): string => `r!${id}!${String(version).padStart(7, '0')}`
+/** The gateway (signer) a model id belongs to in this replica. */
+const signerKey = (id: string): string => `s!${id}`
 
-/** Which of two records for the same (id, version) wins: the earlier, then the lower signature. */
+/**
+ * Which of two records of the same signer for the same (id, version) wins: the earlier, then the
+ * lower signature. (Records of another signer never get this far.)
+ */
 const wins = (a: ModelRecord, b: ModelRecord): boolean =>
   a.createdAt !== b.createdAt ? a.createdAt < b.createdAt : a.signature < b.signature
 
-export type AcceptResult = 'added' | 'known' | 'invalid' | 'lost'
+/** `foreign`: signed by another gateway than the one the id belongs to; refused. */
+export type AcceptResult = 'added' | 'known' | 'invalid' | 'lost' | 'foreign'
+
+/** How many refused foreign records are remembered so each is logged once. */
+const MAX_FOREIGN_LOGGED = 10_000
 
 export class ModelRegistry {
   private readonly byKey = new Map<string, ModelRecord>()
   private readonly counts = new Map<string, number>()
   private readonly listeners = new Set<(record: ModelRecord) => void>()
+  /** Model id → the gateway whose record for it was accepted first. */
+  private readonly signers = new Map<string, string>()
+  private readonly foreignLogged = new Set<string>()
 
-  private constructor(private readonly db: Level<string, string>) {}
+  private constructor(
+    private readonly db: Level<string, string>,
+    private readonly log: (line: string) => void,
+  ) {}
 
-  /** Opens (or creates) the replica in `dir`. */
-  static async open(dir: string): Promise<ModelRegistry> {
+  /** Opens (or creates) the replica in `dir`; `log` hears of refused records. */
+  static async open(dir: string, log: (line: string) => void = () => undefined): Promise<ModelRegistry> {
     const db = new Level<string, string>(dir)
     await db.open()
-    const registry = new ModelRegistry(db)
+    const registry = new ModelRegistry(db, log)
     for await (const [key, value] of db.iterator({ gte: 'r!', lt: 'r"' })) {
       registry.byKey.set(key, JSON.parse(value) as ModelRecord)
     }
     for await (const [key, value] of db.iterator({ gte: 'i!', lt: 'i"' })) {
       registry.counts.set(key.slice(2), Number(value) || 0)
     }
+    for await (const [key, value] of db.iterator({ gte: 's!', lt: 's"' })) {
+      registry.signers.set(key.slice(2), value)
+    }
+    // A replica written before signers were kept: each id belongs to the signer of its lowest version.
+    const missing: Array<{ type: 'put'; key: string; value: string }> = []
+    for (const r of registry.records()) {
+      if (registry.signers.has(r.id)) continue
+      registry.signers.set(r.id, r.gateway)
+      missing.push({ type: 'put', key: signerKey(r.id), value: r.gateway })
+    }
+    if (missing.length > 0) await db.batch(missing)
     return registry
+  }
+
+  /** The gateway a model id belongs to here (whose record for it was accepted first), if known. */
+  signerOf(id: string): string | undefined {
+    return this.signers.get(id)
   }
 
   /** Takes a record from anywhere (our upload, gossip, sync): checked, stored once, announced. */
   async accept(candidate: unknown): Promise<AcceptResult> {
     if (!(await verifyModelRecord(candidate))) return 'invalid'
     const record = ModelRecordSchema.parse(candidate)
+    const signer = this.signers.get(record.id)
+    if (signer != null && signer !== record.gateway) {
+      if (!this.foreignLogged.has(record.signature)) {
+        if (this.foreignLogged.size >= MAX_FOREIGN_LOGGED) this.foreignLogged.clear()
+        this.foreignLogged.add(record.signature)
+        this.log(
+          `registry: refused version ${record.version} of ${record.id} signed by gateway ${record.gateway} (owner ${record.owner}): ${record.id} belongs to gateway ${signer}, whose record for it came first`,
+        )
+      }
+      return 'foreign'
+    }
     const key = recordKey(record.id, record.version)
     const have = this.byKey.get(key)
     if (have != null) {
       if (have.signature === record.signature) return 'known'
       if (!wins(record, have)) return 'lost'
     }
+    // Set before any await: a record of another signer for the same new id, checked meanwhile, is foreign.
+    const claims = signer == null
+    if (claims) this.signers.set(record.id, record.gateway)
     this.byKey.set(key, record)
-    await this.db.put(key, JSON.stringify(record))
+    await this.db.batch([
+      { type: 'put', key, value: JSON.stringify(record) },
+      ...(claims ? [{ type: 'put' as const, key: signerKey(record.id), value: record.gateway }] : []),
+    ])
     for (const l of this.listeners) l(record)
     return 'added'
   }

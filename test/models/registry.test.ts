@@ -1,6 +1,8 @@
 // The model registry replica: signed records only (forged or altered ones are dropped), version 1
 // fixes the owner, conflicts resolve the same way on every peer, records and counts survive a
-// reopen, and a peer that connects later syncs every record while new ones spread by gossip.
+// reopen, and a peer that connects later syncs every record while new ones spread by gossip. An id
+// belongs to the gateway whose record for it came first: another gateway's record for it is refused
+// whatever its createdAt (no takeover by backdating), on disk across a reopen too.
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
@@ -37,11 +39,14 @@ const unsigned = (key: PrivateKey, over: Partial<UnsignedModelRecord> = {}): Uns
 })
 
 const cleanups: Array<() => Promise<void>> = []
-async function openRegistry(path?: string): Promise<{ registry: ModelRegistry; path: string }> {
+async function openRegistry(
+  path?: string,
+  log?: (line: string) => void,
+): Promise<{ registry: ModelRegistry; path: string }> {
   const dir = path ?? (await tempDir('registry')).path
   if (path == null)
     cleanups.push(() => import('node:fs/promises').then((fs) => fs.rm(dir, { recursive: true, force: true })))
-  return { registry: await ModelRegistry.open(dir), path: dir }
+  return { registry: await ModelRegistry.open(dir, log), path: dir }
 }
 
 beforeAll(async () => {
@@ -129,6 +134,37 @@ describe('ModelRegistry', () => {
   })
 })
 
+describe('ModelRegistry: an id belongs to the gateway whose record came first', () => {
+  it('refuses a backdated version 1 (or any version) of the id signed by another gateway; says why', async () => {
+    const logs: string[] = []
+    const { registry, path } = await openRegistry(undefined, (l) => logs.push(l))
+    const real = await signModelRecord(keyA, unsigned(keyA, { createdAt: 1_000 }))
+    expect(await registry.accept(real)).toBe('added')
+    const hijack = await signModelRecord(
+      keyB,
+      unsigned(keyB, { createdAt: 1, owner: 'usr_attacker', sha256: 'b'.repeat(64), cid: CID2 }),
+    )
+    expect(await registry.accept(hijack)).toBe('foreign')
+    expect(await registry.accept(await signModelRecord(keyB, unsigned(keyB, { version: 2 })))).toBe('foreign')
+    expect(registry.get('llama-demo')).toMatchObject({ owner: 'usr_1', gateway: idOf(keyA) })
+    expect(registry.get('llama-demo')?.latest.sha256).toBe('a'.repeat(64))
+    expect(registry.records()).toHaveLength(1)
+    expect(logs.filter((l) => l.includes('refused version 1 of llama-demo'))).toHaveLength(1)
+    expect(logs[0]).toMatch(new RegExp(`signed by gateway ${idOf(keyB)}.*belongs to gateway ${idOf(keyA)}`))
+    // The original signer adds versions; another gateway's new id is taken.
+    expect(await registry.accept(await signModelRecord(keyA, unsigned(keyA, { version: 2, cid: CID2 })))).toBe('added')
+    expect(await registry.accept(await signModelRecord(keyB, unsigned(keyB, { id: 'b-model' })))).toBe('added')
+    expect(registry.signerOf('b-model')).toBe(idOf(keyB))
+    await registry.close()
+    // Kept across a reopen.
+    const again = (await openRegistry(path)).registry
+    expect(await again.accept(hijack)).toBe('foreign')
+    expect(again.get('llama-demo')?.versions.map((v) => v.version)).toEqual([1, 2])
+    expect(again.get('b-model')?.gateway).toBe(idOf(keyB))
+    await again.close()
+  })
+})
+
 describe('registry replication between peers', () => {
   const peers: MeshPeer[] = []
   afterAll(async () => {
@@ -142,8 +178,8 @@ describe('registry replication between peers', () => {
       const peer = await createMeshPeer({ dataDir: dir.path, listen: ['/ip4/127.0.0.1/tcp/0'] })
       peers.push(peer)
       const bus = new GossipBus(peer.services.pubsub)
-      const { registry } = await openRegistry()
       const logs: string[] = []
+      const { registry } = await openRegistry(undefined, (l) => logs.push(l))
       const replica = await replicateRegistry(peer, bus, registry, (l) => logs.push(l))
       return { peer, bus, registry, replica, logs }
     }
@@ -165,6 +201,23 @@ describe('registry replication between peers', () => {
     await b.replica.publish(forged)
     await waitFor(() => a.logs.some((l) => l.includes('does not verify')), 10_000, 'the forged record dropped')
     expect(a.registry.get('forged-model')).toBeUndefined()
+
+    // A peer serving a backdated version 1 of A's model under its own key, and a model of its own:
+    // B syncs from it, takes the new id, refuses the takeover and says so.
+    const c = await start()
+    const hijack = await signModelRecord(
+      keyB,
+      unsigned(keyB, { createdAt: 1, owner: 'usr_attacker', sha256: 'b'.repeat(64), cid: CID2 }),
+    )
+    expect(await c.registry.accept(hijack)).toBe('added')
+    expect(await c.registry.accept(await signModelRecord(keyB, unsigned(keyB, { id: 'c-model' })))).toBe('added')
+    await b.peer.dial(c.peer.getMultiaddrs()[0] as NonNullable<ReturnType<MeshPeer['getMultiaddrs']>[0]>)
+    await waitFor(() => b.registry.get('c-model') != null, 10_000, 'the new id synced')
+    await waitFor(() => b.logs.some((l) => l.includes('refused version 1 of llama-demo')), 10_000, 'the refusal')
+    expect(b.registry.get('llama-demo')).toMatchObject({ owner: 'usr_1', gateway: idOf(keyA) })
+    expect(b.registry.get('llama-demo')?.versions.every((v) => v.sha256 === 'a'.repeat(64))).toBe(true)
+    await c.replica.stop()
+    await c.registry.close()
     await a.replica.stop()
     await b.replica.stop()
     await a.registry.close()

@@ -1,7 +1,9 @@
 // The node's Deployer, asked directly over /cluster/deploy/1.0.0 by a peer of the mesh (as any peer
 // can): it takes only weights a signed registry record vouches for under that name, checks what it
 // fetches against the record, and never serves what fails a check. Undeploying frees the disk the
-// deployment took (file and blocks) unless another id on the same weights still uses it.
+// deployment took (file and blocks) unless another id on the same weights still uses it. Only
+// gateways the node trusts (its bootstrap peers, node.trustedGateways) are heard, and a model
+// deployed by one of them is undeployed or replaced only by that one.
 import { createHash, randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { readdir, readFile, stat } from 'node:fs/promises'
@@ -9,6 +11,7 @@ import { join } from 'node:path'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningNode, startNode } from '../../node/node.ts'
 import {
@@ -46,6 +49,10 @@ describe('Deployer: what a deploy request is checked against, and the disk a dep
   let peer: MeshPeer
   let store: ContentStore
   let key: PrivateKey
+  /** A gateway the node trusts (node.trustedGateways) that is not its bootstrap peer. */
+  let other: MeshPeer
+  /** Any peer of the mesh: not a gateway the node trusts. */
+  let stranger: MeshPeer
   const cleanups: Array<() => Promise<void>> = []
 
   beforeAll(async () => {
@@ -57,7 +64,18 @@ describe('Deployer: what a deploy request is checked against, and the disk a dep
     key = await loadOrCreatePeerKey(p.path)
     peer = await createMeshPeer({ dataDir: p.path, privateKey: key, listen: ['/ip4/127.0.0.1/tcp/0'] })
     store = await ContentStore.open({ dataDir: p.path, libp2p: peer })
+    const o = await tempDir('deployer-other')
+    const s = await tempDir('deployer-stranger')
+    cleanups.push(o.remove, s.remove)
+    const otherKey = await loadOrCreatePeerKey(o.path)
+    other = await createMeshPeer({ dataDir: o.path, privateKey: otherKey, listen: ['/ip4/127.0.0.1/tcp/0'] })
+    stranger = await createMeshPeer({
+      dataDir: s.path,
+      privateKey: await loadOrCreatePeerKey(s.path),
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+    })
     node = await startNode({
+      trustedGateways: [peerIdFromPrivateKey(otherKey).toString()],
       dataDir: n.path,
       listen: ['/ip4/127.0.0.1/tcp/0'],
       bootstrap: peer.getMultiaddrs().map(String),
@@ -73,11 +91,14 @@ describe('Deployer: what a deploy request is checked against, and the disk a dep
     await node?.stop()
     await store?.stop()
     await peer?.stop()
+    await other?.stop()
+    await stranger?.stop()
     for (const c of cleanups) await c()
   })
 
-  const ask = async (request: DeployRequest): Promise<DeployResponse> => {
-    const stream = await peer.dialProtocol(peerIdFromString(node.peerId), DEPLOY_PROTOCOL)
+  const ask = async (request: DeployRequest, from: MeshPeer = peer): Promise<DeployResponse> => {
+    const target = from === peer ? peerIdFromString(node.peerId) : node.multiaddrs().map((a) => multiaddr(a))
+    const stream = await from.dialProtocol(target, DEPLOY_PROTOCOL)
     await sendBytes(stream, encodeFrame(DeployRequestSchema, request))
     await stream.close()
     for await (const answer of decodeFrames(stream, DeployResponseSchema)) return answer
@@ -271,4 +292,66 @@ describe('Deployer: what a deploy request is checked against, and the disk a dep
     expect(await ask({ type: 'undeploy', modelId: 'disk-one' })).toMatchObject({ type: 'accepted' })
     expect(existsSync(file)).toBe(false)
   }, 120_000)
+
+  it('takes deploys and undeploys only from gateways it trusts; a model only its deploying gateway undeploys', async () => {
+    const bytes = await readFile(await tinyModelPath())
+    const cid = await addRandom(bytes)
+    const sha256 = createHash('sha256').update(bytes).digest('hex')
+    const mine = model({ id: 'trust-mine', cid, sizeBytes: bytes.length, sha256 })
+    const record = await recordOf(mine)
+    const request: DeployRequest = {
+      type: 'deploy',
+      model: mine,
+      providers: peer.getMultiaddrs().map(String),
+      records: [record],
+    }
+
+    // A peer that is not a trusted gateway: refused, nothing starts.
+    expect(await ask(request, stranger)).toMatchObject({
+      type: 'refused',
+      code: 'forbidden',
+      message: expect.stringMatching(/not a gateway this node trusts/),
+    })
+    expect(stateOf(cid, 'trust-mine')).toBeUndefined()
+    expect(node.engines.has('trust-mine')).toBe(false)
+
+    // The bootstrap gateway deploys it.
+    expect(await ask(request)).toEqual({ type: 'accepted', state: 'fetching' })
+    await waitFor(() => node.engines.has('trust-mine'), 20_000, 'trust-mine served')
+
+    // The stranger cannot undeploy it, nor can a trusted gateway that did not deploy it (or replace it).
+    expect(await ask({ type: 'undeploy', modelId: 'trust-mine' }, stranger)).toMatchObject({
+      type: 'refused',
+      code: 'forbidden',
+    })
+    expect(await ask({ type: 'undeploy', modelId: 'trust-mine' }, other)).toMatchObject({
+      type: 'refused',
+      code: 'forbidden',
+      message: expect.stringMatching(/deployed on this node by another gateway/),
+    })
+    expect(await ask(request, other)).toMatchObject({ type: 'refused', code: 'forbidden' })
+    expect(node.engines.has('trust-mine')).toBe(true)
+    // Who asked is kept with the deployment, on disk.
+    const kept = JSON.parse(await readFile(join(nodeDir, 'deployments.json'), 'utf8')) as Array<{
+      id?: string
+      by?: string
+    }>
+    expect(kept.find((d) => d.id === 'trust-mine')?.by).toBe(peer.peerId.toString())
+
+    // A trusted gateway (node.trustedGateways) deploys a model of its own, and undeploys it.
+    const theirs = model({ id: 'trust-theirs', cid, sizeBytes: bytes.length, sha256 })
+    expect(
+      await ask({ type: 'deploy', model: theirs, providers: [], records: [await recordOf(theirs)] }, other),
+    ).toEqual({ type: 'accepted', state: 'fetching' })
+    await waitFor(() => node.engines.has('trust-theirs'), 20_000, 'trust-theirs served')
+    expect(await ask({ type: 'undeploy', modelId: 'trust-theirs' })).toMatchObject({ code: 'forbidden' })
+    expect(await ask({ type: 'undeploy', modelId: 'trust-theirs' }, other)).toEqual({
+      type: 'accepted',
+      state: 'unloaded',
+    })
+
+    // The deploying gateway undeploys its own.
+    expect(await ask({ type: 'undeploy', modelId: 'trust-mine' })).toEqual({ type: 'accepted', state: 'unloaded' })
+    expect(node.engines.has('trust-mine')).toBe(false)
+  }, 60_000)
 })
