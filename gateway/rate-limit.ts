@@ -91,7 +91,7 @@ export class RegistrationLimits {
   readonly global: TokenBuckets
 
   constructor(config: RegistrationLimitsConfig = {}, now: () => number = Date.now) {
-    this.perAddress = new TokenBuckets(config.perAddress ?? { capacity: 5, refillPerSecond: 1 / 720 }, now)
+    this.perAddress = new TokenBuckets(config.perAddress ?? { capacity: 20, refillPerSecond: 1 / 180 }, now)
     this.global = new TokenBuckets(config.global ?? { capacity: 20, refillPerSecond: 2 }, now)
   }
 
