@@ -62,9 +62,9 @@ export interface ModelsDeps {
 }
 
 /**
- * Why a new model id cannot be taken by an upload, or undefined: a provider's model (in the catalog, or
- * listed by an enabled provider), or a model nodes serve from their own files. Either would route
- * other users' requests for that name to whoever uploaded it.
+ * Why a new model id cannot be taken by a user's upload, or undefined: a provider's model (in the
+ * catalog, or listed by an enabled provider), or a model nodes serve from their own files. Either
+ * would route other users' requests for that name to whoever uploaded it.
  */
 function reservedModel(deps: ModelsDeps, id: string): string | undefined {
   // Any case: a slug is lower-case, some providers' own ids are not.
@@ -257,7 +257,8 @@ export function modelRoutes(deps: ModelsDeps): Hono<AuthVars> {
       if (existing != null && (existing.owner !== owner || existing.gateway !== gatewayId)) {
         throw conflict(`A model named '${id}' already exists and belongs to someone else. Choose another name.`)
       }
-      const reserved = existing == null ? reservedModel(deps, id) : undefined
+      // The operator (an admin) may publish weights under a provider's name: they then serve it too.
+      const reserved = existing == null && auth.account.role !== 'admin' ? reservedModel(deps, id) : undefined
       if (reserved != null) throw conflict(`'${id}' is ${reserved}. Choose another name.`)
       const version = (existing?.latest.version ?? 0) + 1
       const { cid, size } = await store.add(createReadStream(tmp, { highWaterMark: 1024 * 1024 }))

@@ -2,6 +2,7 @@
 // node with no model of its own (only the base URL and YOUR_KEY are replaced). The docs upload a
 // file named my-model.safetensors: what matters is its content, and ours is a GGUF.
 import { execFile } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { copyFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -74,8 +75,12 @@ describe('the docs’ Models examples, as written', () => {
   })
 
   it('Deploy a Model: { "status": "deploying", "nodeId": … }', async () => {
-    // The docs deploy llama-3.1-70b: a model of that name is uploaded first.
-    const up = await uploadModel(gw.url, key, { name: 'llama-3.1-70b' }, { path: await tinyModelPath() })
+    // The docs deploy llama-3.1-70b: a model of that name is uploaded first — by the operator (an admin):
+    // it is a provider model's name, which a user's upload may not take.
+    const user = await uploadModel(gw.url, key, { name: 'llama-3.1-70b' }, { path: await tinyModelPath() })
+    expect(user.status).toBe(409)
+    const admin = readFileSync(gw.adminKeyFile as string, 'utf8').trim()
+    const up = await uploadModel(gw.url, admin, { name: 'llama-3.1-70b' }, { path: await tinyModelPath() })
     expect(up.status).toBe(201)
     const { code, out } = await run(
       'curl -s -X POST https://api.clusterprotocol.ai/api/models/llama-3.1-70b/deploy \\\n-H "Authorization: Bearer sk-cluster-YOUR_KEY"',
