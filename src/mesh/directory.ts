@@ -46,11 +46,15 @@ export interface DirectoryOptions {
   sweepMs?: number
 }
 
+/** Model names remembered as served (for 503 rather than 404); the least recently seen go first. */
+export const MAX_SEEN_MODELS = 10_000
+
 export class Directory extends EventEmitter<DirectoryEvents> {
   private readonly entries = new Map<string, NodeEntry>()
   private readonly fetching = new Set<string>()
   /** Every model id ever served by a node seen here: such a model is known even when no node has it. */
-  private readonly seenModels = new Set<string>()
+  /** Models any node was heard serving, most recently seen last; bounded (a peer may name thousands). */
+  private readonly seenModels = new Map<string, true>()
   private readonly leaseIntervals: number
   private readonly now: () => number
   private sweeper: NodeJS.Timeout | undefined
@@ -97,7 +101,7 @@ export class Directory extends EventEmitter<DirectoryEvents> {
       return
     }
     const expiresAt = now + hb.intervalMs * this.leaseIntervals
-    for (const m of hb.models) this.seenModels.add(m)
+    for (const m of hb.models) this.sawModel(m)
     if (current != null && hb.incarnation === current.incarnation) {
       current.heartbeat = hb
       current.lastSeen = now
@@ -126,7 +130,7 @@ export class Directory extends EventEmitter<DirectoryEvents> {
     if (entry == null || entry.incarnation !== caps.incarnation) return
     if (entry.capabilities != null && entry.capabilities.version >= caps.version) return
     entry.capabilities = caps
-    for (const m of caps.models) this.seenModels.add(m.id)
+    for (const m of caps.models) this.sawModel(m.id)
     this.emit('node:capabilities', entry)
   }
 
@@ -164,6 +168,15 @@ export class Directory extends EventEmitter<DirectoryEvents> {
   }
 
   /** Whether any node has ever served `model` while this directory watched. */
+  private sawModel(model: string): void {
+    this.seenModels.delete(model)
+    this.seenModels.set(model, true)
+    if (this.seenModels.size > MAX_SEEN_MODELS) {
+      const oldest = this.seenModels.keys().next().value
+      if (oldest !== undefined) this.seenModels.delete(oldest)
+    }
+  }
+
   knowsModel(model: string): boolean {
     return this.seenModels.has(model)
   }

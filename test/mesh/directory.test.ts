@@ -4,7 +4,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import type { Capabilities, Heartbeat } from '../../protocols/index.ts'
 import { LEASE_INTERVALS } from '../../src/mesh/constants.ts'
-import { Directory, type DirectoryOptions, type NodeEntry } from '../../src/mesh/directory.ts'
+import { Directory, type DirectoryOptions, MAX_SEEN_MODELS, type NodeEntry } from '../../src/mesh/directory.ts'
 
 const A = '12D3KooWAaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'
 const B = '12D3KooWBbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb'
@@ -392,5 +392,21 @@ describe('Directory capabilities fetching', () => {
     expect(fetch).toHaveBeenCalledTimes(1)
     dir.handleHeartbeat(hb({ seq: 3, capabilitiesVersion: 4 }))
     expect(fetch).toHaveBeenCalledTimes(2)
+  })
+})
+
+describe('models heard of', () => {
+  it('a peer naming ever new models cannot grow the memory of them without bound; recent ones stay known', () => {
+    const { dir, clock } = setup()
+    const names = (i: number) => Array.from({ length: 250 }, (_, k) => `junk-${i}-${k}`)
+    const rounds = Math.ceil((MAX_SEEN_MODELS * 2) / 250)
+    for (let i = 0; i < rounds; i++) {
+      clock.t += 10
+      dir.handleHeartbeat(hb({ seq: i, models: ['tiny', ...names(i)] }))
+    }
+    // The model the node serves all along is still known; the oldest junk is forgotten.
+    expect(dir.knowsModel('tiny')).toBe(true)
+    expect(dir.knowsModel('junk-0-0')).toBe(false)
+    expect(dir.knowsModel(`junk-${rounds - 1}-0`)).toBe(true)
   })
 })
