@@ -283,7 +283,10 @@ export function modelRoutes(deps: ModelsDeps): Hono<AuthVars> {
         },
         createdAt: Date.now(),
       })
-      await registry.accept(record)
+      const accepted = await registry.accept(record)
+      if (accepted !== 'added') {
+        throw conflict(`'${id}' is held in the cluster by another gateway's record (${accepted}). Choose another name.`)
+      }
       void deps.replica.publish(record).catch((err: unknown) => deps.log(`registry publish: ${(err as Error).message}`))
       void store.provide(cid).catch(() => undefined)
       return c.json(

@@ -66,7 +66,10 @@ const wins = (a: ModelRecord, b: ModelRecord): boolean =>
   a.createdAt !== b.createdAt ? a.createdAt < b.createdAt : a.signature < b.signature
 
 /** `foreign`: signed by another gateway than the one the id belongs to; refused. */
-export type AcceptResult = 'added' | 'known' | 'invalid' | 'lost' | 'foreign'
+/** Versions waiting for their id's version 1, at most (a peer could send any number). */
+const MAX_ORPHANS = 1_000
+
+export type AcceptResult = 'added' | 'known' | 'invalid' | 'lost' | 'foreign' | 'orphan'
 
 /** How many refused foreign records are remembered so each is logged once. */
 const MAX_FOREIGN_LOGGED = 10_000
@@ -74,6 +77,9 @@ const MAX_FOREIGN_LOGGED = 10_000
 export class ModelRegistry {
   private readonly byKey = new Map<string, ModelRecord>()
   private readonly counts = new Map<string, number>()
+  /** Versions > 1 of ids nobody holds yet, waiting for their version 1. */
+  private readonly orphans = new Map<string, ModelRecord[]>()
+  private orphanCount = 0
   private readonly listeners = new Set<(record: ModelRecord) => void>()
   /** Model id → the gateway whose record for it was accepted first. */
   private readonly signers = new Map<string, string>()
@@ -129,6 +135,15 @@ export class ModelRegistry {
       }
       return 'foreign'
     }
+    // Only a first version claims an id: a later one for an id nobody holds would squat it unseen. It
+    // waits (in memory, bounded) for its version 1, which may simply not have arrived yet.
+    if (signer == null && record.version !== 1) {
+      if (this.orphanCount < MAX_ORPHANS) {
+        this.orphans.set(record.id, [...(this.orphans.get(record.id) ?? []), record])
+        this.orphanCount++
+      }
+      return 'orphan'
+    }
     const key = recordKey(record.id, record.version)
     const have = this.byKey.get(key)
     if (have != null) {
@@ -144,7 +159,17 @@ export class ModelRegistry {
       ...(claims ? [{ type: 'put' as const, key: signerKey(record.id), value: record.gateway }] : []),
     ])
     for (const l of this.listeners) l(record)
+    if (claims) await this.adoptOrphans(record)
     return 'added'
+  }
+
+  /** Later versions that came before this id's version 1: taken now if its signer signed them. */
+  private async adoptOrphans(first: ModelRecord): Promise<void> {
+    const waiting = this.orphans.get(first.id)
+    if (waiting == null) return
+    this.orphans.delete(first.id)
+    this.orphanCount -= waiting.length
+    for (const r of waiting) if (r.gateway === first.gateway) await this.accept(r)
   }
 
   /** Calls `listener` with every record added from now on. */

@@ -135,6 +135,16 @@ describe('ModelRegistry', () => {
 })
 
 describe('ModelRegistry: an id belongs to the gateway whose record came first', () => {
+  it('only a first version claims an id: a lone later version for an unknown id cannot squat it', async () => {
+    const { registry } = await openRegistry()
+    const squat = await signModelRecord(keyB, unsigned(keyB, { id: 'not-yet', version: 9 }))
+    expect(await registry.accept(squat)).toBe('orphan')
+    expect(registry.signerOf('not-yet')).toBeUndefined()
+    expect(await registry.accept(await signModelRecord(keyA, unsigned(keyA, { id: 'not-yet' })))).toBe('added')
+    expect(registry.get('not-yet')?.gateway).toBe(idOf(keyA))
+    await registry.close()
+  })
+
   it('refuses a backdated version 1 (or any version) of the id signed by another gateway; says why', async () => {
     const logs: string[] = []
     const { registry, path } = await openRegistry(undefined, (l) => logs.push(l))
