@@ -154,10 +154,20 @@ export function chatRoute(deps: ChatDeps) {
     let settlement: Promise<SettlementOutcome> | undefined
     let meter = keyMeter as Meter
     if (payment != null) {
-      const used = await (deps.x402 as X402Gate).use(payment, meta.id)
-      settlement = used.settlement
-      meter = new Meter(deps.billing, used.account.id, req.model, meta.id, payment.amount - payment.debtPaid)
-      await meter.reserveFlat()
+      try {
+        const used = await (deps.x402 as X402Gate).use(payment, meta.id, (account) => {
+          meter = new Meter(deps.billing, account.id, req.model, meta.id, payment.amount - payment.debtPaid)
+          return meter.reserveFlat()
+        })
+        settlement = used.settlement
+      } catch (err) {
+        // The candidate answered but cannot be paid for: its work is stopped, nothing is left running.
+        answer.end()
+        if (answer.value.kind === 'node') answer.value.call.abort()
+        else if (answer.value.answer.stream) answer.value.answer.body.destroy()
+        signal.removeEventListener('abort', onClientGone)
+        throw err
+      }
     }
     const ttftMs = performance.now() - started
     const provider = answer.value.kind === 'provider' ? answer.scored.candidate.provider : undefined

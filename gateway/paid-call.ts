@@ -60,16 +60,17 @@ export class PaidCall {
   async answered(plan: RoutePlan, answer: Answered<unknown>): Promise<void> {
     const payment = this.c.get('x402')
     if (payment != null) {
-      const used = await (this.deps.x402 as X402Gate).use(payment, this.requestId)
+      const used = await (this.deps.x402 as X402Gate).use(payment, this.requestId, (account) => {
+        this.meterNow = new Meter(
+          this.deps.billing,
+          account.id,
+          this.model,
+          this.requestId,
+          payment.amount - payment.debtPaid,
+        )
+        return this.meterNow.reserveFlat()
+      })
       this.settlement = used.settlement
-      this.meterNow = new Meter(
-        this.deps.billing,
-        used.account.id,
-        this.model,
-        this.requestId,
-        payment.amount - payment.debtPaid,
-      )
-      await this.meterNow.reserveFlat()
     }
     const { candidate } = answer.scored
     this.c.header('x-cluster-provider', candidate.provider)

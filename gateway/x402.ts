@@ -79,6 +79,8 @@ export type SettlementOutcome =
 
 export class X402Gate {
   /** payer!nonce of payments being used right now: a copy arriving meanwhile starts nothing. */
+  /** Payments that only proved who pays (credit paid): payer!nonce → valid before (unix s). */
+  private readonly coveredNonces = new Map<string, number>()
   private readonly inflight = new Set<string>()
   private readonly settleTimeoutMs: number
   private reconciling: Promise<void> | undefined
@@ -124,7 +126,7 @@ export class X402Gate {
     const nonce = authorization.nonce
     const key = `${payer.toLowerCase()}!${nonce.toLowerCase()}`
     // Checked and taken in one step (no await in between): of copies sent at once, one goes on.
-    if (this.inflight.has(key) || this.options.ledger.hasX402Payment(payer, nonce)) {
+    if (this.inflight.has(key) || this.coveredNonces.has(key) || this.options.ledger.hasX402Payment(payer, nonce)) {
       throw this.required(c, path, X402_REASONS.nonceUsed)
     }
     const debt = this.options.ledger.x402Debt(payer)
@@ -184,17 +186,25 @@ export class X402Gate {
   async use(
     payment: VerifiedPayment,
     requestId: string,
+    /**
+     * Holds the request's price on the payer's account; called with no wait after the credit is
+     * checked or added, so no other request of the payer can take that credit in between.
+     */
+    hold: (account: Account) => Promise<void>,
   ): Promise<{ account: Account; settlement: Promise<SettlementOutcome> }> {
     const { ledger } = this.options
     payment.used = true
     const account = await ledger.x402Account(payment.payer)
     if (payment.covered === true && ledger.x402Credit(payment.payer) >= payment.amount) {
-      // Its signature proved who pays; the authorization is left unused (it can still pay later).
+      // Its signature proved who pays; the authorization is not settled — and not taken again.
+      const held = hold(account)
+      this.rememberCovered(payment)
       this.inflight.delete(this.keyOf(payment))
+      await held
       return { account, settlement: Promise.resolve({ status: 'covered' }) }
     }
     payment.covered = false
-    await ledger.recordX402Payment(
+    const recorded = ledger.recordX402Payment(
       {
         nonce: payment.nonce,
         payer: payment.payer,
@@ -205,8 +215,20 @@ export class X402Gate {
       },
       payment.debtPaid,
     )
+    const held = hold(account)
+    await recorded
+    await held
     const settlement = this.settle(payment).finally(() => this.inflight.delete(this.keyOf(payment)))
     return { account, settlement }
+  }
+
+  /** A payment that only proved who pays: refused if sent again while it is valid. */
+  private rememberCovered(payment: VerifiedPayment): void {
+    const now = Math.floor(Date.now() / 1000)
+    if (this.coveredNonces.size >= 10_000) {
+      for (const [key, until] of this.coveredNonces) if (until < now) this.coveredNonces.delete(key)
+    }
+    this.coveredNonces.set(this.keyOf(payment), payment.validBefore)
   }
 
   private async settle(payment: VerifiedPayment): Promise<SettlementOutcome> {

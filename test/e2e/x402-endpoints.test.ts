@@ -183,6 +183,20 @@ describe('x402 on every endpoint', () => {
     ).toBe('Hello from venice')
     expect(gw.ledger.x402Credit(p.address)).toBe(0n)
     expect(await usdcOf(p.address)).toBe(before - 3_000n)
+
+    // Credit for one call, two calls at once: one is paid from it, the other's payment is taken — both served.
+    venice.queue('/v1/chat/completions', { kind: 'die-mid-stream', afterChunks: 1 })
+    await (await p.pay(`${gw.url}/v1/chat/completions`, json({ ...body, stream: true }))).text()
+    await waitFor(() => gw.ledger.x402Credit(p.address) === 3_000n, 10_000, 'the credit left again')
+    const both = await Promise.all([
+      p.pay(`${gw.url}/v1/chat/completions`, json(body)),
+      p.pay(`${gw.url}/v1/chat/completions`, json(body)),
+    ])
+    expect(both.map((r) => r.status)).toEqual([200, 200])
+    await waitFor(async () => (await usdcOf(p.address)) === before - 3n * 3_000n, 10_000, 'one more payment settled')
+    const account = await gw.ledger.x402Account(p.address)
+    await waitFor(async () => (await gw.ledger.getAccount(account.id))?.held === 0n, 5_000, 'no hold left')
+    expect(gw.ledger.x402Credit(p.address)).toBe(0n)
   })
 
   it('embeddings and rerank on the mesh node, paid per request', async () => {
