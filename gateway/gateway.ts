@@ -55,7 +55,7 @@ export interface GatewayConfig {
   rateLimit?: RateLimitConfig
   /** Failed logins allowed per email and per address before 429. @default 5, one back every 3 minutes */
   loginFailures?: RateLimitConfig
-  /** Sign-ups per client address (@default 5, one back every 12 minutes) and in all (@default 20, then 2/s). */
+  /** Sign-ups per client address (@default 20, one back every 3 minutes) and in all (@default 20, then 2/s). */
   registrationLimit?: RegistrationLimitsConfig
   /** Password hashes running at once (process-wide; @default 2) and how many logins (64) and sign-ups (8) may wait. */
   passwordHashing?: KdfLimits

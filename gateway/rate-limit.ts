@@ -76,7 +76,7 @@ export class TokenBuckets {
 }
 
 export interface RegistrationLimitsConfig {
-  /** Sign-ups per client address (IPv6: per /64). @default 5, one back every 12 minutes */
+  /** Sign-ups per client address (IPv6: per /64). @default 20, one back every 3 minutes */
   perAddress?: RateLimitConfig | undefined
   /** Sign-ups across all addresses. @default a burst of 20, then 2 per second */
   global?: RateLimitConfig | undefined
