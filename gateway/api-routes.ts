@@ -112,11 +112,12 @@ export function apiRoutes(deps: ApiDeps): Hono<AuthVars> {
 
   api.post('/auth/register', async (c) => {
     const { email, password } = await body(c, z.object({ email: Email, password: Password }))
+    // Sign-ups wait for the password hash only in a short queue (behind logins); beyond it they
+    // are refused, so a flood neither piles up 32 MiB hashes nor delays logins. Checked first: a
+    // sign-up refused as busy does not spend one of the address's sign-ups.
+    if (!kdfAdmitsHash()) throw kdfBusy()
     const take = registrations.take(clientAddress(c))
     if (!take.allowed) throw limitedBy(take, 'sign-ups')
-    // Sign-ups wait for the password hash only in a short queue (behind logins); beyond it they
-    // are refused, so a flood neither piles up 32 MiB hashes nor delays logins.
-    if (!kdfAdmitsHash()) throw kdfBusy()
     try {
       // register() asks for the hash synchronously, before its first await: the check above holds.
       const { account, apiKey } = await accounts.register(email, password)
