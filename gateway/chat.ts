@@ -372,21 +372,15 @@ async function serveNode(
       }
       // x402 whose payment failed mid-answer: what reached the client was served, so it is charged
       // (the payer then owes it: the failed payment's credit is taken back).
-      if (unpaid != null && !finished && meter.deliveredTokens > 0) {
-        await meter.finishProvider({ promptTokens: 0, completionTokens: meter.deliveredTokens })
-      }
+      const served =
+        unpaid != null && !finished
+          ? await meter.finishProvider({ promptTokens: 0, completionTokens: meter.deliveredTokens })
+          : undefined
       // Billed for what reached the client, with the node's receipt; a failed node, nothing.
-      await meter.finish(current.nodePeerId, cancel.signal.aborted ? done : undefined, true)
+      const billed = await meter.finish(current.nodePeerId, cancel.signal.aborted ? done : undefined, true)
       // A call cut short and charged is a call: counted, logged and told like any other.
-      if (!finished && cancel.signal.aborted && done != null) {
-        const usage = {
-          promptTokens: done.usage.promptTokens,
-          completionTokens: Math.min(done.usage.completionTokens, meter.deliveredTokens),
-        }
-        complete('abort', usage, current.nodePeerId)
-      } else if (!finished && unpaid != null && meter.deliveredTokens > 0) {
-        complete('abort', { promptTokens: 0, completionTokens: meter.deliveredTokens }, current.nodePeerId)
-      }
+      const charged = served ?? billed
+      if (!finished && charged != null) complete('abort', charged, current.nodePeerId)
     }
   })
 }
@@ -440,8 +434,9 @@ async function continueElsewhere(
  * client's parser joins them back with newlines), so nothing in it can start an event of its own.
  */
 function sseEvent(event: { event?: string | undefined; data: string }): string {
-  const data = event.data.replaceAll('\r\n', '\n').replaceAll('\r', '\n').split('\n')
-  return `${event.event ? `event: ${event.event}\n` : ''}data: ${data.join('\ndata: ')}\n\n`
+  // Per event on every stream: one line (the usual case) is written as it is.
+  const data = /[\r\n]/.test(event.data) ? event.data.split(/\r\n|\r|\n/).join('\ndata: ') : event.data
+  return `${event.event ? `event: ${event.event}\n` : ''}data: ${data}\n\n`
 }
 
 /** The id, created time and model a provider's chunk carries (those it lacks stay as they were). */
@@ -569,8 +564,9 @@ async function serveProvider(
               completionTokens: await countTokens(text),
             }
       // Billed for what was delivered; x402 whose payment failed mid-answer too (the payer owes it).
-      if (finished || cancel.signal.aborted || unpaid != null) await meter.finishProvider(billed)
-      else await meter.cancel()
+      const charged =
+        finished || cancel.signal.aborted || unpaid != null ? await meter.finishProvider(billed) : undefined
+      if (charged == null) await meter.cancel()
       if (finished) {
         s.deps.routing.success(answer.scored.candidate, s.meta.model, {
           ttftMs: firstAt - answer.t0,
@@ -585,9 +581,9 @@ async function serveProvider(
         if (settled?.status === 'settled') await sse.write(`: ${settled.header.name}: ${settled.header.value}\n\n`)
         await sse.write('data: [DONE]\n\n')
         complete(finish, billed)
-      } else if ((cancel.signal.aborted || unpaid != null) && billed.promptTokens + billed.completionTokens > 0) {
+      } else if (charged != null) {
         // Cut short and charged: a call like any other (counted, logged and told).
-        complete('abort', billed)
+        complete('abort', charged)
       }
       // A finished answer's body is read to its end (its connection goes back to the pool);
       // anything else is cut off.

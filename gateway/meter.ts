@@ -55,12 +55,16 @@ export class Meter {
 
   /**
    * Settles once, from a node's done frame: its usage, or — `early`, the client having left — no
-   * more completion tokens than were delivered. No done frame: nothing is charged.
+   * more completion tokens than were delivered. No done frame: nothing is charged. Gives the usage
+   * billed (undefined when nothing was).
    */
-  async finish(node: string, done: DoneFrame | undefined, early: boolean): Promise<void> {
+  async finish(node: string, done: DoneFrame | undefined, early: boolean): Promise<Usage | undefined> {
     const hold = this.take()
-    if (hold == null || this.billing == null) return
-    if (done == null) return this.billing.release(hold)
+    if (hold == null || this.billing == null) return undefined
+    if (done == null) {
+      await this.billing.release(hold)
+      return undefined
+    }
     const usage: Usage = early
       ? {
           promptTokens: done.usage.promptTokens,
@@ -75,15 +79,21 @@ export class Meter {
       usage,
       ...(this.flat != null ? { flat: this.flat } : {}),
     })
+    return usage
   }
 
   /**
    * Settles once for work an external provider did (no receipt: the gateway pays the provider).
-   * `unitCost` prices work that is not tokens (images, audio) for API keys.
+   * `unitCost` prices work that is not tokens (images, audio) for API keys. Gives the usage billed
+   * (undefined when nothing was: no tokens and no unit cost).
    */
-  async finishProvider(usage: Usage, unitCost?: bigint): Promise<void> {
+  async finishProvider(usage: Usage, unitCost?: bigint): Promise<Usage | undefined> {
     const hold = this.take()
-    if (hold == null || this.billing == null) return
+    if (hold == null || this.billing == null) return undefined
+    if (usage.promptTokens === 0 && usage.completionTokens === 0 && unitCost == null) {
+      await this.billing.release(hold)
+      return undefined
+    }
     await this.billing.charge(hold, {
       model: this.model,
       requestId: this.requestId,
@@ -91,5 +101,6 @@ export class Meter {
       ...(this.flat != null ? { flat: this.flat } : {}),
       ...(unitCost != null ? { unitCost } : {}),
     })
+    return usage
   }
 }

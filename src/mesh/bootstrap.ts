@@ -15,17 +15,32 @@ export class PeerJsonError extends Error {
 
 /** The multiaddrs a peer.json (`{peerId, multiaddrs}`, as `cluster gateway|node` write it) lists. */
 export function parsePeerJson(text: string): string[] {
+  return readPeerJson(text).multiaddrs
+}
+
+/** The peer ids a peer.json names: its peerId and the /p2p/ ids of its multiaddrs. */
+export function peerJsonIds(text: string): string[] {
+  const { peerId, multiaddrs } = readPeerJson(text)
+  const ids = peerId != null ? [peerId] : []
+  for (const m of multiaddrs) {
+    const id = peerIdOfText(m)
+    if (id != null) ids.push(id)
+  }
+  return ids
+}
+
+function readPeerJson(text: string): { peerId: string | undefined; multiaddrs: string[] } {
   let json: unknown
   try {
     json = JSON.parse(text)
   } catch (err) {
     throw new PeerJsonError((err as Error).message.replace(/\s+/g, ' '))
   }
-  const multiaddrs = (json as { multiaddrs?: unknown } | null)?.multiaddrs
+  const { peerId, multiaddrs } = (json ?? {}) as { peerId?: unknown; multiaddrs?: unknown }
   if (!Array.isArray(multiaddrs) || !multiaddrs.every((m) => typeof m === 'string')) {
     throw new PeerJsonError('no "multiaddrs" list')
   }
-  return multiaddrs as string[]
+  return { peerId: typeof peerId === 'string' && peerId !== '' ? peerId : undefined, multiaddrs }
 }
 
 /** Where the operator hears about bootstrap outages (a pino logger fits). */
@@ -47,7 +62,17 @@ interface Target {
   addrs: Multiaddr[]
 }
 
+/** The peer id an address leads to (the last /p2p/: a relayed address names its relay first). */
 const peerIdOf = (ma: Multiaddr): string | undefined => ma.getComponents().findLast((c) => c.name === 'p2p')?.value
+
+/** peerIdOf for an address as text; undefined when it is not a multiaddr. */
+export function peerIdOfText(text: string): string | undefined {
+  try {
+    return peerIdOf(multiaddr(text))
+  } catch {
+    return undefined
+  }
+}
 
 /**
  * Dials each bootstrap peer now and again whenever it is not connected, until the peer stops.
