@@ -138,11 +138,14 @@ export class MeshRouter {
 
   /**
    * Opening a libp2p stream costs ~2 ms here (a round trip to negotiate the protocol), most of the
-   * mesh's share of time to first token. So after a call to a node ends, a stream to it is opened
-   * in the background and kept for the next request: one per call that ended, up to the node's
-   * slots, so a burst of concurrent requests finds one each next time instead of opening them one
-   * round trip apart (which also made the node start their prefills apart). A spare older than
-   * SPARE_MAX_AGE_MS is dropped: the node gives up on streams that carry no request.
+   * mesh's share of time to first token. So once a call to a node has its first token, a stream to
+   * it is opened in the background and kept for the next request: one per answered call, up to the
+   * node's slots, so a burst of concurrent requests finds one each next time instead of opening
+   * them one round trip apart (which also made the node start their prefills apart). Opened while
+   * the answer streams rather than when it ends: a client that sends its next request as soon as
+   * an answer ends (the usual loop) finds the stream negotiated, instead of waiting for the round
+   * trip that started with the end. A spare older than SPARE_MAX_AGE_MS is dropped: the node gives
+   * up on streams that carry no request.
    */
   private prepareSpare(peerId: string): void {
     if (this.peer.status !== 'started') return
@@ -296,6 +299,8 @@ export class MeshRouter {
         return fail(frame.code)
       }
       answered = true
+      // After the first token has gone on to the client (this turn's writes), not in front of it.
+      setImmediate(() => this.prepareSpare(peerId))
       return {
         call: {
           nodePeerId: peerId,
@@ -322,7 +327,6 @@ export class MeshRouter {
             release()
             signal.removeEventListener('abort', onAbort)
             void stream.close().catch(() => undefined)
-            this.prepareSpare(peerId)
           },
         },
       }

@@ -83,7 +83,7 @@ export async function createMeshPeer(config: MeshConfig): Promise<MeshPeer> {
     privateKey,
     addresses: { listen: config.listen ?? DEFAULT_LISTEN },
     transports: [tcp(), webSockets()],
-    // One socket write per tick rather than one per buffer of each frame (see coalesce.ts).
+    // One socket write per run of code rather than one per buffer of each frame (see coalesce.ts).
     connectionEncrypters: [withCoalescedWrites(noise())],
     streamMuxers: [yamux()],
     connectionManager: {

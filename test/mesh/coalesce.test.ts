@@ -1,7 +1,8 @@
 // Every streamed token crosses two libp2p connections, and each frame reaches the TCP socket as
-// several small buffers. coalesceSocketWrites must turn the buffers of one event-loop turn into one
-// socket write (one syscall, one segment) without changing a byte or holding anything longer, and
-// must leave connections that are not raw sockets alone. Checked on a real loopback socket.
+// several small buffers. coalesceSocketWrites must turn the buffers written in one run of code into
+// one socket write (one syscall, one segment) without changing a byte, send it as soon as that code
+// has run (not at the end of the event-loop turn), and must leave connections that are not raw
+// sockets alone. Checked on a real loopback socket.
 import { once } from 'node:events'
 import { createServer, type Server, Socket } from 'node:net'
 import type { MessageStream } from '@libp2p/interface'
@@ -86,24 +87,23 @@ async function until(check: () => boolean): Promise<void> {
 }
 
 describe('coalesceSocketWrites', () => {
-  it('sends the buffers of one event-loop turn as one write, bytes and order unchanged', async () => {
+  it('sends the buffers of one run of code as one write, at once, bytes and order unchanged', async () => {
     const { client, received } = await connected()
     const conn = new FakeSocketConnection(client)
     expect(coalesceSocketWrites(conn as unknown as MessageStream)).toBe(conn)
     const counts = countWrites(client)
 
-    // Two frames in the same turn (a window update and a data frame, say): one write.
+    // Two frames written one after the other (two streams' tokens of one decode step): one write.
     const result = conn.sendData(frame(1))
     expect(result).toEqual({ sentBytes: 50, canSendMore: true })
+    conn.sendData(frame(2))
+    expect(counts.writes).toBe(0) // held while that code runs…
     await Promise.resolve()
-    conn.sendData(frame(2)) // a microtask later is still the same turn
-    expect(counts.writes).toBe(0) // held until the end of the turn, not longer
-    await new Promise((r) => setImmediate(r))
-    expect(counts).toEqual({ writes: 1, buffers: 8 })
+    expect(counts).toEqual({ writes: 1, buffers: 8 }) // …and not a moment longer: no event-loop turn
 
-    // A later turn gets its own write.
+    // Later code gets its own write.
     conn.sendData(frame(3))
-    await new Promise((r) => setImmediate(r))
+    await Promise.resolve()
     expect(counts).toEqual({ writes: 2, buffers: 12 })
 
     const expected = Buffer.concat([...frame(1), ...frame(2), ...frame(3)])
