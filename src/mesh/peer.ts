@@ -16,6 +16,7 @@ import { createLogger } from '../log.ts'
 import { type BootstrapLog, keepBootstrapped } from './bootstrap.ts'
 import { withCoalescedWrites } from './coalesce.ts'
 import { BOOTSTRAP_REDIAL_MS, BOOTSTRAP_WARN_AFTER_MS, DEFAULT_LISTEN } from './constants.ts'
+import { withQuietFrameEnds } from './noise-frames.ts'
 import { loadOrCreatePeerKey } from './peer-key.ts'
 import { endReadersAfterBufferedData } from './stream-end.ts'
 import { sendWindowUpdatesAtHalf } from './window-updates.ts'
@@ -83,8 +84,9 @@ export async function createMeshPeer(config: MeshConfig): Promise<MeshPeer> {
     privateKey,
     addresses: { listen: config.listen ?? DEFAULT_LISTEN },
     transports: [tcp(), webSockets()],
-    // One socket write per run of code rather than one per buffer of each frame (see coalesce.ts).
-    connectionEncrypters: [withCoalescedWrites(noise())],
+    // One socket write per run of code rather than one per buffer of each frame (see coalesce.ts),
+    // and no exception thrown at the end of every chunk received (noise-frames.ts).
+    connectionEncrypters: [withQuietFrameEnds(withCoalescedWrites(noise()))],
     streamMuxers: [yamux()],
     connectionManager: {
       // Every peer of a local mesh is 127.0.0.1: without this, libp2p refuses the 6th
