@@ -256,6 +256,35 @@ export async function startMesh(dir: string, node: NodeProcOptions): Promise<Mes
   return { url: gw.url, apiKey: gw.apiKey, gateway: gw.gateway, node: nodeProc }
 }
 
+/**
+ * The floor of the mesh path (bench/mesh-floor-gateway-child.ts + bench/mesh-floor-node-child.ts):
+ * node:http and the same libp2p peer in front of the same engine, with no logic of ours on either
+ * side. Data under `<dir>/floor-gw` and `<dir>/floor-node`.
+ */
+export async function startMeshFloor(dir: string, node: NodeProcOptions): Promise<MeshProcs> {
+  const gateway = spawnNode('floor-gateway', [
+    'bin/run-ts.js',
+    'bench/mesh-floor-gateway-child.ts',
+    join(dir, 'floor-gw'),
+  ])
+  const m = await gateway.waitFor(/^ready (.*)$/m)
+  const ready = JSON.parse(m[1] as string) as { url: string; multiaddrs: string[] }
+  const bootstrap = ready.multiaddrs.find((a) => a.includes('/tcp/') && !a.includes('/ws'))
+  if (bootstrap == null) throw new Error(`floor gateway: no TCP multiaddr in ${ready.multiaddrs.join(' ')}`)
+  const nodeProc = spawnNode('floor-node', [
+    'bin/run-ts.js',
+    'bench/mesh-floor-node-child.ts',
+    join(dir, 'floor-node'),
+    node.model,
+    node.modelId,
+    String(node.threads),
+    String(node.slots),
+    bootstrap,
+  ])
+  await nodeProc.waitFor(/^ready$/m)
+  return { url: ready.url, apiKey: '', gateway, node: nodeProc }
+}
+
 /** `cluster node` in its own process, CPU only, joined to `bootstrap`, data under `<dir>/node`. */
 export function spawnClusterNode(
   dir: string,

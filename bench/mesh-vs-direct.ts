@@ -22,6 +22,7 @@ import {
   quantile,
   startDirect,
   startMesh,
+  startMeshFloor,
   streamChat,
   table,
   waitQuiet,
@@ -114,41 +115,73 @@ export async function ttftBench(rounds = Number(process.env.BENCH_TTFT_ROUNDS ??
   const threads = 1
   const slots = 4
   return withScope('mesh-ttft', async (dir) => {
-    const [mesh, direct] = await Promise.all([
-      startMesh(dir, { model, modelId: 'bench-tiny', threads, slots }),
-      startDirect({ model, threads, slots }),
+    const node = { model, modelId: 'bench-tiny', threads, slots }
+    const [mesh, floor, direct] = await Promise.all([
+      startMesh(dir, node),
+      startMeshFloor(dir, node),
+      startDirect(node),
     ])
     const p: ChatParams = { model: 'bench-tiny', prompt: PROMPT, maxTokens: 8, seed: SEED }
-    const pids = [mesh.gateway.pid, mesh.node.pid, direct.child.pid]
-    const [m, d] = [meshRun(mesh), directRun(direct)]
-    for (let i = 0; i < 5; i++) {
-      await m(p)
-      await d(p)
+    const pids = [mesh.gateway.pid, mesh.node.pid, floor.gateway.pid, floor.node.pid, direct.child.pid]
+    const targets = { ours: meshRun(mesh), floor: meshRun(floor) }
+    const d = directRun(direct)
+    for (let i = 0; i < 5; i++) for (const run of [targets.ours, targets.floor, d]) await run(p)
+    // Each path in blocks of pairs against the direct engine, paced as one client would (mesh then
+    // direct, direct then mesh, …); the blocks of the two paths alternate, so drift hits both alike.
+    const block = 20
+    const samples = {
+      ours: { mesh: [] as Sample[], direct: [] as Sample[] },
+      floor: { mesh: [] as Sample[], direct: [] as Sample[] },
     }
-    const { result: r, cpu } = await cpuPerRequest(
-      { gateway: mesh.gateway, node: mesh.node, direct: direct.child },
-      rounds,
-      () => pairs(m, d, p, rounds, pids, false),
-    )
-    const mt = r.mesh.map((s) => s.ttftMs)
-    const dt = r.direct.map((s) => s.ttftMs)
-    const diffs = mt.map((x, i) => x - (dt[i] ?? Number.NaN))
-    console.log(`\nmesh (a) TTFT, tiny preset, threads ${threads}, max_tokens ${p.maxTokens}, ${rounds} pairs`)
+    const cpu = { gateway: 0, node: 0, direct: 0 }
+    for (let b = 0; b < 2 * Math.ceil(rounds / block); b++) {
+      const which = b % 2 === 0 ? 'ours' : 'floor'
+      const n = Math.min(block, rounds - samples[which].mesh.length)
+      if (n <= 0) continue
+      const procs = which === 'ours' ? { gateway: mesh.gateway, node: mesh.node, direct: direct.child } : {}
+      const { result, cpu: used } = await cpuPerRequest(procs, 1, () => pairs(targets[which], d, p, n, pids, false))
+      samples[which].mesh.push(...result.mesh)
+      samples[which].direct.push(...result.direct)
+      for (const k of Object.keys(used) as Array<keyof typeof cpu>) cpu[k] += used[k] ?? 0
+    }
+    const ttft = (xs: Sample[]): number[] => xs.map((s) => s.ttftMs)
+    const row = (name: string, xs: number[]): string[] => [
+      name,
+      fmt(quantile(xs, 0.1)),
+      fmt(median(xs)),
+      fmt(quantile(xs, 0.9)),
+      fmt(Math.min(...xs)),
+    ]
+    const added = (which: 'ours' | 'floor'): number =>
+      median(ttft(samples[which].mesh)) - median(ttft(samples[which].direct))
+    const paired = (which: 'ours' | 'floor'): number[] =>
+      ttft(samples[which].mesh).map((x, i) => x - (samples[which].direct[i]?.ttftMs ?? Number.NaN))
+    console.log(`\nmesh (a) TTFT, tiny preset, threads ${threads}, max_tokens ${p.maxTokens}, ${rounds} pairs per path`)
     table(
       ['path', 'p10 ms', 'p50 ms', 'p90 ms', 'min ms'],
       [
-        ['gateway+mesh+node', fmt(quantile(mt, 0.1)), fmt(median(mt)), fmt(quantile(mt, 0.9)), fmt(Math.min(...mt))],
-        ['direct (in-process)', fmt(quantile(dt, 0.1)), fmt(median(dt)), fmt(quantile(dt, 0.9)), fmt(Math.min(...dt))],
-        ['paired difference', fmt(quantile(diffs, 0.1)), fmt(median(diffs)), fmt(quantile(diffs, 0.9)), ''],
+        row('gateway+mesh+node (ours)', ttft(samples.ours.mesh)),
+        row('  direct, in its blocks', ttft(samples.ours.direct)),
+        row('  paired difference', paired('ours')),
+        row('floor: bare HTTP+libp2p', ttft(samples.floor.mesh)),
+        row('  direct, in its blocks', ttft(samples.floor.direct)),
+        row('  paired difference', paired('floor')),
       ],
     )
+    const count = samples.ours.mesh.length
     console.log(
-      `  CPU per request (ms, all threads, whole answer of ${r.mesh[0]?.tokens} tokens): gateway ${fmt(cpu.gateway ?? 0)}, ` +
-        `node ${fmt(cpu.node ?? 0)}, direct ${fmt(cpu.direct ?? 0)}; load avg ${loadavg()}`,
+      `  CPU per request of ours (ms, all threads, whole answer of ${samples.ours.mesh[0]?.tokens} tokens): gateway ${fmt(cpu.gateway / count)}, ` +
+        `node ${fmt(cpu.node / count)}, direct ${fmt(cpu.direct / count)}; load avg ${loadavg()}`,
     )
-    const added = median(mt) - median(dt)
-    figure('mesh.ttft_added_p50_ms', added, 2, { op: '≤', value: 2 })
-    return added
+    console.log(
+      '  floor = node:http + the same libp2p peer (noise, yamux, a spare stream) in front of the same engine, no logic of ours (bench/mesh-floor-*-child.ts)',
+    )
+    const ours = added('ours')
+    const base = added('floor')
+    figure('mesh.floor_ttft_added_p50_ms', base, 2)
+    figure('mesh.ttft_above_floor_p50_ms', ours - base, 2)
+    figure('mesh.ttft_added_p50_ms', ours, 2, { op: '≤', value: 2 })
+    return ours
   })
 }
 
