@@ -18,6 +18,7 @@ import { MAX_AUDIO_BYTES, mediaRoutes } from './media-routes.ts'
 import type { MeshVectors } from './mesh-vectors.ts'
 import type { GatewayMetrics, MetricsAccess } from './metrics.ts'
 import { type ModelsDeps, modelRoutes, modelsDeployedBy } from './models.ts'
+import { requestHeader } from './node-request.ts'
 import type { Pricing } from './pricing.ts'
 import { MESH_PROVIDER } from './providers/catalog.ts'
 import type { RegistrationLimits, TokenBuckets } from './rate-limit.ts'
@@ -125,7 +126,7 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
   // Every request has an id (the client's X-Request-Id, or ours), answered in X-Request-Id and
   // logged; a chat completion's id is its completion id, which its node logs too.
   app.use('*', async (c, next) => {
-    const given = c.req.header('x-request-id')
+    const given = requestHeader(c, 'x-request-id')
     c.set('requestId', given != null && REQUEST_ID.test(given) ? given : randomUUID())
     const started = performance.now()
     try {
@@ -168,7 +169,7 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
   // in the Authorization header, never in cookies, so no origin gains anything by it. A preflight is
   // answered here, before auth and the rate limit; the headers a client reads are exposed.
   const corsHeaders = cors({ origin: '*', exposeHeaders: EXPOSED_HEADERS, maxAge: 600 })
-  app.use('*', (c, next) => (c.req.header('origin') != null ? corsHeaders(c, next) : next()))
+  app.use('*', (c, next) => (requestHeader(c, 'origin') != null ? corsHeaders(c, next) : next()))
 
   const tooLarge = (c: { req: { path: string } }, maxSize: number): Response => {
     const err = new ApiError(
@@ -192,7 +193,7 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
 
   // Who is calling: a valid bearer key attaches its account; routes that need one say so.
   app.use('*', async (c, next) => {
-    const header = c.req.header('authorization')
+    const header = requestHeader(c, 'authorization')
     const m = header != null ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null
     if (m?.[1] != null) {
       const auth = await deps.accounts.authenticate(m[1])
@@ -230,8 +231,8 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
   // After the rate limit: a refused body is a request like any other (counted, with the headers).
   app.use('*', async (c, next) => {
     // Only requests that carry a body pay for the check (it materialises the request stream).
-    const length = c.req.header('content-length')
-    const chunked = c.req.header('transfer-encoding') != null
+    const length = requestHeader(c, 'content-length')
+    const chunked = requestHeader(c, 'transfer-encoding') != null
     if (length == null && !chunked) return next()
     if (c.req.path === UPLOAD_PATH) return next()
     const v1 = isV1(c.req.path)
@@ -247,8 +248,8 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
     // No key at all on a paid endpoint: x402. A key that is wrong stays a 401.
     // Every paid endpoint is a POST: another method is no call to pay for (it finds no route).
     const price = c.req.method === 'POST' ? deps.x402?.price(c.req.path) : undefined
-    if (c.get('auth') == null && c.req.header('authorization') == null && price != null && deps.x402 != null) {
-      if (c.req.header('payment-signature') == null && c.req.header('x-payment') == null) {
+    if (c.get('auth') == null && requestHeader(c, 'authorization') == null && price != null && deps.x402 != null) {
+      if (requestHeader(c, 'payment-signature') == null && requestHeader(c, 'x-payment') == null) {
         throw deps.x402.required(c, c.req.path)
       }
       // Verified before any work. The route uses it (gate.use) when its work starts; if it never

@@ -17,7 +17,7 @@ import { type Answered, clientClosed, tryCandidates } from './attempts.ts'
 import type { Billing } from './billing.ts'
 import { ApiError } from './errors.ts'
 import { Meter } from './meter.ts'
-import { clientSignal, readJsonObject } from './node-request.ts'
+import { clientSignal, readJsonObject, requestHeader } from './node-request.ts'
 import {
   type CompletionMeta,
   chunkBody,
@@ -622,7 +622,7 @@ async function collect(call: InferenceCall, meter: Meter): Promise<{ text: strin
 
 /** The request's size in bytes: its declared length, else its JSON again. */
 function bodyBytesOf(c: Context, json: unknown): number {
-  const declared = Number(c.req.header('content-length'))
+  const declared = Number(requestHeader(c, 'content-length'))
   return Number.isSafeInteger(declared) && declared > 0 ? declared : Buffer.byteLength(JSON.stringify(json))
 }
 

@@ -8,9 +8,10 @@ import { type ServerType, serve } from '@hono/node-server'
 import { Hono } from 'hono'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ApiError } from '../../gateway/errors.ts'
-import { readJsonObject } from '../../gateway/node-request.ts'
+import { readJsonObject, requestHeader } from '../../gateway/node-request.ts'
 
 let server: ServerType
+let headersApp: Hono
 let port: number
 
 beforeAll(async () => {
@@ -23,6 +24,15 @@ beforeAll(async () => {
       throw err
     }
   })
+  app.get('/headers', (c) =>
+    c.json({
+      id: requestHeader(c, 'x-request-id') ?? null,
+      auth: requestHeader(c, 'authorization') ?? null,
+      accept: requestHeader(c, 'accept') ?? null,
+      missing: requestHeader(c, 'x-missing') ?? null,
+    }),
+  )
+  headersApp = app
   server = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' })
   await once(server, 'listening')
   port = (server.address() as AddressInfo).port
@@ -94,5 +104,31 @@ describe('readJsonObject on @hono/node-server', () => {
       expect(r.status).toBe(400)
       expect(JSON.parse(r.body)).toEqual({ error: 'The request body is not valid JSON.' })
     }
+  })
+})
+
+describe('requestHeader', () => {
+  it("reads Node's parsed headers: repeats joined, the first Authorization kept, a missing one undefined", async () => {
+    const socket = connect(port, '127.0.0.1')
+    await once(socket, 'connect')
+    socket.write(
+      'GET /headers HTTP/1.1\r\nhost: x\r\nconnection: close\r\nX-Request-Id: abc\r\n' +
+        'Authorization: Bearer one\r\nAuthorization: Bearer two\r\naccept: text/a\r\naccept: text/b\r\n\r\n',
+    )
+    const chunks: Buffer[] = []
+    socket.on('data', (d: Buffer) => chunks.push(d))
+    await once(socket, 'end')
+    const text = Buffer.concat(chunks).toString('utf8')
+    expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toEqual({
+      id: 'abc',
+      auth: 'Bearer one',
+      accept: 'text/a, text/b',
+      missing: null,
+    })
+  })
+
+  it('falls back to hono where there is no Node request (app.request)', async () => {
+    const res = await headersApp.request('/headers', { headers: { 'x-request-id': 'def', authorization: 'Bearer k' } })
+    expect(await res.json()).toEqual({ id: 'def', auth: 'Bearer k', accept: null, missing: null })
   })
 })
