@@ -18,14 +18,14 @@ import {
   unauthorized,
 } from './errors.ts'
 import type { Pricing } from './pricing.ts'
-import { RegistrationLimits, type Take, type TokenBuckets } from './rate-limit.ts'
+import { type LoginFailures, RegistrationLimits, type Take } from './rate-limit.ts'
 import type { VerifiedPayment } from './x402.ts'
 
 export interface ApiDeps {
   accounts: Accounts
   pricing: Pricing
-  /** Failed logins per email and per client address. */
-  loginFailures: TokenBuckets
+  /** Failed logins per email and client address, per address, and per email. */
+  loginFailures: LoginFailures
   /** Sign-ups per client address and in all. @default RegistrationLimits' defaults */
   registrations?: RegistrationLimits
   /** A key was revoked: whatever holds it open (admin sockets) lets go at once. */
@@ -130,18 +130,16 @@ export function apiRoutes(deps: ApiDeps): Hono<AuthVars> {
 
   api.post('/auth/login', async (c) => {
     const { email, password } = await body(c, z.object({ email: z.string().max(254), password: z.string().max(1024) }))
-    const keys = [`email:${email.trim().toLowerCase()}`, `ip:${clientAddress(c)}`]
-    // Refuse before checking when failures have used up the allowance (a peek: cost 0).
-    for (const k of keys) {
-      const peek = deps.loginFailures.take(k, 0)
-      if (peek.remaining < 1) throw rateLimited(Math.max(1, Math.ceil(1 / deps.loginFailures.refillPerSecond)))
-    }
+    const address = clientAddress(c)
+    // Refused before the password is checked once failures have used up an allowance.
+    const wait = deps.loginFailures.retryAfter(email, address)
+    if (wait != null) throw rateLimited(wait)
     const result = await accounts.login(email, password).catch((err: unknown) => {
       if (err instanceof KdfBusyError) throw kdfBusy()
       throw err
     })
     if (result == null) {
-      for (const k of keys) deps.loginFailures.take(k)
+      deps.loginFailures.failed(email, address)
       throw new ApiError(401, 'Wrong email or password.', 'authentication_error', 'unauthorized')
     }
     return c.json(accountBody(result.account, result.apiKey))

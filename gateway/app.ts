@@ -21,7 +21,7 @@ import { type ModelsDeps, modelRoutes, modelsDeployedBy } from './models.ts'
 import { requestHeader } from './node-request.ts'
 import type { Pricing } from './pricing.ts'
 import { MESH_PROVIDER } from './providers/catalog.ts'
-import type { RegistrationLimits, TokenBuckets } from './rate-limit.ts'
+import type { LoginFailures, RegistrationLimits, TokenBuckets } from './rate-limit.ts'
 import type { MeshRouter } from './router.ts'
 import type { Routing } from './routing.ts'
 import { vectorsRoutes } from './vectors-routes.ts'
@@ -42,8 +42,8 @@ export interface AppDeps {
   billing: Billing | undefined
   /** Requests per API key, or per client address without one. */
   limits: TokenBuckets
-  /** Failed logins per email and per client address. */
-  loginFailures: TokenBuckets
+  /** Failed logins per email and client address, per address, and per email. */
+  loginFailures: LoginFailures
   /** Sign-ups per client address and in all. */
   registrations?: RegistrationLimits
   /** A key was revoked through the API (admin sockets holding it are closed). */

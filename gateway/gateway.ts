@@ -36,7 +36,13 @@ import { GatewayMetrics, type MetricsAccess } from './metrics.ts'
 import type { ModelsConfig } from './models.ts'
 import { Pricing, type PricingConfig } from './pricing.ts'
 import { enabledProviders, type ProvidersConfig, type UpstreamTimeouts } from './providers/provider.ts'
-import { type RateLimitConfig, RegistrationLimits, type RegistrationLimitsConfig, TokenBuckets } from './rate-limit.ts'
+import {
+  LoginFailures,
+  type RateLimitConfig,
+  RegistrationLimits,
+  type RegistrationLimitsConfig,
+  TokenBuckets,
+} from './rate-limit.ts'
 import { MeshRouter, type RouterOptions } from './router.ts'
 import { Routing, type RoutingOptions } from './routing.ts'
 import { warmTokenCounter } from './tokens.ts'
@@ -53,7 +59,10 @@ export interface GatewayConfig {
   router?: RouterOptions
   pricing?: PricingConfig
   rateLimit?: RateLimitConfig
-  /** Failed logins allowed per email and per address before 429. @default 5, one back every 3 minutes */
+  /**
+   * Failed logins allowed per (email, client address) and per address before 429 (@default 5, one back
+   * every 3 minutes); per email from all addresses together, 10 times that (see LoginFailures).
+   */
   loginFailures?: RateLimitConfig
   /** Sign-ups per client address (@default 20, one back every 3 minutes) and in all (@default 20, then 2/s). */
   registrationLimit?: RegistrationLimitsConfig
@@ -329,7 +338,7 @@ async function startParts(
             log,
           ),
     limits: new TokenBuckets(config.rateLimit),
-    loginFailures: new TokenBuckets(config.loginFailures ?? { capacity: 5, refillPerSecond: 1 / 180 }),
+    loginFailures: new LoginFailures(config.loginFailures),
     registrations: new RegistrationLimits(config.registrationLimit),
     onKeyRevoked: (keyId) => feed.revoked(keyId),
   })

@@ -121,3 +121,59 @@ export function addressKey(address: string): string {
     .map((g) => g.replace(/^0+(?=.)/, ''))
     .join(':')}::/64`
 }
+
+/** How many times more failures an email may take from all addresses together than from one. */
+export const LOGIN_FAILURES_PER_EMAIL_FACTOR = 10
+
+/**
+ * Failed password logins. Counted per (email, client address) and per address with the configured
+ * allowance, so one address can neither guess at a password for long nor lock its owner out: the
+ * owner, from another address, still logs in. And per email across all addresses with
+ * LOGIN_FAILURES_PER_EMAIL_FACTOR times that allowance (refilled as many times faster), which bounds
+ * guessing spread over many addresses; locking an owner out then takes that many failures from
+ * that many addresses instead of five from anywhere.
+ */
+export class LoginFailures {
+  readonly perPair: TokenBuckets
+  readonly perEmail: TokenBuckets
+
+  constructor(config: RateLimitConfig = {}, now: () => number = Date.now) {
+    const capacity = config.capacity ?? 5
+    const refillPerSecond = config.refillPerSecond ?? 1 / 180
+    this.perPair = new TokenBuckets({ capacity, refillPerSecond }, now)
+    this.perEmail = new TokenBuckets(
+      {
+        capacity: capacity * LOGIN_FAILURES_PER_EMAIL_FACTOR,
+        refillPerSecond: refillPerSecond * LOGIN_FAILURES_PER_EMAIL_FACTOR,
+      },
+      now,
+    )
+  }
+
+  private keys(email: string, address: string): { pair: string; address: string; email: string } {
+    const who = addressKey(address)
+    const mail = email.trim().toLowerCase()
+    return { pair: `${mail}\n${who}`, address: `address:${who}`, email: mail }
+  }
+
+  /** Seconds until this login may be tried again, or undefined when it may be tried now. */
+  retryAfter(email: string, address: string): number | undefined {
+    const k = this.keys(email, address)
+    for (const [buckets, key] of [
+      [this.perPair, k.pair],
+      [this.perPair, k.address],
+      [this.perEmail, k.email],
+    ] as const) {
+      if (!buckets.peek(key).allowed) return Math.max(1, Math.ceil(1 / buckets.refillPerSecond))
+    }
+    return undefined
+  }
+
+  /** Counts a failed login. */
+  failed(email: string, address: string): void {
+    const k = this.keys(email, address)
+    this.perPair.take(k.pair)
+    this.perPair.take(k.address)
+    this.perEmail.take(k.email)
+  }
+}

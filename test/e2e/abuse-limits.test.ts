@@ -242,3 +242,58 @@ describe('/ws/admin and revoked keys', () => {
     expect(closed?.reason).toMatch(/revoked/)
   })
 })
+
+describe('login failures', () => {
+  let gw: RunningGateway
+  let dir: { remove: () => Promise<void> }
+  const login = (email: string, password: string, from: string): Promise<Answer> =>
+    post(`${gw.url}/api/auth/login`, { email, password }, from)
+
+  beforeAll(async () => {
+    const d = await tempDir('login-failures')
+    dir = d
+    // 2 per (email, address) and per address; 10 × 2 = 20 per email from all addresses together.
+    gw = await startGateway({
+      dataDir: d.path,
+      listen: LOOP,
+      port: 0,
+      loginFailures: { capacity: 2, refillPerSecond: 1 / 3600 },
+      registrationLimit: { perAddress: { capacity: 100, refillPerSecond: 100 } },
+    })
+    for (const email of ['owner@example.com', 'spread@example.com']) {
+      expect((await post(`${gw.url}/api/auth/register`, { email, password: PASSWORD }, '127.0.1.1')).status).toBe(201)
+    }
+  })
+  afterAll(async () => {
+    await gw?.stop()
+    await dir?.remove()
+  })
+
+  it('one address that keeps failing is refused (429), and the owner still logs in from another', async () => {
+    for (let i = 0; i < 2; i++) expect((await login('owner@example.com', 'wrong', '127.0.2.1')).status).toBe(401)
+    const refused = await login('owner@example.com', PASSWORD, '127.0.2.1') // even the right one, from there
+    expect(refused.status).toBe(429)
+    expect(refused.body.code).toBe('RATE_LIMITED')
+    expect(Number(refused.headers['retry-after'])).toBeGreaterThanOrEqual(1)
+    // The owner, elsewhere, is not locked out by a stranger's failures.
+    const owner = await login('owner@example.com', PASSWORD, '127.0.2.2')
+    expect(owner.status).toBe(200)
+    expect(owner.body.apiKey).toMatch(/^sk-cluster-/)
+    // The failing address is also bounded across emails (its own bucket is spent).
+    expect((await login('spread@example.com', 'wrong', '127.0.2.1')).status).toBe(429)
+  })
+
+  it('failures spread over many addresses are bounded per email', async () => {
+    // 10 addresses × 2 failures = the email's 20; each address alone stays within its own allowance.
+    for (let a = 0; a < 10; a++) {
+      for (let i = 0; i < 2; i++) {
+        expect((await login('spread@example.com', 'wrong', `127.0.3.${a + 1}`)).status).toBe(401)
+      }
+    }
+    const refused = await login('spread@example.com', PASSWORD, '127.0.3.100')
+    expect(refused.status).toBe(429)
+    expect(Number(refused.headers['retry-after'])).toBeGreaterThanOrEqual(1)
+    // Another email is untouched.
+    expect((await login('owner@example.com', PASSWORD, '127.0.3.100')).status).toBe(200)
+  })
+})
