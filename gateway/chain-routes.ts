@@ -1,7 +1,7 @@
 // The on-chain side of an account: linking wallets (SIWE), gasless deposits and withdrawals relayed
 // by the gateway, and what the chain says about them. Deposits made directly on chain are credited
 // by the deposit watcher; everything here is in the docs' {error, code} shape.
-import { type Context, Hono } from 'hono'
+import { Hono } from 'hono'
 import { type Address, getAddress, type Hex, isAddress, parseEventLogs, parseSignature } from 'viem'
 import { z } from 'zod'
 import { CallRefusedError, type EscrowClient } from '../src/chain/escrow.ts'
@@ -18,6 +18,7 @@ import {
 import { formatUsd } from '../src/payments/money.ts'
 import { type AuthVars, body, requireAuth } from './api-routes.ts'
 import { ApiError, conflict, insufficientBalance, invalidRequest, notFound } from './errors.ts'
+import { publicOrigin } from './origin.ts'
 
 export interface ChainDeps {
   ledger: Ledger
@@ -27,6 +28,8 @@ export interface ChainDeps {
   settler: Settler
   thawPeriod: bigint
   confirmations: number
+  /** The gateway's public URL (gateway.publicUrl): the wallet-link message's domain and URI. */
+  publicUrl?: URL | undefined
 }
 
 const EvmAddress = z
@@ -49,12 +52,6 @@ function chainError(err: unknown, what: string): ApiError {
     'server_error',
     'chain_unavailable',
   )
-}
-
-function requestOrigin(c: Context): URL {
-  const url = new URL(c.req.url)
-  const host = c.req.header('host')
-  return new URL(`${url.protocol}//${host ?? url.host}`)
 }
 
 export function chainRoutes(deps: ChainDeps): Hono<AuthVars> {
@@ -80,7 +77,7 @@ export function chainRoutes(deps: ChainDeps): Hono<AuthVars> {
     const input = await body(c, z.object({ address: EvmAddress }))
     const owner = ledger.walletOwner(input.address)
     if (owner != null && owner.accountId !== account.id) throw conflict('This wallet is linked to another account.')
-    return c.json(deps.challenges.issue(account.id, input.address, requestOrigin(c)))
+    return c.json(deps.challenges.issue(account.id, input.address, publicOrigin(c, deps.publicUrl)))
   })
 
   api.post('/user/wallet', async (c) => {

@@ -34,6 +34,7 @@ import { EventBatcher } from './event-batcher.ts'
 import { MeshVectors } from './mesh-vectors.ts'
 import { GatewayMetrics, type MetricsAccess } from './metrics.ts'
 import type { ModelsConfig } from './models.ts'
+import { parsePublicUrl } from './origin.ts'
 import { Pricing, type PricingConfig } from './pricing.ts'
 import { enabledProviders, type ProvidersConfig, type UpstreamTimeouts } from './providers/provider.ts'
 import {
@@ -72,6 +73,11 @@ export interface GatewayConfig {
   billing?: boolean
   /** Email of the admin created on an empty data dir. */
   adminEmail?: string
+  /**
+   * The gateway's public URL when it is reached through a proxy (e.g. https://api.example.com): model
+   * download links, the x402 resource and the wallet-link message use it. @default each request's own origin
+   */
+  publicUrl?: string
   /** Operational messages (never secrets). @default info lines of `logger` */
   log?: (line: string) => void
   /** Structured JSON logs. @default pino to stderr at `logLevel` */
@@ -151,6 +157,8 @@ export interface RunningGateway {
 }
 
 export async function startGateway(config: GatewayConfig): Promise<RunningGateway> {
+  // A bad public URL is an error at start, not wrong links later.
+  if (config.publicUrl != null) parsePublicUrl(config.publicUrl)
   await mkdir(config.dataDir, { recursive: true })
   return startWithTeardown((teardown, undo) => startParts(config, teardown, undo))
 }
@@ -160,6 +168,7 @@ async function startParts(
   teardown: Teardown,
   undo: () => Promise<void>,
 ): Promise<RunningGateway> {
+  const publicUrl = config.publicUrl != null ? parsePublicUrl(config.publicUrl) : undefined
   const ledger = new LevelLedger(join(config.dataDir, 'ledger'))
   await ledger.open()
   teardown.push(() => ledger.close())
@@ -282,6 +291,7 @@ async function startParts(
   const x402 =
     config.x402 != null
       ? new X402Gate({
+          ...(publicUrl ? { publicUrl } : {}),
           settings: config.x402.settings,
           facilitator: config.x402.facilitator,
           ledger,
@@ -300,7 +310,7 @@ async function startParts(
   reconciler?.unref()
   teardown.push(() => clearInterval(reconciler))
   const app = createApp({
-    ...(chain ? { chain: chain.deps } : {}),
+    ...(chain ? { chain: { ...chain.deps, ...(publicUrl ? { publicUrl } : {}) } } : {}),
     ...(x402 ? { x402 } : {}),
     directory,
     router,
@@ -313,6 +323,7 @@ async function startParts(
     logger,
     models: {
       dataDir: config.dataDir,
+      ...(publicUrl ? { publicUrl } : {}),
       peer,
       privateKey,
       store,

@@ -34,6 +34,7 @@ import { formatUsd } from '../src/payments/money.ts'
 import { type ContentStore, parseCid } from '../src/storage/content.ts'
 import { type AuthVars, body, requireAuth } from './api-routes.ts'
 import { ApiError, conflict, invalidRequest, noNodes, notFound } from './errors.ts'
+import { publicOrigin } from './origin.ts'
 import type { Pricing } from './pricing.ts'
 import { PROVIDERS } from './providers/catalog.ts'
 import { receiveUpload } from './upload.ts'
@@ -47,6 +48,8 @@ export interface ModelsConfig {
 
 export interface ModelsDeps {
   dataDir: string
+  /** The gateway's public URL (gateway.publicUrl): download links point there. */
+  publicUrl?: URL | undefined
   peer: MeshPeer
   privateKey: PrivateKey
   store: ContentStore
@@ -453,7 +456,7 @@ export function modelRoutes(deps: ModelsDeps): Hono<AuthVars> {
     }
     const record = pickVersion(model, version)
     const expires = Math.floor(Date.now() / 1000) + ttl
-    const origin = new URL(c.req.url).origin
+    const origin = publicOrigin(c, deps.publicUrl).origin
     const query = new URLSearchParams({
       expires: String(expires),
       signature: signature(model.id, record.version, record.cid, expires),

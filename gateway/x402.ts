@@ -23,8 +23,11 @@ import {
   type X402Settings,
 } from '../src/payments/x402.ts'
 import { ApiError } from './errors.ts'
+import { publicOrigin } from './origin.ts'
 
 export interface X402GateOptions {
+  /** The gateway's public URL (gateway.publicUrl): the resource a payment is for. */
+  publicUrl?: URL | undefined
   settings: X402Settings
   facilitator: Facilitator
   ledger: Ledger
@@ -96,7 +99,7 @@ export class X402Gate {
 
   private resource(c: Context, path: string) {
     return {
-      url: new URL(path, `http://${c.req.header('host') ?? 'localhost'}`).toString(),
+      url: new URL(path, publicOrigin(c, this.options.publicUrl)).toString(),
       description: `Cluster ${path}`,
       mimeType: 'application/json',
     }

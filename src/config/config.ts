@@ -61,6 +61,14 @@ export const GatewaySectionSchema = z
       })
       .strict()
       .optional(),
+    /**
+     * The gateway's public URL when clients reach it through a proxy (e.g. https://api.example.com):
+     * model download links, the x402 resource and the wallet-link message use it.
+     */
+    publicUrl: z
+      .url({ protocol: /^https?$/ })
+      .refine((u) => /^https?:\/\/[^/?#@]+\/?$/.test(u), 'an origin only, like https://api.example.com')
+      .optional(),
     /** Token bucket per API key (or client address). */
     rateLimit: z
       .object({ capacity: z.number().int().min(1), refillPerSecond: z.number().positive() })
@@ -330,6 +338,7 @@ export function gatewayExtras(config: Config): {
   registrationLimit?: NonNullable<Config['gateway']['registrationLimit']>
   passwordHashing?: NonNullable<Config['gateway']['passwordHashing']>
   adminEmail?: string
+  publicUrl?: string
   models?: NonNullable<Config['gateway']['models']>
   metricsAccess?: NonNullable<Config['gateway']['metricsAccess']>
   providers?: NonNullable<Config['gateway']['providers']>
@@ -345,5 +354,6 @@ export function gatewayExtras(config: Config): {
     ...(config.gateway.registrationLimit ? { registrationLimit: config.gateway.registrationLimit } : {}),
     ...(config.gateway.passwordHashing ? { passwordHashing: config.gateway.passwordHashing } : {}),
     ...(config.gateway.adminEmail ? { adminEmail: config.gateway.adminEmail } : {}),
+    ...(config.gateway.publicUrl ? { publicUrl: config.gateway.publicUrl } : {}),
   }
 }
