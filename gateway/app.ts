@@ -286,6 +286,17 @@ export function createApp(deps: AppDeps): Hono<AuthVars> {
     }),
   )
 
+  // Fine-tuning is in the docs but not built yet: its routes say so (501) instead of "no route".
+  app.all('/api/finetune/*', (c) => {
+    requireAuth(c)
+    throw new ApiError(
+      501,
+      'Fine-tuning is not available on this gateway yet: no node can train LoRA adapters. Inference, embeddings, rerank and the model API work.',
+      'server_error',
+      'not_implemented',
+    )
+  })
+
   if (deps.chain != null) app.route('/api', chainRoutes(deps.chain))
   if (deps.models != null) app.route('/api', modelRoutes(deps.models))
 

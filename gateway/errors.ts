@@ -14,7 +14,7 @@ export type OpenAIErrorType =
 export class ApiError extends Error {
   override name = 'ApiError'
   constructor(
-    readonly status: 400 | 401 | 402 | 403 | 404 | 409 | 413 | 415 | 416 | 429 | 500 | 502 | 503 | 504,
+    readonly status: 400 | 401 | 402 | 403 | 404 | 409 | 413 | 415 | 416 | 429 | 500 | 501 | 502 | 503 | 504,
     message: string,
     readonly type: OpenAIErrorType,
     readonly code: string,

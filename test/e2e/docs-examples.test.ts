@@ -79,6 +79,35 @@ describe('the docs’ curl examples, as written', () => {
     await gw.ledger.credit(account?.id as string, 1_000_000n, { type: 'credit' })
   })
 
+  it("fine-tuning, as the docs show it: not built yet, and said so (501 in the docs' error shape; 401 without a key)", async () => {
+    const create = await run(`curl -s -w '\\n%{http_code}' -X POST https://api.clusterprotocol.ai/api/finetune/jobs \\
+-H "Authorization: Bearer sk-cluster-YOUR_KEY" \\
+-H "Content-Type: application/json" \\
+-d '{
+"baseModel": "llama-3.1-8b",
+"trainingFile": "https://example.com/data.jsonl",
+"suffix": "customer-support-v1",
+"epochs": 3,
+"learningRate": 2e-5,
+"loraRank": 16,
+"loraAlpha": 32
+}'`)
+    const [body, status] = create.out.split('\n')
+    expect(status).toBe('501')
+    expect(JSON.parse(body as string)).toEqual({
+      error: expect.stringMatching(/^Fine-tuning is not available/),
+      code: 'NOT_IMPLEMENTED',
+    })
+    const job = await run(
+      `curl -s -o /dev/null -w '%{http_code}' https://api.clusterprotocol.ai/api/finetune/jobs/ft_job_abc123 -H "Authorization: Bearer sk-cluster-YOUR_KEY"`,
+    )
+    expect(job.out).toBe('501')
+    const anonymous = await run(
+      `curl -s -o /dev/null -w '%{http_code}' https://api.clusterprotocol.ai/api/finetune/jobs`,
+    )
+    expect(anonymous.out).toBe('401')
+  })
+
   it('get current user', async () => {
     const { out } = await run(
       'curl -s https://api.clusterprotocol.ai/api/auth/me \\ -H "Authorization: Bearer sk-cluster-YOUR_KEY"'.replace(
