@@ -5,7 +5,7 @@
 // blockstore) and a deployed model comes back after a restart.
 import { createHash } from 'node:crypto'
 import { createWriteStream } from 'node:fs'
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
@@ -123,6 +123,41 @@ export class Deployer {
       if (this.find(spec) == null) this.begin(spec)
     }
     await this.persist()
+    // In the background: a large model's blocks take a while to delete, and serving need not wait.
+    void this.freeLeftovers().catch((err: unknown) =>
+      this.o.log(`freeing disk left by an earlier run: ${(err as Error).message}`),
+    )
+  }
+
+  /**
+   * Frees what an earlier run left on disk: a model file (whole or partly fetched) that no deployment
+   * here uses, and its blocks — an undeploy cut short by a crash, or made by a version that did not
+   * free its disk. Only files named as this deployer names them (`<CID>.gguf`, `.part`) are touched.
+   */
+  private async freeLeftovers(): Promise<void> {
+    let names: string[]
+    try {
+      names = await readdir(this.modelsDir)
+    } catch {
+      return
+    }
+    const inUse = new Set([...this.deployments].map((d) => fileKey(d.spec.cid)))
+    const orphans = new Set<string>()
+    for (const name of names) {
+      const m = /^(.+)\.gguf(\.part)?$/.exec(name)
+      if (m?.[1] == null) continue
+      let cid: string
+      try {
+        cid = parseCid(m[1]).toString()
+      } catch {
+        continue
+      }
+      if (cid === m[1] && !inUse.has(cid)) orphans.add(cid)
+    }
+    for (const cid of orphans) {
+      this.o.log(`freeing ${cid}: left on disk by an earlier run, no deployment uses it`)
+      await this.release(cid)
+    }
   }
 
   /** Models being fetched, loaded, or that failed: what the capabilities record shows beside ready engines. */
@@ -258,11 +293,13 @@ export class Deployer {
    * deployment of it begun meanwhile finds either all of it or none.
    */
   private async release(cidText: string): Promise<void> {
+    const key = fileKey(cidText)
+    const used = (): boolean => [...this.deployments].some((x) => fileKey(x.spec.cid) === key)
     // Still in use (another id may be fetching it): nothing to free, nothing to wait for.
-    if ([...this.deployments].some((x) => x.spec.cid === cidText)) return
+    if (used()) return
     try {
       await this.withFile(cidText, new AbortController().signal, async () => {
-        if ([...this.deployments].some((x) => x.spec.cid === cidText)) return
+        if (used()) return
         const cid = parseCid(cidText)
         const path = join(this.modelsDir, `${cid.toString()}.gguf`)
         await rm(path, { force: true })
@@ -373,7 +410,12 @@ export class Deployer {
   private checkKnownDigest(spec: DeploymentSpec): void {
     if (spec.sha256 == null) return
     for (const x of this.deployments) {
-      if (x.spec.cid === spec.cid && x.state === 'ready' && x.spec.sha256 != null && x.spec.sha256 !== spec.sha256) {
+      if (
+        fileKey(x.spec.cid) === fileKey(spec.cid) &&
+        x.state === 'ready' &&
+        x.spec.sha256 != null &&
+        x.spec.sha256 !== spec.sha256
+      ) {
         throw new Error(`sha256 of the weights is ${x.spec.sha256}, expected ${spec.sha256}`)
       }
     }
@@ -423,7 +465,8 @@ export class Deployer {
    * Runs `work` once no other deployment of the same CID is inside it (two ids may share a file).
    * Waiting ends early when `signal` aborts (an undeploy does not wait for another's fetch).
    */
-  private async withFile(cid: string, signal: AbortSignal, work: () => Promise<void>): Promise<void> {
+  private async withFile(cidText: string, signal: AbortSignal, work: () => Promise<void>): Promise<void> {
+    const cid = fileKey(cidText)
     const before = this.files.get(cid)
     const mine = (async () => {
       if (before != null) await untilAborted(before, signal)
@@ -534,4 +577,13 @@ function untilAborted(p: Promise<void>, signal: AbortSignal): Promise<void> {
       resolve()
     })
   })
+}
+
+/** A CID as its file is named and its work is keyed: the canonical string (the text as given when it is no CID). */
+function fileKey(cid: string): string {
+  try {
+    return parseCid(cid).toString()
+  } catch {
+    return cid
+  }
 }
