@@ -130,18 +130,20 @@ export function apiRoutes(deps: ApiDeps): Hono<AuthVars> {
 
   api.post('/auth/login', async (c) => {
     const { email, password } = await body(c, z.object({ email: z.string().max(254), password: z.string().max(1024) }))
-    const address = clientAddress(c)
-    // Refused before the password is checked once failures have used up an allowance.
-    const wait = deps.loginFailures.retryAfter(email, address)
-    if (wait != null) throw rateLimited(wait)
+    // Each attempt counts as a failure until its password is right, so attempts sent together cannot
+    // all pass an allowance with one left; past an allowance, refused before the password is checked.
+    const attempt = deps.loginFailures.attempt(email, clientAddress(c))
+    if ('retryAfter' in attempt) throw rateLimited(attempt.retryAfter)
     const result = await accounts.login(email, password).catch((err: unknown) => {
-      if (err instanceof KdfBusyError) throw kdfBusy()
+      // Not checked (the hashing is busy): not a failure.
+      if (err instanceof KdfBusyError) {
+        attempt.refund()
+        throw kdfBusy()
+      }
       throw err
     })
-    if (result == null) {
-      deps.loginFailures.failed(email, address)
-      throw new ApiError(401, 'Wrong email or password.', 'authentication_error', 'unauthorized')
-    }
+    if (result == null) throw new ApiError(401, 'Wrong email or password.', 'authentication_error', 'unauthorized')
+    attempt.refund()
     return c.json(accountBody(result.account, result.apiKey))
   })
 

@@ -62,7 +62,7 @@ export interface GatewayConfig {
   rateLimit?: RateLimitConfig
   /**
    * Failed logins allowed per (email, client address) and per address before 429 (@default 5, one back
-   * every 3 minutes); per email from all addresses together, 10 times that (see LoginFailures).
+   * every 3 minutes); per email from all addresses together, a burst 10 times that (see LoginFailures).
    */
   loginFailures?: RateLimitConfig
   /** Sign-ups per client address (@default 20, one back every 3 minutes) and in all (@default 20, then 2/s). */

@@ -44,6 +44,12 @@ export class TokenBuckets {
     return this.draw(id, cost, true)
   }
 
+  /** Gives back what a take took (the bucket holds no more than its capacity). */
+  refund(id: string, cost = 1): void {
+    const b = this.buckets.get(id)
+    if (b != null) b.tokens = Math.min(this.capacity, b.tokens + cost)
+  }
+
   /** What `take` would answer, without taking anything. */
   peek(id: string, cost = 1): Take {
     return this.draw(id, cost, false)
@@ -129,9 +135,13 @@ export const LOGIN_FAILURES_PER_EMAIL_FACTOR = 10
  * Failed password logins. Counted per (email, client address) and per address with the configured
  * allowance, so one address can neither guess at a password for long nor lock its owner out: the
  * owner, from another address, still logs in. And per email across all addresses with
- * LOGIN_FAILURES_PER_EMAIL_FACTOR times that allowance (refilled as many times faster), which bounds
- * guessing spread over many addresses; locking an owner out then takes that many failures from
- * that many addresses instead of five from anywhere.
+ * LOGIN_FAILURES_PER_EMAIL_FACTOR times that burst at the same refill, which keeps guessing spread
+ * over many addresses at the rate one address gets; locking an owner out takes that many failures
+ * from that many addresses instead of five from anywhere.
+ *
+ * An attempt takes its token from every bucket before the password is checked (the check takes a
+ * while, and attempts sent together must not all pass a bucket with one token left); a login that
+ * succeeds gives them back.
  */
 export class LoginFailures {
   readonly perPair: TokenBuckets
@@ -141,39 +151,32 @@ export class LoginFailures {
     const capacity = config.capacity ?? 5
     const refillPerSecond = config.refillPerSecond ?? 1 / 180
     this.perPair = new TokenBuckets({ capacity, refillPerSecond }, now)
-    this.perEmail = new TokenBuckets(
-      {
-        capacity: capacity * LOGIN_FAILURES_PER_EMAIL_FACTOR,
-        refillPerSecond: refillPerSecond * LOGIN_FAILURES_PER_EMAIL_FACTOR,
-      },
-      now,
-    )
+    this.perEmail = new TokenBuckets({ capacity: capacity * LOGIN_FAILURES_PER_EMAIL_FACTOR, refillPerSecond }, now)
   }
 
-  private keys(email: string, address: string): { pair: string; address: string; email: string } {
+  private buckets(email: string, address: string): Array<[TokenBuckets, string]> {
     const who = addressKey(address)
     const mail = email.trim().toLowerCase()
-    return { pair: `${mail}\n${who}`, address: `address:${who}`, email: mail }
+    return [
+      [this.perPair, `${mail}\n${who}`],
+      [this.perPair, `address:${who}`],
+      [this.perEmail, mail],
+    ]
   }
 
-  /** Seconds until this login may be tried again, or undefined when it may be tried now. */
-  retryAfter(email: string, address: string): number | undefined {
-    const k = this.keys(email, address)
-    for (const [buckets, key] of [
-      [this.perPair, k.pair],
-      [this.perPair, k.address],
-      [this.perEmail, k.email],
-    ] as const) {
-      if (!buckets.peek(key).allowed) return Math.max(1, Math.ceil(1 / buckets.refillPerSecond))
+  /**
+   * Takes one attempt from every bucket of (email, address): a refund to call if the login succeeds,
+   * or the seconds to wait when a bucket is empty (then nothing is taken).
+   */
+  attempt(email: string, address: string): { refund: () => void } | { retryAfter: number } {
+    const buckets = this.buckets(email, address)
+    let wait = 0
+    for (const [b, key] of buckets) {
+      const peek = b.peek(key)
+      if (!peek.allowed) wait = Math.max(wait, peek.retryAfter)
     }
-    return undefined
-  }
-
-  /** Counts a failed login. */
-  failed(email: string, address: string): void {
-    const k = this.keys(email, address)
-    this.perPair.take(k.pair)
-    this.perPair.take(k.address)
-    this.perEmail.take(k.email)
+    if (wait > 0) return { retryAfter: wait }
+    for (const [b, key] of buckets) b.take(key)
+    return { refund: () => buckets.forEach(([b, key]) => b.refund(key)) }
   }
 }

@@ -283,6 +283,18 @@ describe('login failures', () => {
     expect((await login('spread@example.com', 'wrong', '127.0.2.1')).status).toBe(429)
   })
 
+  it('wrong passwords sent all at once from one address: no more are checked than its allowance', async () => {
+    const answers = await Promise.all(
+      Array.from({ length: 30 }, () => login('owner@example.com', 'wrong', '127.0.4.1')),
+    )
+    const statuses = answers.map((a) => a.status)
+    expect(statuses.filter((s) => s === 401).length).toBeLessThanOrEqual(2)
+    expect(statuses.filter((s) => s === 429).length).toBeGreaterThanOrEqual(28)
+    expect(statuses.every((s) => s === 401 || s === 429)).toBe(true)
+    // The owner, from elsewhere, is still in.
+    expect((await login('owner@example.com', PASSWORD, '127.0.4.2')).status).toBe(200)
+  })
+
   it('failures spread over many addresses are bounded per email', async () => {
     // 10 addresses × 2 failures = the email's 20; each address alone stays within its own allowance.
     for (let a = 0; a < 10; a++) {
