@@ -4,7 +4,8 @@
 // frame built straight from the JSON body; SSE chunks written as the deltas come. No hono, no
 // middleware, no auth, no validation, no routing choice, no metering, no logging. What it adds on
 // top of the engine is what any gateway on this runtime, transport and machine adds before doing
-// anything of its own. Prints `ready {"url","multiaddrs","apiKey"}` (the key is ignored).
+// anything of its own. Prints `ready {"url","multiaddrs","apiKey"}` (the key is ignored). Made for
+// the bench's sequential requests: one spare at a time, used within its 5 s as ours is.
 // Usage: node bin/run-ts.js bench/mesh-floor-gateway-child.ts DATA_DIR
 import { createServer } from 'node:http'
 import type { Stream } from '@libp2p/interface'
@@ -33,8 +34,25 @@ let node: string | undefined
 peer.addEventListener('peer:connect', (evt) => {
   node = evt.detail.toString()
 })
-let spare: Promise<Stream> | undefined
+let spare: { stream: Promise<Stream>; at: number } | undefined
 const open = (): Promise<Stream> => peer.dialProtocol(peerIdFromString(node ?? ''), INFERENCE_PROTOCOL)
+/** A spare, as ours keeps one: opened ahead, used within 5 s, else dropped. */
+const prepare = (): void => {
+  const stream = open()
+  stream.catch(() => undefined) // a spare that fails to open is simply not used
+  spare = { stream, at: Date.now() }
+}
+const take = async (): Promise<Stream> => {
+  const s = spare
+  spare = undefined
+  if (s != null && Date.now() - s.at <= 5_000) {
+    const stream = await s.stream.catch(() => undefined)
+    if (stream != null && stream.status === 'open') return stream
+  } else if (s != null) {
+    void s.stream.then((stream) => stream.abort(new Error('stale spare stream'))).catch(() => undefined)
+  }
+  return open()
+}
 
 interface Body {
   model: string
@@ -55,8 +73,7 @@ const server = createServer((req, res) => {
       const created = Math.floor(Date.now() / 1000)
       const chunk = (delta: object, finish: string | null): string =>
         `data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model: body.model, choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`
-      const stream = await (spare ?? open())
-      spare = undefined
+      const stream = await take()
       const frames = decodeFrames(stream, InferenceReplyFrameSchema, MAX_FRAME_BYTES, checkDeltaFrame)
       stream.send(
         encodeOwnFrame<InferenceRequestFrame>({
@@ -79,9 +96,7 @@ const server = createServer((req, res) => {
             res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' })
             res.write(chunk({ role: 'assistant', content: '' }, null) + chunk({ content: f.text }, null))
             // The next request's stream, once this one's first token is out (as our router does).
-            setImmediate(() => {
-              spare = open()
-            })
+            setImmediate(prepare)
           } else if (f.text.length > 0) res.write(chunk({ content: f.text }, null))
         } else if (f.type === 'done') {
           const { promptTokens, completionTokens } = f.usage

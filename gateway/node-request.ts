@@ -21,16 +21,16 @@ export function nodeBindings(c: Context): { incoming: IncomingMessage; outgoing:
 }
 
 /**
- * A request header (lower-case name). On @hono/node-server it is read from Node's own parsed headers:
- * hono's c.req.header() first builds a WHATWG Headers object from all of them (~30 µs of the first
- * token's path, for the few the middleware reads). Node keeps the first of a repeated
- * Authorization, Content-Length or Host (it drops the others) and joins other repeats with ", ".
+ * A request header, as c.req.header(name) gives it (a repeated header's values joined with ", ",
+ * any case of name). On @hono/node-server it is read from Node's own parsed headers: hono's
+ * c.req.header() first builds a WHATWG Headers object from all of them (~30 µs of the first token's
+ * path, for the few the middleware reads). Node's distinct values, not its `headers`, which keep only
+ * the first of a repeated Authorization: two of them stay one value no bearer token matches.
  */
 export function requestHeader(c: Context, name: string): string | undefined {
   const node = nodeBindings(c)
   if (node == null) return c.req.header(name)
-  const value = node.incoming.headers[name]
-  return Array.isArray(value) ? value.join(', ') : value
+  return node.incoming.headersDistinct[name.toLowerCase()]?.join(', ')
 }
 
 /** The request body parsed as JSON (throws on invalid JSON, as c.req.json() does). */

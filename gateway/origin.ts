@@ -8,18 +8,3 @@ import type { Context } from 'hono'
 export function publicOrigin(c: Context, configured: URL | undefined): URL {
   return new URL(configured?.origin ?? new URL(c.req.url).origin)
 }
-
-/** Checks a configured public URL: http(s), nothing but an origin (the API is served at its root). */
-export function parsePublicUrl(value: string): URL {
-  let url: URL
-  try {
-    url = new URL(value)
-  } catch {
-    throw new Error(`publicUrl ${JSON.stringify(value)} is not a URL`)
-  }
-  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new Error('publicUrl must be http(s)')
-  if ((url.pathname !== '/' && url.pathname !== '') || url.search !== '' || url.hash !== '' || url.username !== '') {
-    throw new Error('publicUrl must be an origin only, like https://api.example.com (the API is served at its root)')
-  }
-  return url
-}

@@ -177,6 +177,10 @@ export class LoginFailures {
     }
     if (wait > 0) return { retryAfter: wait }
     for (const [b, key] of buckets) b.take(key)
-    return { refund: () => buckets.forEach(([b, key]) => b.refund(key)) }
+    return {
+      refund: () => {
+        for (const [b, key] of buckets) b.refund(key)
+      },
+    }
   }
 }

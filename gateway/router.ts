@@ -39,6 +39,8 @@ export interface RouterOptions {
    * @default STARTUP_GRACE_MS
    */
   startupGraceMs?: number
+  /** A spare stream older than this is not used (the node drops a stream without a request after 10 s). @default 5000 */
+  spareMaxAgeMs?: number
 }
 
 /** Three heartbeat intervals: every node that is up has been heard from by then. */
@@ -112,6 +114,7 @@ export class MeshRouter {
   private readonly firstFrameTimeoutMs: number
   private readonly maxQueueMs: number
   private readonly grace: StartupGrace
+  private readonly spareMaxAgeMs: number
 
   constructor(
     private readonly peer: MeshPeer,
@@ -124,6 +127,9 @@ export class MeshRouter {
       options.maxQueueMs ??
       Math.max(0, this.firstFrameTimeoutMs - Math.min(10_000, Math.floor(this.firstFrameTimeoutMs / 4)))
     this.grace = new StartupGrace(directory, options.startupGraceMs ?? STARTUP_GRACE_MS)
+    this.spareMaxAgeMs = options.spareMaxAgeMs ?? SPARE_MAX_AGE_MS
+    // A node that left takes its spare streams with it.
+    directory.on('node:left', ({ peerId }) => this.dropStaleSpares(peerId, true))
   }
 
   private openStream(peerId: string, signal: AbortSignal): Promise<Stream> {
@@ -145,10 +151,12 @@ export class MeshRouter {
    * the answer streams rather than when it ends: a client that sends its next request as soon as
    * an answer ends (the usual loop) finds the stream negotiated, instead of waiting for the round
    * trip that started with the end. A spare older than SPARE_MAX_AGE_MS is dropped: the node gives
-   * up on streams that carry no request.
+   * up on streams that carry no request. So when a call ends, spares that went stale meanwhile (an
+   * answer longer than that) are dropped and replaced.
    */
   private prepareSpare(peerId: string): void {
     if (this.peer.status !== 'started') return
+    this.dropStaleSpares(peerId)
     const list = this.spares.get(peerId) ?? []
     const slots = this.directory.get(peerId)?.heartbeat.load.slots ?? 1
     if (list.length >= Math.min(MAX_SPARES_PER_NODE, Math.max(1, slots))) return
@@ -162,12 +170,25 @@ export class MeshRouter {
     this.spares.set(peerId, list)
   }
 
+  /** Drops the node's spares too old to use (or, with `all`, every one: the node left). */
+  private dropStaleSpares(peerId: string, all = false): void {
+    const list = this.spares.get(peerId)
+    if (list == null) return
+    const now = Date.now()
+    for (const spare of [...list]) {
+      if (!all && now - spare.at <= this.spareMaxAgeMs) continue
+      list.splice(list.indexOf(spare), 1)
+      void spare.stream.then((s) => s.abort(new Error('stale spare stream'))).catch(() => undefined)
+    }
+    if (list.length === 0) this.spares.delete(peerId)
+  }
+
   private async takeSpare(peerId: string): Promise<Stream | undefined> {
     const list = this.spares.get(peerId)
     for (let spare = list?.shift(); spare != null; spare = list?.shift()) {
       const stream = await spare.stream.catch(() => undefined)
       if (stream == null) continue
-      if (Date.now() - spare.at > SPARE_MAX_AGE_MS || stream.status !== 'open' || stream.writeStatus !== 'writable') {
+      if (Date.now() - spare.at > this.spareMaxAgeMs || stream.status !== 'open' || stream.writeStatus !== 'writable') {
         stream.abort(new Error('stale spare stream'))
         continue
       }
@@ -327,6 +348,9 @@ export class MeshRouter {
             release()
             signal.removeEventListener('abort', onAbort)
             void stream.close().catch(() => undefined)
+            // After a long answer the spare opened at its first token is stale: a fresh one.
+            this.dropStaleSpares(peerId)
+            if (!this.spares.has(peerId)) this.prepareSpare(peerId)
           },
         },
       }

@@ -2,6 +2,7 @@
 // resolve into it, in that order of precedence (flags win), and it is validated once, here.
 import { readFileSync } from 'node:fs'
 import { z } from 'zod'
+import { isPublicUrl } from './public-url.ts'
 
 const Multiaddr = z.string().regex(/^\/(ip4|ip6|dns|dns4|dns6)\//, 'a multiaddr such as /ip4/127.0.0.1/tcp/4001')
 const Port = z.coerce.number().int().min(0).max(65535)
@@ -65,10 +66,7 @@ export const GatewaySectionSchema = z
      * The gateway's public URL when clients reach it through a proxy (e.g. https://api.example.com):
      * model download links, the x402 resource and the wallet-link message use it.
      */
-    publicUrl: z
-      .url({ protocol: /^https?$/ })
-      .refine((u) => /^https?:\/\/[^/?#@]+\/?$/.test(u), 'an origin only, like https://api.example.com')
-      .optional(),
+    publicUrl: z.string().refine(isPublicUrl, 'an http(s) origin only, like https://api.example.com').optional(),
     /** Token bucket per API key (or client address). */
     rateLimit: z
       .object({ capacity: z.number().int().min(1), refillPerSecond: z.number().positive() })

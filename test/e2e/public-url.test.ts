@@ -3,9 +3,9 @@
 // message's domain, and model download links. Real gateway, real dev chain (anvil), loopback only.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type RunningGateway, startGateway } from '../../gateway/gateway.ts'
-import { parsePublicUrl } from '../../gateway/origin.ts'
 import { type DevChain, startDevChain, testAccounts } from '../../src/chain/devchain.ts'
 import { resolveConfig } from '../../src/config/config.ts'
+import { parsePublicUrl } from '../../src/config/public-url.ts'
 import { fundedUser, tempDir, tinyModelPath } from '../helpers/fixtures.ts'
 import { uploadModel } from '../helpers/models.ts'
 import { x402Sections } from '../helpers/x402-gateway.ts'
@@ -82,7 +82,14 @@ describe('gateway.publicUrl', () => {
   })
 
   it('a public URL that is more than an origin is refused, at start and in the config', async () => {
-    for (const bad of ['https://api.example.com/v1', 'ftp://api.example.com', 'https://u:p@api.example.com', 'nope']) {
+    for (const bad of [
+      'https://api.example.com/v1',
+      'ftp://api.example.com',
+      'https://u:p@api.example.com',
+      'https://:p@api.example.com',
+      'https://api.example.com/?x=1',
+      'nope',
+    ]) {
       expect(() => parsePublicUrl(bad)).toThrow(/publicUrl/)
       await expect(startGateway({ dataDir: '/nonexistent/never-created', publicUrl: bad })).rejects.toThrow(/publicUrl/)
       expect(() => resolveConfig({ flags: { gateway: { publicUrl: bad } } as never })).toThrow(/publicUrl/)

@@ -27,6 +27,7 @@ beforeAll(async () => {
   app.get('/headers', (c) =>
     c.json({
       id: requestHeader(c, 'x-request-id') ?? null,
+      idAnyCase: requestHeader(c, 'X-Request-ID') ?? null,
       auth: requestHeader(c, 'authorization') ?? null,
       accept: requestHeader(c, 'accept') ?? null,
       missing: requestHeader(c, 'x-missing') ?? null,
@@ -108,7 +109,7 @@ describe('readJsonObject on @hono/node-server', () => {
 })
 
 describe('requestHeader', () => {
-  it("reads Node's parsed headers: repeats joined, the first Authorization kept, a missing one undefined", async () => {
+  it("reads Node's parsed headers as hono would: repeats joined (Authorization too), a missing one undefined", async () => {
     const socket = connect(port, '127.0.0.1')
     await once(socket, 'connect')
     socket.write(
@@ -121,7 +122,8 @@ describe('requestHeader', () => {
     const text = Buffer.concat(chunks).toString('utf8')
     expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toEqual({
       id: 'abc',
-      auth: 'Bearer one',
+      idAnyCase: 'abc',
+      auth: 'Bearer one, Bearer two',
       accept: 'text/a, text/b',
       missing: null,
     })
@@ -129,6 +131,6 @@ describe('requestHeader', () => {
 
   it('falls back to hono where there is no Node request (app.request)', async () => {
     const res = await headersApp.request('/headers', { headers: { 'x-request-id': 'def', authorization: 'Bearer k' } })
-    expect(await res.json()).toEqual({ id: 'def', auth: 'Bearer k', accept: null, missing: null })
+    expect(await res.json()).toEqual({ id: 'def', idAnyCase: 'def', auth: 'Bearer k', accept: null, missing: null })
   })
 })

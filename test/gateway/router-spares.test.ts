@@ -71,7 +71,7 @@ describe('mesh router spare streams', () => {
       capabilitiesVersion: 0,
       models: ['tiny'],
     })
-    router = new MeshRouter(gateway, directory)
+    router = new MeshRouter(gateway, directory, { spareMaxAgeMs: 400 })
   })
 
   afterAll(async () => {
@@ -113,5 +113,26 @@ describe('mesh router spare streams', () => {
     expect(opened[2]?.request).toBeUndefined()
     opened[1]?.finish()
     second.close()
+  })
+
+  it('after an answer longer than a spare may wait, a fresh spare is ready before the next request', async () => {
+    const signal = AbortSignal.timeout(10_000)
+    const before = opened.length
+    const call = await router.open(request('req-long'), signal)
+    // The spare prepared at the first token, then an answer that outlives it (400 ms here).
+    await waitFor(() => opened.length === before + 1, 5_000)
+    await new Promise((r) => setTimeout(r, 600))
+    opened.at(-2)?.finish()
+    for await (const _ of call.rest) {
+      // to the end of the answer
+    }
+    call.close()
+    // The stale one is dropped and another is opened now, not when the next request comes.
+    await waitFor(() => opened.length === before + 2, 5_000)
+    const next = await router.open(request('req-after-long'), signal)
+    expect(next.first).toMatchObject({ type: 'delta' })
+    expect(opened[before + 1]?.request?.id).toBe('req-after-long')
+    opened[before + 1]?.finish()
+    next.close()
   })
 })
