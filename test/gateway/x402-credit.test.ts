@@ -49,7 +49,10 @@ function paymentHeader(): string {
 
 const ctx = (header: string) =>
   ({
-    req: { header: (n: string) => (n === 'payment-signature' ? header : n === 'host' ? 'localhost' : undefined) },
+    req: {
+      url: `http://localhost${PATH}`,
+      header: (n: string) => (n === 'payment-signature' ? header : n === 'host' ? 'localhost' : undefined),
+    },
   }) as never
 
 let dir: string
