@@ -135,11 +135,9 @@ export function apiRoutes(deps: ApiDeps): Hono<AuthVars> {
     const attempt = deps.loginFailures.attempt(email, clientAddress(c))
     if ('retryAfter' in attempt) throw rateLimited(attempt.retryAfter)
     const result = await accounts.login(email, password).catch((err: unknown) => {
-      // Not checked (the hashing is busy): not a failure.
-      if (err instanceof KdfBusyError) {
-        attempt.refund()
-        throw kdfBusy()
-      }
+      // Not a wrong password (the hashing is busy, the ledger failed): not a failure to count.
+      attempt.refund()
+      if (err instanceof KdfBusyError) throw kdfBusy()
       throw err
     })
     if (result == null) throw new ApiError(401, 'Wrong email or password.', 'authentication_error', 'unauthorized')

@@ -155,7 +155,8 @@ export class MeshRouter {
    * answer longer than that) are dropped and replaced.
    */
   private prepareSpare(peerId: string): void {
-    if (this.peer.status !== 'started') return
+    // Not to a node that left (a call to it may end after it said so).
+    if (this.peer.status !== 'started' || this.directory.get(peerId) == null) return
     this.dropStaleSpares(peerId)
     const list = this.spares.get(peerId) ?? []
     const slots = this.directory.get(peerId)?.heartbeat.load.slots ?? 1

@@ -5,7 +5,7 @@
 // blockstore) and a deployed model comes back after a restart.
 import { createHash } from 'node:crypto'
 import { createWriteStream } from 'node:fs'
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
@@ -105,6 +105,9 @@ export class Deployer {
   private readonly files = new Map<string, Promise<void>>()
   private readonly modelsDir: string
   private writing: Promise<void> = Promise.resolve()
+  /** The start-up sweep of an earlier run's leftovers, while it runs; stop() ends it. */
+  private sweeping: Promise<void> = Promise.resolve()
+  private readonly stopping = new AbortController()
 
   constructor(private readonly o: DeployerOptions) {
     this.modelsDir = join(o.dataDir, 'models')
@@ -119,14 +122,19 @@ export class Deployer {
       STREAM_LIMITS.deploy,
     )
     const kept = await this.readKept()
-    for (const spec of [...kept, ...extra]) {
+    for (const spec of [...kept.specs, ...extra]) {
       if (this.find(spec) == null) this.begin(spec)
     }
     await this.persist()
-    // In the background: a large model's blocks take a while to delete, and serving need not wait.
-    void this.freeLeftovers().catch((err: unknown) =>
-      this.o.log(`freeing disk left by an earlier run: ${(err as Error).message}`),
-    )
+    // In the background, once the deployments begun here have their blocks (a large model's take a
+    // while to delete, and serving need not wait). Not when the list could not be read: what the
+    // leftovers are is not known then.
+    if (kept.readable) {
+      this.sweeping = (async () => {
+        await this.settled()
+        await this.freeLeftovers(this.stopping.signal)
+      })().catch((err: unknown) => this.o.log(`freeing disk left by an earlier run: ${(err as Error).message}`))
+    }
   }
 
   /**
@@ -134,7 +142,7 @@ export class Deployer {
    * here uses, and its blocks — an undeploy cut short by a crash, or made by a version that did not
    * free its disk. Only files named as this deployer names them (`<CID>.gguf`, `.part`) are touched.
    */
-  private async freeLeftovers(): Promise<void> {
+  private async freeLeftovers(signal: AbortSignal): Promise<void> {
     let names: string[]
     try {
       names = await readdir(this.modelsDir)
@@ -155,6 +163,7 @@ export class Deployer {
       if (cid === m[1] && !inUse.has(cid)) orphans.add(cid)
     }
     for (const cid of orphans) {
+      if (signal.aborted) return
       this.o.log(`freeing ${cid}: left on disk by an earlier run, no deployment uses it`)
       await this.release(cid)
     }
@@ -201,7 +210,7 @@ export class Deployer {
    */
   private find(spec: Pick<DeploymentSpec, 'id' | 'cid'>): Deployment | undefined {
     for (const d of this.deployments) {
-      if (d.spec.cid === spec.cid && (spec.id == null || d.spec.id === spec.id)) return d
+      if (fileKey(d.spec.cid) === fileKey(spec.cid) && (spec.id == null || d.spec.id === spec.id)) return d
     }
     return undefined
   }
@@ -250,7 +259,7 @@ export class Deployer {
 
   private matching(id: string): Deployment[] {
     return [...this.deployments].filter(
-      (x) => x.spec.id === id || x.engine?.modelId === id || (x.spec.id == null && x.spec.cid === id),
+      (x) => x.spec.id === id || x.engine?.modelId === id || (x.spec.id == null && fileKey(x.spec.cid) === fileKey(id)),
     )
   }
 
@@ -320,9 +329,11 @@ export class Deployer {
   }
 
   async stop(): Promise<void> {
+    this.stopping.abort()
     await this.o.peer.unhandle(DEPLOY_PROTOCOL).catch(() => undefined)
     for (const d of this.deployments) d.abort.abort(new Error('node stopping'))
     await Promise.all([...this.deployments].map((d) => d.done))
+    await this.sweeping
   }
 
   private begin(spec: DeploymentSpec): void {
@@ -537,12 +548,29 @@ export class Deployer {
     }
   }
 
-  private async readKept(): Promise<DeploymentSpec[]> {
+  /**
+   * The deployment list kept in the data dir. One that cannot be read is set aside (not overwritten)
+   * and said so; `readable` is false then.
+   */
+  private async readKept(): Promise<{ specs: DeploymentSpec[]; readable: boolean }> {
+    const file = join(this.o.dataDir, FILE)
+    let text: string
     try {
-      const list = JSON.parse(await readFile(join(this.o.dataDir, FILE), 'utf8')) as DeploymentSpec[]
-      return Array.isArray(list) ? list.filter((s) => typeof s?.cid === 'string') : []
-    } catch {
-      return []
+      text = await readFile(file, 'utf8')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { specs: [], readable: true }
+      this.o.log(`cannot read ${file}: ${(err as Error).message}; deployments it lists are not resumed`)
+      return { specs: [], readable: false }
+    }
+    try {
+      const list = JSON.parse(text) as DeploymentSpec[]
+      if (!Array.isArray(list)) throw new Error('not a list')
+      return { specs: list.filter((s) => typeof s?.cid === 'string'), readable: true }
+    } catch (err) {
+      const aside = `${file}.unreadable-${Date.now()}`
+      await rename(file, aside).catch(() => undefined)
+      this.o.log(`${file} is not a deployment list (${(err as Error).message}): kept as ${aside}; nothing is resumed`)
+      return { specs: [], readable: false }
     }
   }
 
@@ -551,7 +579,14 @@ export class Deployer {
     this.writing = this.writing.then(async () => {
       const list = [...this.deployments.values()].map((d) => ({ ...d.spec, providers: undefined }))
       const file = join(this.o.dataDir, FILE)
-      await writeFile(`${file}.tmp`, JSON.stringify(list, null, 2))
+      // On disk before it replaces the old list: a crash leaves one or the other, never an empty file.
+      const handle = await open(`${file}.tmp`, 'w')
+      try {
+        await handle.writeFile(JSON.stringify(list, null, 2))
+        await handle.sync()
+      } finally {
+        await handle.close()
+      }
       await rename(`${file}.tmp`, file)
     })
     return this.writing

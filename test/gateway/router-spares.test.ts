@@ -135,4 +135,31 @@ describe('mesh router spare streams', () => {
     opened[before + 1]?.finish()
     next.close()
   })
+
+  it('no spare is opened to a node that has left, even when a call to it ends afterwards', async () => {
+    const signal = AbortSignal.timeout(10_000)
+    const call = await router.open(request('req-before-leaving'), signal)
+    const mine = opened.findIndex((o) => o.request?.id === 'req-before-leaving')
+    await new Promise((r) => setTimeout(r, 200)) // its spare, opened at the first token
+    directory.handleHeartbeat({
+      v: 1,
+      peerId: node.peerId.toString(),
+      incarnation: 1,
+      seq: 1,
+      sentAt: Date.now(),
+      intervalMs: 60_000,
+      state: 'leaving',
+      load: { active: 1, queued: 0, slots: 2, maxQueue: 8 },
+      capabilitiesVersion: 0,
+      models: ['tiny'],
+    })
+    const streams = opened.length
+    opened[mine]?.finish()
+    for await (const _ of call.rest) {
+      // to the end of the answer
+    }
+    call.close()
+    await new Promise((r) => setTimeout(r, 300))
+    expect(opened.length).toBe(streams)
+  })
 })

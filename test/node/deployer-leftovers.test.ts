@@ -62,5 +62,35 @@ describe('Deployer at start', () => {
     expect(await node.store.hasAll(parseCid(whole))).toBe(false)
     expect(await node.store.hasAll(parseCid(partial))).toBe(false)
     expect(logs.some((l) => l.includes(whole) && l.includes('earlier run'))).toBe(true)
+    await node.stop()
+    node = undefined
+  })
+
+  it('leaves the disk alone when the deployment list cannot be read, and keeps that file aside', async () => {
+    const d = await tempDir('deployer-unreadable')
+    cleanups.push(d.remove)
+    const models = join(d.path, 'models')
+    await mkdir(models, { recursive: true })
+    const first = await start(d.path)
+    const cid = (
+      await first.store.add(
+        (async function* () {
+          yield Buffer.alloc(200_000, 3)
+        })(),
+      )
+    ).cid.toString()
+    await first.stop()
+    await writeFile(join(models, `${cid}.gguf`), Buffer.alloc(1000, 3))
+    // A list cut short (a crash mid-write on an older version): what it listed is unknown.
+    await writeFile(join(d.path, 'deployments.json'), '[{"id":"mine","cid":')
+    const logs: string[] = []
+    node = await start(d.path, logs)
+    await new Promise((r) => setTimeout(r, 500))
+    expect(await readdir(models)).toEqual([`${cid}.gguf`])
+    expect(await node.store.hasAll(parseCid(cid))).toBe(true)
+    expect((await readdir(d.path)).some((n) => n.startsWith('deployments.json.unreadable-'))).toBe(true)
+    expect(logs.some((l) => l.includes('not a deployment list'))).toBe(true)
+    await node.stop()
+    node = undefined
   })
 })
