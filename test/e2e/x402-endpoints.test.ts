@@ -14,7 +14,7 @@ import { testUsdcAbi } from '../../src/chain/artifacts.ts'
 import { type DevChain, devChainViem, fundWallet, startDevChain } from '../../src/chain/devchain.ts'
 import type { Network } from '../../src/payments/x402.ts'
 import { rerankModelPath, tempDir, tinyModelPath, waitFor } from '../helpers/fixtures.ts'
-import { type StandIn, standInSpeech, startStandIn } from '../helpers/upstream.ts'
+import { delayThen, type StandIn, standInSpeech, startStandIn } from '../helpers/upstream.ts'
 import { x402Sections } from '../helpers/x402-gateway.ts'
 
 describe('x402 on every endpoint', () => {
@@ -188,10 +188,17 @@ describe('x402 on every endpoint', () => {
     venice.queue('/v1/chat/completions', { kind: 'die-mid-stream', afterChunks: 1 })
     await (await p.pay(`${gw.url}/v1/chat/completions`, json({ ...body, stream: true }))).text()
     await waitFor(() => gw.ledger.x402Credit(p.address) === 3_000n, 10_000, 'the credit left again')
+    // The provider holds both answers a while, so both payments are verified — each seeing the credit that can
+    // pay for one — before either is used: the race is forced, not left to timing.
+    const seen = venice.requestsTo('/v1/chat/completions').length
+    venice.queue('/v1/chat/completions', delayThen(400, { kind: 'ok' }), delayThen(400, { kind: 'ok' }))
     const both = await Promise.all([
       p.pay(`${gw.url}/v1/chat/completions`, json(body)),
       p.pay(`${gw.url}/v1/chat/completions`, json(body)),
     ])
+    const upstream = venice.requestsTo('/v1/chat/completions').slice(seen)
+    expect(upstream).toHaveLength(2)
+    expect(Math.abs((upstream[1]?.at ?? 0) - (upstream[0]?.at ?? 0))).toBeLessThan(400) // both held at once
     expect(both.map((r) => r.status)).toEqual([200, 200])
     await waitFor(async () => (await usdcOf(p.address)) === before - 3n * 3_000n, 10_000, 'one more payment settled')
     const account = await gw.ledger.x402Account(p.address)
