@@ -9,7 +9,7 @@
 // decode step in the same run, and an end-of-turn flush (setImmediate, as this was first) held
 // the token until that was done (~0.1 ms on the path to the first token).
 import { Socket } from 'node:net'
-import type { ConnectionEncrypter, MessageStream } from '@libp2p/interface'
+import type { MessageStream } from '@libp2p/interface'
 
 interface SocketConnection {
   socket?: unknown
@@ -39,18 +39,4 @@ export function coalesceSocketWrites<T extends MessageStream>(connection: T): T 
     return sendData.call(connection, data)
   }
   return connection
-}
-
-/** Wraps a connection encrypter factory (e.g. noise()) so every connection it secures coalesces its writes. */
-export function withCoalescedWrites<A extends unknown[], E extends ConnectionEncrypter>(
-  factory: (...args: A) => E,
-): (...args: A) => E {
-  return (...args: A): E => {
-    const encrypter = factory(...args)
-    const secureInbound = encrypter.secureInbound.bind(encrypter)
-    const secureOutbound = encrypter.secureOutbound.bind(encrypter)
-    encrypter.secureInbound = (connection, options) => secureInbound(coalesceSocketWrites(connection), options)
-    encrypter.secureOutbound = (connection, options) => secureOutbound(coalesceSocketWrites(connection), options)
-    return encrypter
-  }
 }

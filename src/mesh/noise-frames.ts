@@ -6,7 +6,7 @@
 // is delivered and before the code waiting for it runs. A length of 0 for a buffer shorter than the
 // prefix stops the same loop without one: the frame it announces (2 + 0 bytes) is not complete
 // either, so nothing is read or consumed; a real length is decoded as before.
-import type { ConnectionEncrypter, SecuredConnection } from '@libp2p/interface'
+import type { SecuredConnection } from '@libp2p/interface'
 
 interface LengthDecoding {
   lengthDecoder?: (data: { byteLength: number }) => number
@@ -21,20 +21,4 @@ export function stopWithoutThrowing<T>(secured: SecuredConnection<T>): SecuredCo
   if (decoder == null || decode == null || decoder.encodingLength?.(0) !== 2) return secured
   decoder.lengthDecoder = (data) => (data.byteLength < 2 ? 0 : decode(data))
   return secured
-}
-
-/** Wraps a connection encrypter factory (noise()) so every connection it secures decodes that way. */
-export function withQuietFrameEnds<A extends unknown[], E extends ConnectionEncrypter>(
-  factory: (...args: A) => E,
-): (...args: A) => E {
-  return (...args: A): E => {
-    const encrypter = factory(...args)
-    const secureInbound = encrypter.secureInbound.bind(encrypter)
-    const secureOutbound = encrypter.secureOutbound.bind(encrypter)
-    encrypter.secureInbound = async (connection, options) =>
-      stopWithoutThrowing(await secureInbound(connection, options))
-    encrypter.secureOutbound = async (connection, options) =>
-      stopWithoutThrowing(await secureOutbound(connection, options))
-    return encrypter
-  }
 }

@@ -14,9 +14,10 @@ import { createLibp2p } from 'libp2p'
 import { DHT_PROTOCOL, TOPICS } from '../../protocols/index.ts'
 import { createLogger } from '../log.ts'
 import { type BootstrapLog, keepBootstrapped } from './bootstrap.ts'
-import { withCoalescedWrites } from './coalesce.ts'
+import { coalesceSocketWrites } from './coalesce.ts'
 import { BOOTSTRAP_REDIAL_MS, BOOTSTRAP_WARN_AFTER_MS, DEFAULT_LISTEN } from './constants.ts'
-import { withQuietFrameEnds } from './noise-frames.ts'
+import { withEncrypterHooks } from './encrypter-hooks.ts'
+import { stopWithoutThrowing } from './noise-frames.ts'
 import { loadOrCreatePeerKey } from './peer-key.ts'
 import { endReadersAfterBufferedData } from './stream-end.ts'
 import { sendWindowUpdatesAtHalf } from './window-updates.ts'
@@ -86,7 +87,7 @@ export async function createMeshPeer(config: MeshConfig): Promise<MeshPeer> {
     transports: [tcp(), webSockets()],
     // One socket write per run of code rather than one per buffer of each frame (see coalesce.ts),
     // and no exception thrown at the end of every chunk received (noise-frames.ts).
-    connectionEncrypters: [withQuietFrameEnds(withCoalescedWrites(noise()))],
+    connectionEncrypters: [withEncrypterHooks(noise(), { raw: coalesceSocketWrites, secured: stopWithoutThrowing })],
     streamMuxers: [yamux()],
     connectionManager: {
       // Every peer of a local mesh is 127.0.0.1: without this, libp2p refuses the 6th

@@ -1,5 +1,5 @@
 // Noise's message decoder stops at the end of every received chunk by throwing (and catching) a
-// RangeError from its 2-byte length decoder; withQuietFrameEnds makes it stop without one. The
+// RangeError from its 2-byte length decoder; stopWithoutThrowing (on every connection, src/mesh/peer.ts) makes it stop without one. The
 // messages read must be exactly the same (split prefixes, split bodies, several per chunk, empty
 // ones), and on real libp2p connections no such error may be thrown any more.
 import { LengthPrefixedDecoder } from '@libp2p/utils'
