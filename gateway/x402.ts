@@ -23,6 +23,7 @@ import {
   type X402Settings,
 } from '../src/payments/x402.ts'
 import { ApiError } from './errors.ts'
+import { requestHeader } from './node-request.ts'
 import { publicOrigin } from './origin.ts'
 
 export interface X402GateOptions {
@@ -120,8 +121,8 @@ export class X402Gate {
   async verify(c: Context, path: string): Promise<VerifiedPayment> {
     const price = this.price(path) as bigint
     const decoded = decodePayment({
-      paymentSignature: c.req.header('payment-signature'),
-      xPayment: c.req.header('x-payment'),
+      paymentSignature: requestHeader(c, 'payment-signature'),
+      xPayment: requestHeader(c, 'x-payment'),
     })
     if ('error' in decoded) throw this.required(c, path, decoded.error)
     const { authorization } = decoded
