@@ -158,17 +158,17 @@ export interface RunningGateway {
 
 export async function startGateway(config: GatewayConfig): Promise<RunningGateway> {
   // A bad public URL is an error at start, not wrong links later.
-  if (config.publicUrl != null) parsePublicUrl(config.publicUrl)
+  const publicUrl = config.publicUrl != null ? parsePublicUrl(config.publicUrl) : undefined
   await mkdir(config.dataDir, { recursive: true })
-  return startWithTeardown((teardown, undo) => startParts(config, teardown, undo))
+  return startWithTeardown((teardown, undo) => startParts(config, publicUrl, teardown, undo))
 }
 
 async function startParts(
   config: GatewayConfig,
+  publicUrl: URL | undefined,
   teardown: Teardown,
   undo: () => Promise<void>,
 ): Promise<RunningGateway> {
-  const publicUrl = config.publicUrl != null ? parsePublicUrl(config.publicUrl) : undefined
   const ledger = new LevelLedger(join(config.dataDir, 'ledger'))
   await ledger.open()
   teardown.push(() => ledger.close())
@@ -188,6 +188,8 @@ async function startParts(
     privateKey,
     ...(config.listen ? { listen: config.listen } : {}),
     ...(config.bootstrap ? { bootstrap: config.bootstrap } : {}),
+    // Its bootstrap outage warnings go to the gateway's own log (level and destination).
+    log: logger,
   })
   teardown.push(() => peer.stop())
   const bus = new GossipBus(peer.services.pubsub)

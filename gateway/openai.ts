@@ -2,7 +2,7 @@
 // and the builders of the non-streaming body and the streaming chunks.
 import { randomUUID } from 'node:crypto'
 import { z } from 'zod'
-import type { FinishReason, Sampling, Usage, WireChatMessage } from '../protocols/index.ts'
+import { type FinishReason, type Sampling, type Usage, WIRE_LIMITS, type WireChatMessage } from '../protocols/index.ts'
 import { invalidRequest, parseFields } from './errors.ts'
 
 /**
@@ -21,10 +21,10 @@ const Content = z.union([z.string(), z.array(Part).min(1)], 'must be a string or
  * The wire's limits (protocols/schemas.ts: ChatMessageSchema, InferenceRequestFrameSchema, SamplingSchema),
  * checked here so that a client hears them by field name rather than as a node's refusal.
  */
-export const MAX_MESSAGES = 10_000
-export const MAX_CONTENT_CHARS = 2_000_000
-const MAX_TOKENS = 1_000_000
-const MAX_STOP_CHARS = 512
+export const MAX_MESSAGES = WIRE_LIMITS.messages
+export const MAX_CONTENT_CHARS = WIRE_LIMITS.contentChars
+const MAX_TOKENS = WIRE_LIMITS.maxTokens
+const MAX_STOP_CHARS = WIRE_LIMITS.stopChars
 
 /** Characters of a message's text, as the wire carries it (text parts joined). */
 const textLength = (content: z.infer<typeof Content>): number =>

@@ -103,13 +103,28 @@ export class RegistrationLimits {
 
   /** Takes one sign-up from both buckets, or from neither: the answer is the refusing bucket's (else the address's). */
   take(address: string): Take {
-    const key = addressKey(address)
-    const mine = this.perAddress.peek(key)
-    if (!mine.allowed) return mine
-    const all = this.global.peek('all')
-    if (!all.allowed) return all
-    this.global.take('all')
-    return this.perAddress.take(key)
+    const r = takeFromAll([
+      [this.perAddress, addressKey(address)],
+      [this.global, 'all'],
+    ])
+    return ('refused' in r ? r.refused[0] : r.taken[0]) as Take
+  }
+}
+
+/**
+ * Takes one from every (buckets, key), or from none: the refusing buckets' answers (nothing taken),
+ * or each bucket's answer and a refund that gives them all back.
+ */
+export function takeFromAll(
+  pairs: ReadonlyArray<readonly [TokenBuckets, string]>,
+): { refused: Take[] } | { taken: Take[]; refund: () => void } {
+  const refused = pairs.map(([b, key]) => b.peek(key)).filter((t) => !t.allowed)
+  if (refused.length > 0) return { refused }
+  return {
+    taken: pairs.map(([b, key]) => b.take(key)),
+    refund: () => {
+      for (const [b, key] of pairs) b.refund(key)
+    },
   }
 }
 
@@ -169,18 +184,8 @@ export class LoginFailures {
    * or the seconds to wait when a bucket is empty (then nothing is taken).
    */
   attempt(email: string, address: string): { refund: () => void } | { retryAfter: number } {
-    const buckets = this.buckets(email, address)
-    let wait = 0
-    for (const [b, key] of buckets) {
-      const peek = b.peek(key)
-      if (!peek.allowed) wait = Math.max(wait, peek.retryAfter)
-    }
-    if (wait > 0) return { retryAfter: wait }
-    for (const [b, key] of buckets) b.take(key)
-    return {
-      refund: () => {
-        for (const [b, key] of buckets) b.refund(key)
-      },
-    }
+    const r = takeFromAll(this.buckets(email, address))
+    if ('refused' in r) return { retryAfter: Math.max(...r.refused.map((t) => t.retryAfter)) }
+    return { refund: r.refund }
   }
 }

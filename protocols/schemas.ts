@@ -161,17 +161,25 @@ export type ClusterEvent = z.infer<typeof ClusterEventSchema>
 
 // ---- inference stream frames ----
 
+/** The wire's limits on a chat request (the gateway checks them too, to name the field). */
+export const WIRE_LIMITS = {
+  messages: 10_000,
+  contentChars: 2_000_000,
+  maxTokens: 1_000_000,
+  stopChars: 512,
+} as const
+
 export const ChatMessageSchema = z.object({
   role: z.enum(['system', 'user', 'assistant']),
-  content: z.string().max(2_000_000),
+  content: z.string().max(WIRE_LIMITS.contentChars),
 })
 export type WireChatMessage = z.infer<typeof ChatMessageSchema>
 
 export const SamplingSchema = z.object({
-  maxTokens: z.number().int().positive().max(1_000_000).optional(),
+  maxTokens: z.number().int().positive().max(WIRE_LIMITS.maxTokens).optional(),
   temperature: z.number().min(0).max(2).optional(),
   topP: z.number().gt(0).max(1).optional(),
-  stop: z.array(z.string().min(1).max(512)).max(16).optional(),
+  stop: z.array(z.string().min(1).max(WIRE_LIMITS.stopChars)).max(16).optional(),
   seed: z.number().int().nonnegative().max(0xffffffff).optional(),
 })
 export type Sampling = z.infer<typeof SamplingSchema>
@@ -180,7 +188,7 @@ export const InferenceRequestFrameSchema = z.object({
   type: z.literal('request'),
   id: z.string().min(1).max(128),
   model: modelId,
-  messages: z.array(ChatMessageSchema).min(1).max(10_000),
+  messages: z.array(ChatMessageSchema).min(1).max(WIRE_LIMITS.messages),
   sampling: SamplingSchema,
   /**
    * How long the requester lets the request wait in the node's queue before its first token. A node

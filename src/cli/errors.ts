@@ -59,10 +59,9 @@ export function httpUrl(value: string, where: string, example = 'http://127.0.0.
   return url
 }
 
-/** The one-line reason a fetch failed (ECONNREFUSED, ENOTFOUND, a timeout, …). */
+/** The one-line reason a fetch failed (ECONNREFUSED, ENOTFOUND, …; a timeout is said by unreachableGateway). */
 export function networkReason(err: unknown): string {
   const e = err as Error & { cause?: { code?: string; message?: string } }
-  if (e.name === 'TimeoutError') return 'no answer in time'
   return e.cause?.code ?? e.cause?.message ?? e.message
 }
 

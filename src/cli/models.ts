@@ -11,7 +11,7 @@ import { Presets, SingleBar } from 'cli-progress'
 import { type Command, InvalidArgumentError, Option } from 'commander'
 import { z } from 'zod'
 import { MODEL_CATEGORIES } from '../../protocols/models.ts'
-import { httpUrl } from './errors.ts'
+import { httpUrl, unreachableGateway } from './errors.ts'
 
 const DEFAULT_GATEWAY = 'http://127.0.0.1:8787'
 /** Bytes read from disk per chunk of an upload. */
@@ -175,11 +175,7 @@ class Gateway {
       if (err instanceof ModelsCommandError) throw err
       const e = err as Error & { cause?: { code?: string; message?: string } & Error }
       if (e.cause instanceof ModelsCommandError) throw e.cause
-      if (e.name === 'TimeoutError') throw new ModelsCommandError(`${url.origin} did not answer in time`)
-      const why = e.cause?.code ?? e.cause?.message ?? e.message
-      throw new ModelsCommandError(
-        `cannot reach the gateway at ${url.origin} (${why}): is it running? Point --gateway or CLUSTER_GATEWAY_URL at it`,
-      )
+      throw new ModelsCommandError(unreachableGateway(url, err, 'Point --gateway or CLUSTER_GATEWAY_URL at it').message)
     }
   }
 
