@@ -1,7 +1,7 @@
-// The mesh router: picks the nodes serving a model, least loaded first, opens an inference stream
-// to the best one and fails over to the next when a node fails before its first token. A node that
-// is full says busy at once; one that queued the request says so (a queued frame), and then running
-// out of time before its first token is "busy" too, not a failure of the node.
+// The mesh router: opens an inference on one node (routing.ts picks which, and fails over), on a
+// stream negotiated ahead when it can. A node that is full says busy at once; one that queued the
+// request says so (a queued frame), and then running out of time before its first token is "busy"
+// too, not a failure of the node.
 import type { Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import {
@@ -16,11 +16,10 @@ import {
   type InferenceResponseFrame,
   MAX_FRAME_BYTES,
 } from '../protocols/index.ts'
-import { DEFAULT_HEARTBEAT_INTERVAL_MS } from '../src/mesh/constants.ts'
-import type { Directory, NodeEntry } from '../src/mesh/directory.ts'
+import type { Directory } from '../src/mesh/directory.ts'
 import type { MeshPeer } from '../src/mesh/peer.ts'
 import { sendBytes } from '../src/mesh/streams.ts'
-import { ApiError, invalidRequest, modelNotFound, noNodes } from './errors.ts'
+import { type ApiError, invalidRequest } from './errors.ts'
 
 export interface RouterOptions {
   /** Time allowed to open a stream to a node. @default 5000 */
@@ -33,47 +32,9 @@ export interface RouterOptions {
    * @default firstFrameTimeoutMs less a margin for the prompt's evaluation (a quarter, at most 10 s)
    */
   maxQueueMs?: number
-  /**
-   * After the gateway starts, a model no node has been heard serving yet may be served by a node
-   * whose first heartbeat has not arrived: for this long it is answered 503, not 404.
-   * @default STARTUP_GRACE_MS
-   */
-  startupGraceMs?: number
   /** A spare stream older than this is not used (the node drops a stream without a request after 10 s). @default 5000 */
   spareMaxAgeMs?: number
 }
-
-/** Three heartbeat intervals: every node that is up has been heard from by then. */
-export const STARTUP_GRACE_MS = 3 * DEFAULT_HEARTBEAT_INTERVAL_MS
-
-/**
- * The start-up grace of a gateway: from its start for `graceMs`, but no longer than one heartbeat
- * interval after the first heartbeat it hears (it has joined the gossip mesh then: every node's next
- * one arrives within an interval). Meanwhile a model nobody has been heard serving may still be served.
- */
-export class StartupGrace {
-  private until: number
-
-  constructor(
-    directory: Pick<Directory, 'once'>,
-    graceMs: number,
-    private readonly now: () => number = Date.now,
-  ) {
-    this.until = now() + graceMs
-    if (graceMs > 0) {
-      directory.once('node:heartbeat', (entry) => {
-        this.until = Math.min(this.until, this.now() + entry.heartbeat.intervalMs)
-      })
-    }
-  }
-
-  get active(): boolean {
-    return this.now() < this.until
-  }
-}
-
-/** Said of a model unknown while the gateway may not have heard from every node yet. */
-export const NOT_HEARD_YET = 'No node serving it has been heard from yet since the gateway started.'
 
 /** An inference under way on one node. */
 export interface InferenceCall {
@@ -94,11 +55,6 @@ export interface InferenceCall {
   close(): void
 }
 
-export interface Attempt {
-  peerId: string
-  outcome: string
-}
-
 /** Spare streams older than this are not used (the node drops a stream without a request after 10 s). */
 const SPARE_MAX_AGE_MS = 5_000
 /** At most this many spare streams per node (and never more than its slots). */
@@ -108,12 +64,10 @@ const MAX_SPARES_PER_NODE = 8
 const RECEIPT_WAIT_MS = 2_000
 
 export class MeshRouter {
-  private readonly inflight = new Map<string, number>()
   private readonly spares = new Map<string, Array<{ stream: Promise<Stream>; at: number }>>()
   private readonly dialTimeoutMs: number
   private readonly firstFrameTimeoutMs: number
   private readonly maxQueueMs: number
-  private readonly grace: StartupGrace
   private readonly spareMaxAgeMs: number
 
   constructor(
@@ -126,7 +80,6 @@ export class MeshRouter {
     this.maxQueueMs =
       options.maxQueueMs ??
       Math.max(0, this.firstFrameTimeoutMs - Math.min(10_000, Math.floor(this.firstFrameTimeoutMs / 4)))
-    this.grace = new StartupGrace(directory, options.startupGraceMs ?? STARTUP_GRACE_MS)
     this.spareMaxAgeMs = options.spareMaxAgeMs ?? SPARE_MAX_AGE_MS
     // A node that left takes its spare streams with it.
     directory.on('node:left', ({ peerId }) => this.dropStaleSpares(peerId, true))
@@ -199,46 +152,6 @@ export class MeshRouter {
     return undefined
   }
 
-  /** Nodes serving `model`, best first: lowest (active + queued + our in-flight) per slot. */
-  candidates(model: string): NodeEntry[] {
-    const score = (n: NodeEntry): number => {
-      const { active, queued, slots } = n.heartbeat.load
-      const ours = this.inflight.get(n.peerId) ?? 0
-      return (Math.max(active, ours) + queued) / Math.max(1, slots)
-    }
-    return this.directory
-      .nodesServing(model)
-      .map((n) => ({ n, s: score(n) }))
-      .sort((a, b) => a.s - b.s || a.n.peerId.localeCompare(b.n.peerId))
-      .map(({ n }) => n)
-  }
-
-  /** Opens the inference on the best node that answers; throws ApiError when none can. */
-  async open(request: InferenceRequestFrame, signal: AbortSignal): Promise<InferenceCall> {
-    const nodes = this.candidates(request.model)
-    if (nodes.length === 0) {
-      if (this.directory.knowsModel(request.model)) throw noNodes(request.model)
-      if (this.grace.active) throw noNodes(request.model, NOT_HEARD_YET)
-      throw modelNotFound(request.model)
-    }
-    const attempts: Attempt[] = []
-    for (const node of nodes) {
-      if (signal.aborted)
-        throw new ApiError(400, 'The client closed the request.', 'invalid_request_error', 'client_closed')
-      const result = await this.tryNode(node.peerId, request, signal)
-      if ('call' in result) return result.call
-      if (result.fatal) throw result.fatal
-      attempts.push({ peerId: node.peerId, outcome: result.outcome })
-    }
-    const allBusy = attempts.every((a) => a.outcome === 'busy')
-    throw noNodes(
-      request.model,
-      allBusy
-        ? `All ${attempts.length} node(s) serving it are at capacity.`
-        : `${attempts.length} node(s) were tried and failed (${attempts.map((a) => a.outcome).join(', ')}).`,
-    )
-  }
-
   /** Opens the inference on one node: its call, or why it failed (fatal: the request is at fault). */
   async tryNode(
     peerId: string,
@@ -253,17 +166,7 @@ export class MeshRouter {
     }
     // A node that goes silent mid-answer is dropped rather than waited on for ever.
     stream.inactivityTimeout = this.firstFrameTimeoutMs
-    this.inflight.set(peerId, (this.inflight.get(peerId) ?? 0) + 1)
-    let released = false
-    const release = (): void => {
-      if (released) return
-      released = true
-      const n = (this.inflight.get(peerId) ?? 1) - 1
-      if (n <= 0) this.inflight.delete(peerId)
-      else this.inflight.set(peerId, n)
-    }
     const fail = (outcome: string, fatal?: ApiError): { outcome: string; fatal?: ApiError } => {
-      release()
       signal.removeEventListener('abort', onAbort)
       stream.abort(new Error(outcome))
       return fatal ? { outcome, fatal } : { outcome }
@@ -341,12 +244,10 @@ export class MeshRouter {
             return undefined
           },
           abort: () => {
-            release()
             signal.removeEventListener('abort', onAbort)
             stream.abort(new Error('cancelled'))
           },
           close: () => {
-            release()
             signal.removeEventListener('abort', onAbort)
             void stream.close().catch(() => undefined)
             // After a long answer the spare opened at its first token is stale: a fresh one.

@@ -5,12 +5,44 @@
 // first token. A candidate that fails is cooled down for a while (longer each time in a row) and
 // tried only after the others; monitors see it on /ws/admin. Measurements are kept per candidate
 // and model.
+import { DEFAULT_HEARTBEAT_INTERVAL_MS } from '../src/mesh/constants.ts'
 import type { Directory, NodeEntry } from '../src/mesh/directory.ts'
 import type { TokenPrice } from '../src/payments/money.ts'
 import { ApiError, invalidRequest, modelNotFound, noNodes } from './errors.ts'
 import { type Endpoint, MESH_PROVIDER, PROVIDER_NAMES } from './providers/catalog.ts'
 import type { Provider } from './providers/provider.ts'
-import { NOT_HEARD_YET, STARTUP_GRACE_MS, StartupGrace } from './router.ts'
+
+/** Three heartbeat intervals: every node that is up has been heard from by then. */
+export const STARTUP_GRACE_MS = 3 * DEFAULT_HEARTBEAT_INTERVAL_MS
+
+/**
+ * The start-up grace of a gateway: from its start for `graceMs`, but no longer than one heartbeat
+ * interval after the first heartbeat it hears (it has joined the gossip mesh then: every node's next
+ * one arrives within an interval). Meanwhile a model nobody has been heard serving may still be served.
+ */
+export class StartupGrace {
+  private until: number
+
+  constructor(
+    directory: Pick<Directory, 'once'>,
+    graceMs: number,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.until = now() + graceMs
+    if (graceMs > 0) {
+      directory.once('node:heartbeat', (entry) => {
+        this.until = Math.min(this.until, this.now() + entry.heartbeat.intervalMs)
+      })
+    }
+  }
+
+  get active(): boolean {
+    return this.now() < this.until
+  }
+}
+
+/** Said of a model unknown while the gateway may not have heard from every node yet. */
+export const NOT_HEARD_YET = 'No node serving it has been heard from yet since the gateway started.'
 
 export type Task = 'chat' | 'embeddings' | 'rerank'
 

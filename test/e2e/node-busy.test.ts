@@ -108,7 +108,6 @@ describe('a gateway just started', () => {
       listen: ['/ip4/127.0.0.1/tcp/0'],
       port: 0,
       routing: { startupGraceMs: 2_000 },
-      router: { startupGraceMs: 2_000 },
     })
     try {
       const apiKey = await fundedUser(gw, 'grace@example.com')

@@ -81,6 +81,13 @@ describe('mesh router spare streams', () => {
     for (const c of cleanups) await c()
   })
 
+  /** A call on the node, as the chat route opens one (routing picks the node; here there is one). */
+  const open = async (frame: InferenceRequestFrame, signal: AbortSignal) => {
+    const result = await router.tryNode(node.peerId.toString(), frame, signal)
+    if (!('call' in result)) throw new Error(`the node did not answer: ${result.outcome}`)
+    return result.call
+  }
+
   const request = (id: string): InferenceRequestFrame => ({
     type: 'request',
     id,
@@ -91,7 +98,7 @@ describe('mesh router spare streams', () => {
 
   it('opens the next stream while an answer streams, and the next request uses it', async () => {
     const signal = AbortSignal.timeout(10_000)
-    const first = await router.open(request('req-1'), signal)
+    const first = await open(request('req-1'), signal)
     expect(first.first).toMatchObject({ type: 'delta', text: 'Hi' })
     // The answer is still under way (the node has not sent done): a second stream is already open
     // and negotiated on the node, waiting for a request.
@@ -105,7 +112,7 @@ describe('mesh router spare streams', () => {
       // up to the node's end of the stream
     }
     first.close()
-    const second = await router.open(request('req-2'), signal)
+    const second = await open(request('req-2'), signal)
     expect(second.first).toMatchObject({ type: 'delta' })
     expect(opened[1]?.request?.id).toBe('req-2')
     // …and that answer in turn prepared the one after it.
@@ -118,7 +125,7 @@ describe('mesh router spare streams', () => {
   it('after an answer longer than a spare may wait, a fresh spare is ready before the next request', async () => {
     const signal = AbortSignal.timeout(10_000)
     const before = opened.length
-    const call = await router.open(request('req-long'), signal)
+    const call = await open(request('req-long'), signal)
     // The spare prepared at the first token, then an answer that outlives it (400 ms here).
     await waitFor(() => opened.length === before + 1, 5_000)
     await new Promise((r) => setTimeout(r, 600))
@@ -129,7 +136,7 @@ describe('mesh router spare streams', () => {
     call.close()
     // The stale one is dropped and another is opened now, not when the next request comes.
     await waitFor(() => opened.length === before + 2, 5_000)
-    const next = await router.open(request('req-after-long'), signal)
+    const next = await open(request('req-after-long'), signal)
     expect(next.first).toMatchObject({ type: 'delta' })
     expect(opened[before + 1]?.request?.id).toBe('req-after-long')
     opened[before + 1]?.finish()
@@ -138,7 +145,7 @@ describe('mesh router spare streams', () => {
 
   it('no spare is opened to a node that has left, even when a call to it ends afterwards', async () => {
     const signal = AbortSignal.timeout(10_000)
-    const call = await router.open(request('req-before-leaving'), signal)
+    const call = await open(request('req-before-leaving'), signal)
     const mine = opened.findIndex((o) => o.request?.id === 'req-before-leaving')
     await new Promise((r) => setTimeout(r, 200)) // its spare, opened at the first token
     directory.handleHeartbeat({

@@ -4,7 +4,7 @@ import { inspect } from 'node:util'
 import { afterEach, describe, expect, it } from 'vitest'
 import type { ApiError } from '../../gateway/errors.ts'
 import { enabledProviders, type Provider } from '../../gateway/providers/provider.ts'
-import { type CooldownEvent, Routing } from '../../gateway/routing.ts'
+import { type CooldownEvent, Routing, StartupGrace } from '../../gateway/routing.ts'
 import { Directory } from '../../src/mesh/directory.ts'
 import { parseUsd } from '../../src/payments/money.ts'
 
@@ -97,6 +97,30 @@ describe('the routing plan', () => {
     now.t = 6_000
     expect(err(() => routing.plan('unheard', 'chat')).status).toBe(404)
     expect(err(() => routing.plan('unheard', 'chat')).code).toBe('model_not_found')
+  })
+
+  it('the grace ends one heartbeat interval after the first heartbeat heard, if that is sooner', () => {
+    const now = { t: 1_000 }
+    const directory = new Directory({ now: () => now.t })
+    const grace = new StartupGrace(directory, 60_000, () => now.t)
+    expect(grace.active).toBe(true)
+    now.t = 2_000
+    directory.handleHeartbeat({
+      v: 1,
+      peerId: '12D3KooWAaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa',
+      incarnation: 1,
+      seq: 0,
+      sentAt: 0,
+      intervalMs: 1_000,
+      state: 'serving',
+      load: { active: 0, queued: 0, slots: 1, maxQueue: 8 },
+      capabilitiesVersion: 0,
+      models: ['m'],
+    })
+    now.t = 2_999
+    expect(grace.active).toBe(true)
+    now.t = 3_000 // one interval after that heartbeat, long before the 60 s
+    expect(grace.active).toBe(false)
   })
 
   it('errors: unknown provider 400 (listing all), a provider without a key 503, no candidate 404, mesh-only endpoint 400', () => {
