@@ -301,13 +301,13 @@ export class Deployer {
    * another id on the same weights keeps both. Runs in turn with the work on the CID's file, so a
    * deployment of it begun meanwhile finds either all of it or none.
    */
-  private async release(cidText: string): Promise<void> {
+  private async release(cidText: string, signal = this.stopping.signal): Promise<void> {
     const key = fileKey(cidText)
     const used = (): boolean => [...this.deployments].some((x) => fileKey(x.spec.cid) === key)
     // Still in use (another id may be fetching it): nothing to free, nothing to wait for.
     if (used()) return
     try {
-      await this.withFile(cidText, new AbortController().signal, async () => {
+      await this.withFile(cidText, signal, async () => {
         if (used()) return
         const cid = parseCid(cidText)
         const path = join(this.modelsDir, `${cid.toString()}.gguf`)
@@ -320,7 +320,7 @@ export class Deployer {
             return []
           }
         })
-        await this.o.store.remove(cid, { keep })
+        await this.o.store.remove(cid, { keep, signal })
       })
     } catch (err) {
       // Undeployed all the same: what is left is disk, told so the operator can see it.

@@ -86,7 +86,8 @@ async function handleStream(
           ? {
               maxWaitMs: request.maxQueueMs,
               onQueued: ({ position, etaMs }) => {
-                if (first) send(stream, { type: 'queued', position, ...(etaMs != null ? { etaMs } : {}) })
+                // Told at submit, before any delta.
+                send(stream, { type: 'queued', position, ...(etaMs != null ? { etaMs } : {}) })
               },
             }
           : {}),

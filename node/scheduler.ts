@@ -262,11 +262,9 @@ export class Scheduler {
   private measureLength(job: Job): void {
     const max = job.request.sampling.maxTokens
     if (max != null) {
-      const share = Math.min(1, job.completionTokens / max)
-      this.lengthShare = this.lengthShare + ALPHA * (share - this.lengthShare)
+      this.lengthShare = follow(this.lengthShare, Math.min(1, job.completionTokens / max))
     } else {
-      const prev = this.unboundedTokens
-      this.unboundedTokens = prev == null ? job.completionTokens : prev + ALPHA * (job.completionTokens - prev)
+      this.unboundedTokens = follow(this.unboundedTokens, job.completionTokens)
     }
   }
 
@@ -386,13 +384,11 @@ export class Scheduler {
   }
 
   private measureStep(ms: number): void {
-    const prev = this.stepMs
-    this.stepMs = prev == null ? ms : prev + ALPHA * (ms - prev)
+    this.stepMs = follow(this.stepMs, ms)
   }
 
   private measurePrefill(msPerToken: number): void {
-    const prev = this.prefillMsPerToken
-    this.prefillMsPerToken = prev == null ? msPerToken : 0.7 * prev + 0.3 * msPerToken
+    this.prefillMsPerToken = follow(this.prefillMsPerToken, msPerToken)
   }
 
   /** Sequences in use: generating, being opened, or being handed back. */
@@ -423,4 +419,9 @@ export class Scheduler {
     job.reject(err instanceof EngineError ? err : new EngineError('internal', String((err as Error)?.message ?? err)))
     this.admit()
   }
+}
+
+/** A moving average: the first measurement as it is, then ALPHA of each new one. */
+function follow(previous: number | undefined, measured: number): number {
+  return previous == null ? measured : previous + ALPHA * (measured - previous)
 }
