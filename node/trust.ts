@@ -1,8 +1,7 @@
 // Which peers a node takes deploy and undeploy requests from: the gateways it was told to bootstrap
 // from (the /p2p/ id of a multiaddr; the peerId of a peer.json, re-read at each request as the mesh
 // re-reads it at each redial), plus those the operator lists (node.trustedGateways).
-import { readFile } from 'node:fs/promises'
-import { isMultiaddrText, peerIdOfText, peerJsonIds } from '../src/mesh/bootstrap.ts'
+import { isMultiaddrText, peerIdOfText, peerJsonIds, peerJsonReader } from '../src/mesh/bootstrap.ts'
 
 /**
  * `trusts(peerId)`: whether a deploy request from that peer is taken. A peer.json that cannot be read
@@ -15,18 +14,9 @@ export function deployTrust(bootstrap: readonly string[], trustedGateways: reado
     const id = peerIdOfText(entry)
     if (id != null) fixed.add(id)
   }
-  const files = bootstrap.filter((e) => !isMultiaddrText(e))
-  const lastRead = new Map<string, string[]>()
-  return async (peerId: string): Promise<boolean> => {
-    if (fixed.has(peerId)) return true
-    for (const file of files) {
-      try {
-        lastRead.set(file, peerJsonIds(await readFile(file, 'utf8')))
-      } catch {
-        // Being rewritten, or gone while its gateway restarts: what it said last still stands.
-      }
-      if (lastRead.get(file)?.includes(peerId)) return true
-    }
-    return false
-  }
+  const readIds = peerJsonReader(
+    bootstrap.filter((e) => !isMultiaddrText(e)),
+    peerJsonIds,
+  )
+  return async (peerId: string): Promise<boolean> => fixed.has(peerId) || (await readIds()).includes(peerId)
 }

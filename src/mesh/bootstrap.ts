@@ -43,6 +43,27 @@ function readPeerJson(text: string): { peerId: string | undefined; multiaddrs: s
   return { peerId: typeof peerId === 'string' && peerId !== '' ? peerId : undefined, multiaddrs }
 }
 
+/**
+ * Reads peer.json files afresh at each call: what `parse` makes of each, in order. A file that
+ * cannot be read or parsed now (its peer is rewriting it, or restarting) counts with what it gave
+ * when last read.
+ */
+export function peerJsonReader<T>(files: readonly string[], parse: (text: string) => T[]): () => Promise<T[]> {
+  const lastRead = new Map<string, T[]>()
+  return async () => {
+    const out: T[] = []
+    for (const file of files) {
+      try {
+        lastRead.set(file, parse(await readFile(file, 'utf8')))
+      } catch {
+        // Being rewritten, or gone while its peer restarts: what it said last still stands.
+      }
+      out.push(...(lastRead.get(file) ?? []))
+    }
+    return out
+  }
+}
+
 /** Where the operator hears about bootstrap outages (a pino logger fits). */
 export interface BootstrapLog {
   warn(message: string): void
@@ -83,20 +104,10 @@ export function keepBootstrapped(peer: Libp2p, entries: string[], o: BootstrapOp
   if (entries.length === 0) return
   const self = peer.peerId.toString()
   const fixed = entries.filter(isMultiaddrText).flatMap((a) => parse([a]))
-  const files = entries.filter((e) => !isMultiaddrText(e))
-  const lastRead = new Map<string, Multiaddr[]>()
-  const readFiles = async (): Promise<Multiaddr[]> => {
-    const out: Multiaddr[] = []
-    for (const file of files) {
-      try {
-        lastRead.set(file, parse(parsePeerJson(await readFile(file, 'utf8'))))
-      } catch {
-        // Being rewritten, or gone while its peer restarts: what it said last still stands.
-      }
-      out.push(...(lastRead.get(file) ?? []))
-    }
-    return out
-  }
+  const readFiles = peerJsonReader(
+    entries.filter((e) => !isMultiaddrText(e)),
+    (text) => parse(parsePeerJson(text)),
+  )
   /** Since when no bootstrap peer is connected (undefined: one is), and whether that was said. */
   let outageSince: number | undefined = Date.now()
   let warned = false
@@ -107,14 +118,19 @@ export function keepBootstrapped(peer: Libp2p, entries: string[], o: BootstrapOp
       .getConnections()
       .some((c) => (t.id != null ? c.remotePeer.toString() === t.id : t.addrs.some((a) => a.equals(c.remoteAddr))))
 
+  /** Dials and keeps the connection (a bootstrap peer is not pruned when the peer has many). */
+  const dialAndKeep = async (addrs: Multiaddr | Multiaddr[], signal: AbortSignal): Promise<true> => {
+    const conn = await peer.dial(addrs, { signal })
+    await peer.peerStore.merge(conn.remotePeer, { tags: { [KEEP_ALIVE]: { value: 1 } } })
+    return true
+  }
+
   const reach = async (t: Target): Promise<boolean> => {
     if (connectedTo(t)) return true
     const signal = AbortSignal.timeout(Math.max(o.redialMs, 1000))
     try {
       // All addresses of one peer in one dial: libp2p picks among them, one connection.
-      const conn = await peer.dial(t.id != null ? t.addrs : (t.addrs[0] as Multiaddr), { signal })
-      await peer.peerStore.merge(conn.remotePeer, { tags: { [KEEP_ALIVE]: { value: 1 } } })
-      return true
+      return await dialAndKeep(t.id != null ? t.addrs : (t.addrs[0] as Multiaddr), signal)
     } catch {
       // Unreachable where it was: below, or at the next redial.
     }
@@ -125,9 +141,7 @@ export function keepBootstrapped(peer: Libp2p, entries: string[], o: BootstrapOp
       const found = await peer.peerRouting.findPeer(id, { signal, useCache: false })
       const addrs = found.multiaddrs.map((a) => (peerIdOf(a) == null ? a.encapsulate(`/p2p/${t.id}`) : a))
       if (addrs.length === 0 || signal.aborted) return false
-      const conn = await peer.dial(addrs, { signal })
-      await peer.peerStore.merge(conn.remotePeer, { tags: { [KEEP_ALIVE]: { value: 1 } } })
-      return true
+      return await dialAndKeep(addrs, signal)
     } catch {
       return false
     }

@@ -30,6 +30,9 @@ const full = {
     },
     routing: { priceWeightMs: 1, cooldownBaseMs: 1, cooldownMaxMs: 2 },
     rateLimit: { capacity: 1, refillPerSecond: 1 },
+    registrationLimit: { perAddress: { capacity: 1, refillPerSecond: 1 }, global: { capacity: 2, refillPerSecond: 1 } },
+    passwordHashing: { maxConcurrent: 2, maxQueuedChecks: 8, maxQueuedHashes: 4 },
+    publicUrl: 'https://api.example.com',
     metricsAccess: 'admin',
     models: { maxUploadBytes: 1, downloadTtlSeconds: 60 },
   },
@@ -43,6 +46,7 @@ const full = {
     gpu: 'off',
     payoutAddress: ADDR,
     acceptDeploys: false,
+    trustedGateways: ['12D3KooWAaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'],
     modelMemoryBytes: 1,
     metricsPort: 0,
     upstreams: [{ baseUrl: 'http://127.0.0.1:8000/v1', model: 'm', id: 'i', contextSize: 128, slots: 1 }],
@@ -87,6 +91,10 @@ describe('config: strict objects', () => {
     expect(c.node.upstreams[0]?.model).toBe('m')
     expect(c.chain?.escrow).toBe(ADDR)
     expect(c.x402?.payTo).toBe(ADDR)
+    expect(c.gateway.publicUrl).toBe('https://api.example.com')
+    expect(c.gateway.registrationLimit?.global?.capacity).toBe(2)
+    expect(c.gateway.passwordHashing?.maxQueuedHashes).toBe(4)
+    expect(c.node.trustedGateways).toHaveLength(1)
   })
 
   it.each([
@@ -100,6 +108,9 @@ describe('config: strict objects', () => {
     [['gateway', 'providers', 'venice', 'price'], 'in'],
     [['gateway', 'routing'], 'priceWeight'],
     [['gateway', 'rateLimit'], 'burst'],
+    [['gateway', 'registrationLimit'], 'perAdress'],
+    [['gateway', 'registrationLimit', 'perAddress'], 'burst'],
+    [['gateway', 'passwordHashing'], 'maxConcurent'],
     [['gateway', 'models'], 'maxUpload'],
     [['node'], 'slot'],
     [['node', 'models', 0], 'idd'],

@@ -91,9 +91,8 @@ describe('bootstrap peers that move', () => {
     const gw2 = await restartOn(gwDir, key, oldPort)
     expect(gw2.peerId.equals(gw1.peerId)).toBe(true)
     await writePeerJson(peerJson, gw2)
-    const rewritten = Date.now()
+    // Within a few redials of the rewrite (waitFor fails past that bound).
     await waitFor(() => linked(node, gw2), 5 * REDIAL_MS + 2_000, 'the node to reach the gateway on its new port')
-    expect(Date.now() - rewritten).toBeLessThan(5 * REDIAL_MS + 2_000)
     await waitFor(() => said.lines.some((l) => l.level === 'info'), 2_000, 'the end of the outage told')
     expect(said.lines.map((l) => l.level)).toEqual(['warn', 'info'])
   })
