@@ -138,8 +138,10 @@ export class ModelRegistry {
     // Only a first version claims an id: a later one for an id nobody holds would squat it unseen. It
     // waits (in memory, bounded) for its version 1, which may simply not have arrived yet.
     if (signer == null && record.version !== 1) {
-      if (this.orphanCount < MAX_ORPHANS) {
-        this.orphans.set(record.id, [...(this.orphans.get(record.id) ?? []), record])
+      const waiting = this.orphans.get(record.id) ?? []
+      // Once each (gossip and a sync may both bring it).
+      if (this.orphanCount < MAX_ORPHANS && !waiting.some((r) => r.signature === record.signature)) {
+        this.orphans.set(record.id, [...waiting, record])
         this.orphanCount++
       }
       return 'orphan'

@@ -145,6 +145,19 @@ describe('ModelRegistry: an id belongs to the gateway whose record came first', 
     await registry.close()
   })
 
+  it('a later version that came before its version 1 is taken with it, if the same gateway signed both', async () => {
+    const { registry } = await openRegistry()
+    const v2 = await signModelRecord(keyA, unsigned(keyA, { id: 'early', version: 2, cid: CID2 }))
+    expect(await registry.accept(v2)).toBe('orphan')
+    expect(await registry.accept(v2)).toBe('orphan') // brought again (gossip and sync): waits once
+    const squat = await signModelRecord(keyB, unsigned(keyB, { id: 'early', version: 3 }))
+    expect(await registry.accept(squat)).toBe('orphan')
+    expect(await registry.accept(await signModelRecord(keyA, unsigned(keyA, { id: 'early' })))).toBe('added')
+    expect(registry.get('early')?.versions.map((v) => v.version)).toEqual([1, 2])
+    expect(registry.records().filter((r) => r.id === 'early')).toHaveLength(2) // not another gateway's 3
+    await registry.close()
+  })
+
   it('refuses a backdated version 1 (or any version) of the id signed by another gateway; says why', async () => {
     const logs: string[] = []
     const { registry, path } = await openRegistry(undefined, (l) => logs.push(l))
